@@ -1,0 +1,142 @@
+"""One frozen Config, loaded from YAML (keys named as in suricata.yaml where they exist).
+
+Unknown keys and wrong types are errors that name the key: a typo in a memcap must not
+silently fall back to a default on a machine that sits in everybody's traffic path.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from appliance.core.engine import EngineConfig
+from appliance.core.flows import PC_DEFAULT, PC_ICMP, PC_TCP, PC_UDP, FlowConfig, Timeouts
+from appliance.errors import ConfigError
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_PCLASS = {"default": PC_DEFAULT, "tcp": PC_TCP, "udp": PC_UDP, "icmp": PC_ICMP}
+
+
+def parse_size(value: object, where: str) -> int:
+    """Suricata-style sizes: 128mb, 64kb, 1gb or a plain number of bytes."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a size such as 128mb, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{where}: size must not be negative")
+        return value
+    m = _SIZE.match(str(value))
+    if not m:
+        raise ConfigError(f"{where}: expected a size such as 128mb, got {value!r}")
+    unit = (m.group(2) or "")[:1].lower()
+    return int(m.group(1)) * _UNITS[unit]
+
+
+def _number(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"{where}: expected a non-negative number, got {value!r}")
+    return float(value)
+
+
+def _mapping(value: object, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _check_keys(d: dict[str, Any], allowed: set[str], where: str) -> None:
+    for k in d:
+        if k not in allowed:
+            raise ConfigError(f"{where}: unknown key {k!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    address_groups: dict[str, str] = field(default_factory=dict)
+    port_groups: dict[str, str] = field(default_factory=dict)
+    source: str = "<defaults>"
+
+
+def load_config(path: str | Path | None) -> Config:
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config: {e}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    return config_from_dict(_mapping(doc, str(path)), str(path))
+
+
+def config_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Config:
+    _check_keys(doc, {"vars", "flow", "flow-timeouts", "stream", "anomaly"}, source)
+    flow = FlowConfig()
+    fl = _mapping(doc.get("flow"), f"{source}: flow")
+    _check_keys(fl, {"memcap", "emergency-recovery"}, f"{source}: flow")
+    if "memcap" in fl:
+        flow = replace(flow, memcap=parse_size(fl["memcap"], f"{source}: flow.memcap"))
+    if "emergency-recovery" in fl:
+        r = _number(fl["emergency-recovery"], f"{source}: flow.emergency-recovery")
+        if r > 100:
+            raise ConfigError(f"{source}: flow.emergency-recovery: a percentage, got {r}")
+        flow = replace(flow, emergency_recovery=int(r))
+    ft = _mapping(doc.get("flow-timeouts"), f"{source}: flow-timeouts")
+    _check_keys(ft, set(_PCLASS), f"{source}: flow-timeouts")
+    if ft:
+        tmo = dict(flow.timeouts)
+        for name, val in ft.items():
+            where = f"{source}: flow-timeouts.{name}"
+            d = _mapping(val, where)
+            keys = {"new", "established", "closed", "emergency-new", "emergency-established",
+                    "emergency-closed", "bypassed", "emergency-bypassed"}
+            _check_keys(d, keys, where)
+            pc = _PCLASS[name]
+            norm, emerg = tmo[pc]
+
+            def pick(t: Timeouts, prefix: str, d: dict[str, Any] = d,
+                     where: str = where) -> Timeouts:
+                vals = {}
+                for st in ("new", "established", "closed"):
+                    k = prefix + st
+                    vals[st] = (_number(d[k], f"{where}.{k}") if k in d
+                                else getattr(t, st))
+                return Timeouts(**vals)
+
+            tmo[pc] = (pick(norm, ""), pick(emerg, "emergency-"))
+        flow = replace(flow, timeouts=tmo)
+    stream = _mapping(doc.get("stream"), f"{source}: stream")
+    _check_keys(stream, {"midstream"}, f"{source}: stream")
+    if "midstream" in stream:
+        if not isinstance(stream["midstream"], bool):
+            raise ConfigError(f"{source}: stream.midstream: expected true or false")
+        flow = replace(flow, midstream=stream["midstream"])
+    anomaly = _mapping(doc.get("anomaly"), f"{source}: anomaly")
+    _check_keys(anomaly, {"decode"}, f"{source}: anomaly")
+    eng = EngineConfig(flow=flow)
+    if "decode" in anomaly:
+        if not isinstance(anomaly["decode"], bool):
+            raise ConfigError(f"{source}: anomaly.decode: expected true or false")
+        eng = replace(eng, log_decode_anomalies=anomaly["decode"])
+    vars_ = _mapping(doc.get("vars"), f"{source}: vars")
+    _check_keys(vars_, {"address-groups", "port-groups"}, f"{source}: vars")
+    addr = {str(k): str(v) for k, v in _mapping(vars_.get("address-groups"),
+                                                 f"{source}: vars.address-groups").items()}
+    ports = {str(k): str(v) for k, v in _mapping(vars_.get("port-groups"),
+                                                  f"{source}: vars.port-groups").items()}
+    return Config(engine=eng, address_groups=addr, port_groups=ports, source=source)

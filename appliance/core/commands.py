@@ -1,0 +1,32 @@
+"""Commands the engine returns; the runtime executes them (DESIGN.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+
+class VerdictKind(StrEnum):
+    ACCEPT = "accept"
+    DROP = "drop"
+    REJECT = "reject"
+    BYPASS = "bypass"  # accept and mark the connection so the kernel stops queueing it
+
+
+class Verdict(NamedTuple):
+    """The decision on one PacketIn; exactly one per packet. NamedTuple for the same
+    per-packet cost reason as PacketIn."""
+
+    packet_id: int
+    kind: VerdictKind
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """One EVE JSON record (flow, anomaly, stats, alert...), already shaped as Suricata's."""
+
+    record: dict[str, Any]
+
+
+Command = Verdict | Log

@@ -1,0 +1,380 @@
+"""Bidirectional flow table with packet-time timeouts, a memcap and emergency mode.
+
+Semantics follow Suricata 7's flow engine (flow-hash.c, flow-manager.c):
+- a flow is keyed by (vlan ids, protocol, both address/port ends), direction-free;
+  ICMP echo and the like are keyed on addresses only, as Suricata hashes ICMP without
+  ports, and ICMP errors join the flow of the packet they quote;
+- the first packet's source is the client ("toserver" side);
+- a flow whose timeout passed is retired when its next packet arrives (a new flow
+  starts) or when the periodic sweep finds it;
+- a TCP SYN on a closed session starts a new flow (Suricata's TCP session reuse);
+- timeouts depend on protocol and state, and shrink to the emergency values while the
+  table is full; when even that frees nothing, the least recently used flow is evicted.
+
+Expiry is O(expired): flows sit in one LRU queue per (protocol class, state). Within a
+queue all flows share one timeout, so the queue's head is always the next to expire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+from appliance.core.decode import (
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    Packet,
+)
+from appliance.core.stream import (
+    FLOW_CLOSED,
+    FLOW_ESTABLISHED,
+    FLOW_NEW,
+    FLOW_STATE_OF,
+    TcpSession,
+    TcpState,
+    is_stream_starter,
+)
+
+# Protocol classes for timeouts, as Suricata's flow-timeouts sections.
+PC_DEFAULT: Final = 0
+PC_TCP: Final = 1
+PC_UDP: Final = 2
+PC_ICMP: Final = 3
+
+FlowKey = tuple[tuple[int, ...], int, bytes, int, bytes, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds a flow may stay idle, per state (new, established, closed)."""
+
+    new: float
+    established: float
+    closed: float
+
+    def for_state(self, state: int) -> float:
+        return self.new if state == FLOW_NEW else (
+            self.established if state == FLOW_ESTABLISHED else self.closed)
+
+
+def _default_timeouts() -> dict[int, tuple[Timeouts, Timeouts]]:
+    # Suricata 7 defaults (suricata.yaml flow-timeouts): (normal, emergency).
+    return {
+        PC_DEFAULT: (Timeouts(30, 300, 0), Timeouts(10, 100, 0)),
+        PC_TCP: (Timeouts(60, 600, 60), Timeouts(5, 100, 10)),
+        PC_UDP: (Timeouts(30, 300, 0), Timeouts(10, 100, 0)),
+        PC_ICMP: (Timeouts(30, 300, 0), Timeouts(10, 100, 0)),
+    }
+
+
+# Estimated bytes a flow costs in this process (Flow object, its key, its dict and
+# queue entries), measured with tracemalloc over 100k flows (tests/core/test_flows.py
+# checks the estimate stays within 2x of the measurement). Stream and app-layer state
+# add their own accounted bytes.
+FLOW_COST_BYTES: Final = 1200
+
+
+@dataclass(frozen=True, slots=True)
+class FlowConfig:
+    memcap: int = 128 * 1024 * 1024  # Suricata's default flow.memcap
+    # Leave emergency mode once usage is below (100 - this)% of the memcap (Suricata's
+    # flow.emergency-recovery).
+    emergency_recovery: int = 30
+    # Seconds of packet time between sweeps for timed-out flows (Suricata's flow
+    # manager wakes about once a second).
+    sweep_interval: float = 1.0
+    timeouts: dict[int, tuple[Timeouts, Timeouts]] = field(default_factory=_default_timeouts)
+    midstream: bool = False  # Suricata's stream.midstream default
+
+    @property
+    def max_flows(self) -> int:
+        return max(1, self.memcap // FLOW_COST_BYTES)
+
+
+class Flow:
+    __slots__ = (
+        "alerted",
+        "dp",
+        "dst",
+        "end_reason",
+        "flags_tc",
+        "flags_ts",
+        "flow_id",
+        "icmp_tc",
+        "icmp_ts",
+        "ipver",
+        "key",
+        "last",
+        "pclass",
+        "proto",
+        "queue",
+        "sp",
+        "spi",
+        "src",
+        "start",
+        "state",
+        "tc_bytes",
+        "tc_pkts",
+        "tcp",
+        "ts_bytes",
+        "ts_pkts",
+        "vlan",
+    )
+
+    def __init__(self, key: FlowKey, p: Packet, pclass: int) -> None:
+        self.key = key
+        self.vlan = p.vlan
+        self.proto = p.proto
+        self.ipver = p.ipver
+        self.src = p.src
+        self.dst = p.dst
+        self.sp = p.sp
+        self.dp = p.dp
+        self.start = p.ts
+        self.last = p.ts
+        self.pclass = pclass
+        self.state = FLOW_NEW
+        self.ts_pkts = 0
+        self.tc_pkts = 0
+        self.ts_bytes = 0
+        self.tc_bytes = 0
+        self.flags_ts = 0
+        self.flags_tc = 0
+        self.tcp: TcpSession | None = None
+        self.icmp_ts: tuple[int, int] | None = None
+        self.icmp_tc: tuple[int, int] | None = None
+        self.spi = p.spi
+        self.alerted = False
+        self.end_reason = ""
+        self.queue: tuple[int, int] = (pclass, FLOW_NEW)
+        self.flow_id = _flow_id(key, p.ts)
+
+
+def _flow_id(key: FlowKey, ts: float) -> int:
+    """Suricata-style flow id: a positive 51-bit integer (it fits a JSON double),
+    stable for the same flow and start time so replays are reproducible."""
+    h = hashlib.blake2b(repr((key, ts)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") & 0x7FFFFFFFFFFFF or 1
+
+
+def protocol_class(proto: int) -> int:
+    if proto == PROTO_TCP:
+        return PC_TCP
+    if proto == PROTO_UDP:
+        return PC_UDP
+    if proto == PROTO_ICMP or proto == PROTO_ICMPV6:
+        return PC_ICMP
+    return PC_DEFAULT
+
+
+def flow_key(p: Packet) -> FlowKey:
+    """Direction-free key: the lower (address, port) end first."""
+    proto = p.proto
+    if proto == PROTO_ICMP or proto == PROTO_ICMPV6:
+        inner = p.icmp_inner
+        if inner is not None:
+            # ICMP errors belong to the flow of the packet they quote (Suricata does the
+            # same so e.g. a port-unreachable is seen on the UDP flow it answers).
+            iproto, isrc, isp, idst, idp = inner
+            if isrc < idst or (isrc == idst and isp <= idp):
+                return (p.vlan, iproto, isrc, isp, idst, idp)
+            return (p.vlan, iproto, idst, idp, isrc, isp)
+        a, b = p.src, p.dst
+        return (p.vlan, proto, a, 0, b, 0) if a <= b else (p.vlan, proto, b, 0, a, 0)
+    a, ap, b, bp = p.src, p.sp, p.dst, p.dp
+    if a < b or (a == b and ap <= bp):
+        return (p.vlan, proto, a, ap, b, bp)
+    return (p.vlan, proto, b, bp, a, ap)
+
+
+class FlowStats:
+    __slots__ = ("emergency_entered", "emergency_left", "evicted", "memcap_hits", "reused",
+                 "timed_out", "total")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.timed_out = 0
+        self.evicted = 0
+        self.reused = 0
+        self.memcap_hits = 0
+        self.emergency_entered = 0
+        self.emergency_left = 0
+
+
+class FlowTable:
+    """Owns every Flow. `lookup()` returns (flow, to_server) for a packet and hands back
+    flows that ended on the way in `ended` (the engine logs and drops them)."""
+
+    def __init__(self, config: FlowConfig | None = None) -> None:
+        self.config = config or FlowConfig()
+        self.flows: dict[FlowKey, Flow] = {}
+        self.queues: dict[tuple[int, int], OrderedDict[FlowKey, Flow]] = {
+            (pc, st): OrderedDict()
+            for pc in (PC_DEFAULT, PC_TCP, PC_UDP, PC_ICMP)
+            for st in (FLOW_NEW, FLOW_ESTABLISHED, FLOW_CLOSED)
+        }
+        self.emergency = False
+        self.stats = FlowStats()
+        self.ended: list[Flow] = []
+        self._next_sweep: float | None = None
+        self._max = self.config.max_flows
+        self._recover_below = self._max * (100 - self.config.emergency_recovery) // 100
+
+    def __len__(self) -> int:
+        return len(self.flows)
+
+    @property
+    def memuse(self) -> int:
+        return len(self.flows) * FLOW_COST_BYTES
+
+    def timeout_of(self, f: Flow) -> float:
+        return self.config.timeouts[f.pclass][1 if self.emergency else 0].for_state(f.state)
+
+    # -- per packet ---------------------------------------------------------------
+
+    def lookup(self, p: Packet) -> tuple[Flow, bool]:
+        ts = p.ts
+        if self._next_sweep is None:
+            self._next_sweep = ts + self.config.sweep_interval
+        elif ts >= self._next_sweep:
+            self.sweep(ts)
+        key = flow_key(p)
+        f = self.flows.get(key)
+        if f is not None:
+            if ts > f.last + self.timeout_of(f):
+                self._retire(f, "timeout")
+                self.stats.timed_out += 1
+                f = None
+            elif (p.proto == PROTO_TCP and f.tcp is not None and p.tcp_flags >= 0
+                  and is_stream_starter(p.tcp_flags) and f.tcp.state >= TcpState.TIME_WAIT):
+                # A fresh SYN on a finished session starts a new connection on the same
+                # 4-tuple (Suricata: TcpSessionReuseDoneEnough).
+                self._retire(f, "timeout")
+                self.stats.reused += 1
+                f = None
+        if f is None:
+            f = self._new_flow(key, p)
+            to_server = True
+        elif p.proto == PROTO_ICMP or p.proto == PROTO_ICMPV6:
+            if p.icmp_inner is not None:
+                # The quoted packet went client->server when the error goes the other way.
+                to_server = not (p.icmp_inner[1] == f.src and p.icmp_inner[2] == f.sp)
+            else:
+                to_server = p.src == f.src
+        else:
+            to_server = p.src == f.src and p.sp == f.sp
+        f.last = ts
+        q = self.queues[f.queue]
+        q.move_to_end(key)
+        return f, to_server
+
+    def set_state(self, f: Flow, state: int) -> None:
+        """Move a flow to another state (and so another timeout queue)."""
+        if state == f.state:
+            return
+        f.state = state
+        nq = (f.pclass, state)
+        del self.queues[f.queue][f.key]
+        self.queues[nq][f.key] = f
+        f.queue = nq
+
+    def update_tcp(self, f: Flow, flags: int, to_server: bool) -> None:
+        """Track the TCP session. Without a SYN (midstream) and with midstream pickup
+        off, the session is not tracked, as in Suricata: state stays new."""
+        sess = f.tcp
+        if sess is None:
+            if is_stream_starter(flags) and to_server:
+                sess = f.tcp = TcpSession()
+            elif self.config.midstream:
+                sess = f.tcp = TcpSession(TcpState.ESTABLISHED)
+            else:
+                return
+        if to_server:
+            f.flags_ts |= flags
+        else:
+            f.flags_tc |= flags
+        st = sess.update(flags, to_server)
+        self.set_state(f, FLOW_STATE_OF[st])
+
+    # -- time and memory ----------------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        """Retire every flow whose timeout has passed at packet time `now`."""
+        self._next_sweep = now + self.config.sweep_interval
+        tmo = self.config.timeouts
+        emerg = 1 if self.emergency else 0
+        for (pc, st), q in self.queues.items():
+            limit = tmo[pc][emerg].for_state(st)
+            while q:
+                f = next(iter(q.values()))
+                if now > f.last + limit:
+                    self._retire(f, "timeout")
+                    self.stats.timed_out += 1
+                else:
+                    break
+        if self.emergency and len(self.flows) < self._recover_below:
+            self.emergency = False
+            self.stats.emergency_left += 1
+
+    def _new_flow(self, key: FlowKey, p: Packet) -> Flow:
+        if len(self.flows) >= self._max:
+            self.stats.memcap_hits += 1
+            if not self.emergency:
+                self.emergency = True
+                self.stats.emergency_entered += 1
+            self.sweep(p.ts)
+            if len(self.flows) >= self._max:
+                self._evict_one()
+        pc = protocol_class(p.proto)
+        f = Flow(key, p, pc)
+        self.flows[key] = f
+        self.queues[f.queue][key] = f
+        self.stats.total += 1
+        return f
+
+    def _evict_one(self) -> None:
+        """Forced eviction when emergency timeouts freed nothing: the least recently
+        seen flow, preferring ones that never got past the handshake (as a SYN flood's
+        half-open flows), so established connections survive a flood longest."""
+        best: Flow | None = None
+        for st in (FLOW_CLOSED, FLOW_NEW, FLOW_ESTABLISHED):
+            for pc in (PC_TCP, PC_UDP, PC_ICMP, PC_DEFAULT):
+                q = self.queues[(pc, st)]
+                if q:
+                    f = next(iter(q.values()))
+                    if best is None or f.last < best.last:
+                        best = f
+            if best is not None:
+                break
+        if best is not None:
+            self._retire(best, "forced")
+            self.stats.evicted += 1
+
+    def _retire(self, f: Flow, reason: str) -> None:
+        del self.flows[f.key]
+        del self.queues[f.queue][f.key]
+        f.end_reason = reason
+        self.ended.append(f)
+
+    def drain(self) -> list[Flow]:
+        out = self.ended
+        self.ended = []
+        return out
+
+    def shutdown(self) -> list[Flow]:
+        """End every flow (reason shutdown), oldest first, as at the end of a replay."""
+        for f in sorted(self.flows.values(), key=lambda x: x.start):
+            f.end_reason = "shutdown"
+            self.ended.append(f)
+        self.flows.clear()
+        for q in self.queues.values():
+            q.clear()
+        return self.drain()
+
+    def __iter__(self) -> Iterator[Flow]:
+        return iter(self.flows.values())

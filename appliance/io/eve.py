@@ -1,0 +1,57 @@
+"""EVE JSON lines writer (Suricata 7 compatible records come from core/records.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from appliance.errors import InputError
+
+
+class EveSink(Protocol):
+    def write(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class EveWriter:
+    """Writes one compact JSON object per line to a file, or to stdout for "-"."""
+
+    def __init__(self, target: str | Path, append: bool = False) -> None:
+        self._own = str(target) != "-"
+        if self._own:
+            try:
+                self._out: TextIO = open(target, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
+            except OSError as e:
+                raise InputError(f"{target}: cannot write EVE output: {e.strerror}") from None
+        else:
+            self._out = sys.stdout
+        self._dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._out.write(self._dumps(record))
+        self._out.write("\n")
+
+    def close(self) -> None:
+        if self._own:
+            self._out.close()
+        else:
+            self._out.flush()
+
+
+class RecordingEve:
+    """The fake for tests: keeps every record in memory."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        pass
+
+    def of_type(self, event_type: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("event_type") == event_type]

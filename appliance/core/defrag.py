@@ -91,10 +91,11 @@ class _Coverage:
 
 
 class _Tracker:
-    __slots__ = ("cover", "first_header", "frags", "last", "link", "overlaps", "seen_last",
-                 "size", "total")
+    __slots__ = ("cover", "dead", "first_header", "frags", "last", "link", "overlaps",
+                 "seen_last", "size", "total")
 
     def __init__(self, ts: float) -> None:
+        self.dead = False
         self.frags: list[_Frag] = []
         self.cover = _Coverage()
         self.overlaps = 0
@@ -164,7 +165,9 @@ class Defragmenter:
             header_end, _ = _ipv6_frag_header(data, l3)
             payload = data[header_end + 8:l3 + 40 + plen]
             key = (6, p.vlan, p.src, p.dst, 0, ident)
-        if off + len(payload) > MAX_DATAGRAM:
+        # The rebuilt datagram's length field is 16 bits and counts the IPv4 header (IPv6:
+        # the extension headers before the fragment header) too.
+        if off + len(payload) > MAX_DATAGRAM - (header_end - l3 - (0 if p.ipver == 4 else 40)):
             st.too_large += 1
             p.event("decoder.ipv4.frag_pkt_too_large" if p.ipver == 4
                     else "decoder.ipv6.frag_pkt_too_large")
@@ -187,7 +190,7 @@ class Defragmenter:
         else:
             self.trackers.move_to_end(key)
             t.last = p.ts
-        if len(t.frags) >= MAX_FRAGS_PER_DATAGRAM:
+        if t.dead or len(t.frags) >= MAX_FRAGS_PER_DATAGRAM:
             st.max_frag_hits += 1
             p.event("decoder.ipv4.frag_ignored" if p.ipver == 4 else "decoder.ipv6.frag_ignored")
             return None
@@ -200,9 +203,12 @@ class Defragmenter:
                     else "decoder.ipv6.frag_overlap")
             if t.overlaps > MAX_OVERLAPS_PER_DATAGRAM:
                 # Many overlaps in one datagram only serve evasion or CPU exhaustion:
-                # give up on it (its fragments get no flow, the anomaly is logged).
-                del self.trackers[key]
+                # give up on it. The tracker stays, empty and marked dead, until it times
+                # out, so later fragments cannot start a fresh, different datagram.
                 self.memuse -= t.size
+                t.size = 0
+                t.frags = []
+                t.dead = True
                 p.event("decoder.ipv4.frag_ignored" if p.ipver == 4
                         else "decoder.ipv6.frag_ignored")
                 return None

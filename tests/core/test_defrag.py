@@ -1,0 +1,124 @@
+"""Defragmentation: in-order, out-of-order, IPv6, overlaps per target policy, limits."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import IP, UDP, Ether
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
+
+from appliance.core.decode import Decoder
+from appliance.core.defrag import DefragConfig, Defragmenter
+from appliance.core.events import LINKTYPE_ETHERNET
+
+
+def v4frag(off8: int, payload: bytes, mf: bool, ident: int = 7, proto: int = 17) -> bytes:
+    ip = IP(src="10.0.0.1", dst="10.0.0.2", id=ident, proto=proto, frag=off8,
+            flags="MF" if mf else 0)
+    return bytes(Ether() / ip / payload)
+
+
+def feed(d: Defragmenter, frames: list[bytes], ts: float = 1.0) -> list[bytes]:
+    dec = Decoder()
+    out = []
+    for fr in frames:
+        p = dec.decode(fr, LINKTYPE_ETHERNET, ts)
+        assert p.frag is not None
+        r = d.add(p)
+        if r is not None:
+            out.append(r)
+    return out
+
+
+def l4_of(rebuilt: bytes) -> bytes:
+    p = Decoder().decode(rebuilt, LINKTYPE_ETHERNET, 0.0)
+    return rebuilt[p.l4_off:]
+
+
+UDP_DGRAM = bytes(UDP(sport=1111, dport=2222) / (b"A" * 24 + b"B" * 24))
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2], [2, 0, 1], [2, 1, 0]])
+def test_reassembles_in_any_order(order: list[int]) -> None:
+    chunks = [UDP_DGRAM[0:24], UDP_DGRAM[24:48], UDP_DGRAM[48:]]
+    frames = [v4frag(i * 3, chunks[i], i < 2) for i in range(3)]
+    (rebuilt,) = feed(Defragmenter(), [frames[i] for i in order])
+    assert l4_of(rebuilt) == UDP_DGRAM
+    p = Decoder().decode(rebuilt, LINKTYPE_ETHERNET, 0.0)
+    assert (p.frag, p.sp, p.dp, p.payload) == (None, 1111, 2222, b"A" * 24 + b"B" * 24)
+
+
+def test_ipv6_fragments_rebuild_and_drop_the_fragment_header() -> None:
+    pl = bytes(UDP(sport=5, dport=6) / (b"x" * 40))
+    base = IPv6(src="2001:db8::1", dst="2001:db8::2")
+    f1 = bytes(Ether() / base / IPv6ExtHdrFragment(nh=17, offset=0, m=1, id=9) / pl[:24])
+    f2 = bytes(Ether() / base / IPv6ExtHdrFragment(nh=17, offset=3, m=0, id=9) / pl[24:])
+    (rebuilt,) = feed(Defragmenter(), [f2, f1])
+    p = Decoder().decode(rebuilt, LINKTYPE_ETHERNET, 0.0)
+    assert (p.ipver, p.proto, p.frag, p.sp, p.dp) == (6, 17, None, 5, 6)
+    assert p.payload == b"x" * 40
+
+
+# Overlap: fragment 1 [0,16) "1"*16 MF, fragment 2 [8,24) "2"*16 MF (overlaps 8..16),
+# fragment 3 [0,8) "3"*8 MF (same offset as fragment 1), last [24,32) "4"*8.
+# What each policy keeps follows the rule in appliance/core/defrag.py's docstring.
+@pytest.mark.parametrize("policy,expected", [
+    ("first", b"1" * 16 + b"2" * 8 + b"4" * 8),
+    ("last", b"3" * 8 + b"2" * 16 + b"4" * 8),
+    ("bsd", b"1" * 16 + b"2" * 8 + b"4" * 8),
+    ("linux", b"3" * 8 + b"1" * 8 + b"2" * 8 + b"4" * 8),
+    ("windows", b"1" * 16 + b"2" * 8 + b"4" * 8),
+])
+def test_overlap_policies(policy: str, expected: bytes) -> None:
+    frames = [v4frag(0, b"1" * 16, True, proto=253), v4frag(1, b"2" * 16, True, proto=253),
+              v4frag(0, b"3" * 8, True, proto=253), v4frag(3, b"4" * 8, False, proto=253)]
+    (rebuilt,) = feed(Defragmenter(DefragConfig(policy=policy)), frames)
+    assert rebuilt[14 + 20:] == expected
+
+
+def test_new_fragment_starting_earlier_wins_under_bsd() -> None:
+    frames = [v4frag(1, b"o" * 8, True, proto=253), v4frag(0, b"n" * 16, True, proto=253),
+              v4frag(2, b"z" * 8, False, proto=253)]
+    (rebuilt,) = feed(Defragmenter(DefragConfig(policy="bsd")), frames)
+    assert rebuilt[34:] == b"n" * 16 + b"z" * 8
+
+
+def test_overlap_is_an_anomaly() -> None:
+    dec = Decoder()
+    d = Defragmenter()
+    p1 = dec.decode(v4frag(0, b"a" * 16, True), LINKTYPE_ETHERNET, 1.0)
+    p2 = dec.decode(v4frag(1, b"b" * 16, True), LINKTYPE_ETHERNET, 1.0)
+    d.add(p1)
+    d.add(p2)
+    assert p2.events == ["decoder.ipv4.frag_overlap"]
+    assert d.stats.overlaps == 1
+
+
+def test_timeout_discards_incomplete_datagram() -> None:
+    d = Defragmenter(DefragConfig(timeout=60))
+    assert feed(d, [v4frag(0, UDP_DGRAM[:24], True)], ts=0.0) == []
+    # The rest arrives after the timeout: the first half is gone, nothing is rebuilt.
+    assert feed(d, [v4frag(3, UDP_DGRAM[24:], False)], ts=61.0) == []
+    assert d.stats.timeouts == 1
+
+
+def test_oversized_datagram_is_refused() -> None:
+    dec = Decoder()
+    p = dec.decode(v4frag(8189, b"x" * 16, False), LINKTYPE_ETHERNET, 1.0)
+    assert Defragmenter().add(p) is None
+    assert p.events == ["decoder.ipv4.frag_pkt_too_large"]
+
+
+def test_memcap_bounds_held_bytes() -> None:
+    d = Defragmenter(DefragConfig(memcap=1000))
+    for i in range(100):
+        feed(d, [v4frag(0, b"x" * 96, True, ident=i)])
+    assert d.memuse <= 1000
+    assert d.stats.memcap_hits > 0
+
+
+def test_many_overlaps_give_up_on_the_datagram() -> None:
+    d = Defragmenter()
+    frames = [v4frag(0, b"x" * 16, True, proto=253) for _ in range(70)]
+    frames.append(v4frag(2, b"y" * 8, False, proto=253))
+    assert feed(d, frames) == []
+    assert len(d.trackers) <= 1

@@ -1,0 +1,55 @@
+"""Engine contract: exactly one verdict per packet, failures contained, stats schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from appliance.core.commands import Log, Verdict, VerdictKind
+from appliance.core.engine import Engine
+from appliance.core.events import LINKTYPE_ETHERNET, LINKTYPE_RAW, PacketIn, Shutdown
+
+
+def test_a_crashing_stage_is_contained_and_the_packet_still_gets_its_verdict() -> None:
+    engine = Engine()
+
+    def boom(*_a: object) -> None:
+        raise RuntimeError("detector bug")
+
+    engine.flows.lookup = boom  # type: ignore[method-assign,assignment]
+    ip = bytes.fromhex("4500001c000100004011f9c90a0000010a000002") + bytes.fromhex(
+        "04d2162e00080000")
+    cmds = engine.handle(PacketIn(42, 1.0, ip, LINKTYPE_RAW))
+    assert cmds == [Verdict(42, VerdictKind.ACCEPT)]
+    assert engine.stats.errors == 1
+
+
+def test_shutdown_emits_flows_then_schema_valid_stats(eve_validator: Any) -> None:
+    engine = Engine()
+    ip = bytes.fromhex("4500001c000100004011f9c90a0000010a000002") + bytes.fromhex(
+        "04d2162e00080000")
+    engine.handle(PacketIn(1, 5.0, ip, LINKTYPE_RAW))
+    engine.handle(PacketIn(2, 6.0, b"\x45\x00", LINKTYPE_RAW))  # truncated
+    engine.handle(PacketIn(3, 7.0, b"\x00" * 5, LINKTYPE_ETHERNET))
+    out = engine.handle(Shutdown())
+    recs = [c.record for c in out if isinstance(c, Log)]
+    assert [r["event_type"] for r in recs] == ["flow", "stats"]
+    stats = recs[-1]["stats"]
+    assert stats["decoder"]["pkts"] == 3
+    assert stats["decoder"]["invalid"] == 2
+    assert stats["decoder"]["event"]["ipv4"]["pkt_too_small"] == 1
+    assert stats["decoder"]["event"]["ethernet"]["pkt_too_small"] == 1
+    assert stats["flow"]["total"] == 1
+    for r in recs:
+        assert not list(eve_validator.iter_errors(r))
+
+
+def test_decode_anomaly_is_logged_with_suricata_name(eve_validator: Any) -> None:
+    engine = Engine()
+    cmds = engine.handle(PacketIn(9, 1.5, b"\x45\x00\x00\x10", LINKTYPE_RAW))
+    logs = [c.record for c in cmds if isinstance(c, Log)]
+    assert len(logs) == 1
+    rec = logs[0]
+    assert rec["anomaly"] == {"type": "decode", "event": "decoder.ipv4.pkt_too_small"}
+    assert rec["pcap_cnt"] == 9
+    assert rec["timestamp"] == "1970-01-01T00:00:01.500000+0000"
+    assert not list(eve_validator.iter_errors(rec))

@@ -1,0 +1,68 @@
+"""Config loading: Suricata-named keys, clear errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance.config import config_from_dict, load_config, parse_size
+from appliance.core.flows import PC_TCP, PC_UDP
+from appliance.errors import ConfigError
+
+
+def test_defaults_match_suricata() -> None:
+    cfg = load_config(None)
+    fl = cfg.engine.flow
+    assert fl.memcap == 128 * 1024 * 1024
+    assert fl.emergency_recovery == 30
+    assert fl.timeouts[PC_TCP][0].established == 600
+    assert fl.timeouts[PC_UDP][1].new == 10
+    assert fl.midstream is False
+
+
+def test_sizes() -> None:
+    assert parse_size("128mb", "x") == 128 * 1024**2
+    assert parse_size("64kb", "x") == 64 * 1024
+    assert parse_size("1gb", "x") == 1024**3
+    assert parse_size(4096, "x") == 4096
+    with pytest.raises(ConfigError, match=r"flow\.memcap"):
+        parse_size("lots", "flow.memcap")
+
+
+def test_yaml_overrides(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("flow:\n  memcap: 1mb\nflow-timeouts:\n  udp:\n    new: 5\n"
+                 "    emergency-new: 1\nstream:\n  midstream: true\n")
+    cfg = load_config(f)
+    assert cfg.engine.flow.memcap == 1024**2
+    assert cfg.engine.flow.timeouts[PC_UDP][0].new == 5
+    assert cfg.engine.flow.timeouts[PC_UDP][0].established == 300  # untouched
+    assert cfg.engine.flow.timeouts[PC_UDP][1].new == 1
+    assert cfg.engine.flow.midstream is True
+
+
+@pytest.mark.parametrize("doc,match", [
+    ({"flw": {}}, "unknown key 'flw'"),
+    ({"flow": {"memcap": "big"}}, "flow.memcap"),
+    ({"flow": {"emergency-recovery": 130}}, "percentage"),
+    ({"flow-timeouts": {"udp": {"new": -1}}}, "flow-timeouts.udp.new"),
+    ({"flow-timeouts": {"sctp": {}}}, "unknown key 'sctp'"),
+    ({"stream": {"midstream": "yes please"}}, "stream.midstream"),
+    ({"flow": [1, 2]}, "expected a mapping"),
+])
+def test_bad_config_names_the_key(doc: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(doc, "t.yaml")
+
+
+def test_bad_yaml_gives_line(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("flow:\n  memcap: [1\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:\d+: invalid YAML"):
+        load_config(f)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config("/nonexistent/appliance.yaml")

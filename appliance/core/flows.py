@@ -6,7 +6,9 @@ Semantics follow Suricata 7's flow engine (flow-hash.c, flow-manager.c):
   ports, and ICMP errors join the flow of the packet they quote;
 - the first packet's source is the client ("toserver" side);
 - a flow whose timeout passed is retired when its next packet arrives (a new flow
-  starts) or when the periodic sweep finds it;
+  starts) or when the periodic sweep finds it. Like Suricata (FlowIsTimedOut compares
+  `lastts.secs + timeout < now.secs`), time is compared in whole seconds, so a flow idle
+  for 60.4 s at a 60 s timeout may live on: this keeps flow splits identical to Suricata's;
 - a TCP SYN on a closed session starts a new flow (Suricata's TCP session reuse);
 - timeouts depend on protocol and state, and shrink to the emergency values while the
   table is full; when even that frees nothing, the least recently used flow is evicted.
@@ -246,7 +248,7 @@ class FlowTable:
         key = flow_key(p)
         f = self.flows.get(key)
         if f is not None:
-            if ts > f.last + self.timeout_of(f):
+            if int(ts) > int(f.last) + self.timeout_of(f):
                 self._retire(f, "timeout")
                 self.stats.timed_out += 1
                 f = None
@@ -312,7 +314,7 @@ class FlowTable:
             limit = tmo[pc][emerg].for_state(st)
             while q:
                 f = next(iter(q.values()))
-                if now > f.last + limit:
+                if int(now) > int(f.last) + limit:
                     self._retire(f, "timeout")
                     self.stats.timed_out += 1
                 else:

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from appliance import __version__
+from appliance.cli_rules import rules as rules_group
 from appliance.config import load_config
 from appliance.core.engine import Engine
 from appliance.errors import ApplianceError
@@ -27,6 +28,9 @@ def _fail(msg: str) -> None:
 @click.version_option(__version__, prog_name="appliance")
 def main() -> None:
     """Inline network security appliance for VM hosts."""
+
+
+main.add_command(rules_group)
 
 
 @main.command()

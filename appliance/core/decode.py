@@ -467,7 +467,12 @@ class Decoder:
                 return
             sp, dp, seq, ack, hl, flags, win, _s, _u = _TCP.unpack_from(data, off)
             hlen = (hl >> 4) << 2
-            if hlen < 20 or hlen > avail:
+            # Suricata's names (decode-tcp.c): a data offset under 5 words is an invalid
+            # option length; a header running past the data is "hlen too small".
+            if hlen < 20:
+                p.event("decoder.tcp.invalid_optlen")
+                return
+            if hlen > avail:
                 p.event("decoder.tcp.hlen_too_small")
                 return
             c["tcp"] += 1
@@ -482,14 +487,16 @@ class Decoder:
                 p.tcp_opts = _tcp_options(p, data, off + 20, off + hlen)
             p.payload = data[off + hlen:end]
         elif proto == PROTO_UDP:
+            # Suricata's names and order (decode-udp.c): short header, then a length
+            # field past the data, then a length field under the header size.
             if avail < 8:
-                p.event("decoder.udp.pkt_too_small")
+                p.event("decoder.udp.hlen_too_small")
                 return
             sp, dp, ulen, _s = _UDP.unpack_from(data, off)
-            if ulen < 8:
-                p.event("decoder.udp.hlen_invalid")
-                return
             if ulen > avail:
+                p.event("decoder.udp.pkt_too_small")
+                return
+            if ulen < 8:
                 p.event("decoder.udp.len_invalid")
                 return
             c["udp"] += 1
@@ -501,7 +508,7 @@ class Decoder:
                 self._udp_tunnel(p, data, off + 8, off + ulen, depth)
         elif proto == PROTO_ICMP or proto == PROTO_ICMPV6:
             v6 = proto == PROTO_ICMPV6
-            if avail < 4:
+            if avail < 8:  # ICMP headers are 8 bytes (Suricata's ICMPV4/ICMPV6_HEADER_LEN)
                 p.event("decoder.icmpv6.pkt_too_small" if v6 else "decoder.icmpv4.pkt_too_small")
                 return
             c["icmpv6" if v6 else "icmpv4"] += 1
@@ -509,9 +516,9 @@ class Decoder:
             t = data[off]
             p.icmp_type = t
             p.icmp_code = data[off + 1]
-            p.payload = data[off + 8:end] if avail >= 8 else b""
-            if t in (ICMP6_ERRORS if v6 else ICMP4_ERRORS) and avail >= 8:
-                p.icmp_inner = _quoted_tuple(data, off + 8, end, v6)
+            p.payload = data[off + 8:end]
+            if t in (ICMP6_ERRORS if v6 else ICMP4_ERRORS):
+                p.icmp_inner = _quoted_tuple(p, data, off + 8, end, v6)
         elif proto == PROTO_IPV6 or proto == PROTO_IPIP:
             self._tunnel_ip(p, data, off, end, depth, c)
         elif proto == PROTO_GRE:
@@ -720,11 +727,16 @@ def _tcp_options(p: Packet, data: bytes, pos: int, end: int) -> TcpOptions:
     return o
 
 
-def _quoted_tuple(data: bytes, off: int, end: int,
+def _quoted_tuple(p: Packet, data: bytes, off: int, end: int,
                   v6: bool) -> tuple[int, bytes, int, bytes, int] | None:
-    """The 5-tuple of the packet quoted in an ICMP error, or None if too short."""
+    """The 5-tuple of the packet quoted in an ICMP error, or None (with Suricata's
+    event for ICMPv4: ipv4_trunc_pkt, ipv4_unknown_ver) when it cannot be read."""
     if not v6:
-        if end - off < 20 or data[off] >> 4 != 4:
+        if end - off < 20:
+            p.event("decoder.icmpv4.ipv4_trunc_pkt")
+            return None
+        if data[off] >> 4 != 4:
+            p.event("decoder.icmpv4.ipv4_unknown_ver")
             return None
         hl = (data[off] & 0x0F) << 2
         proto = data[off + 9]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -15,7 +16,16 @@ from appliance.core.engine import Engine
 from appliance.errors import ApplianceError
 from appliance.io.eve import EveWriter
 from appliance.io.pcap import PcapReader
+from appliance.rules.loader import load_detection, variables_from
 from appliance.runtime import Runtime
+
+
+def default_cache_dir() -> Path:
+    """Where compiled prefilter databases are cached (keyed by their patterns' hash)."""
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "appliance"
 
 
 def _fail(msg: str) -> None:
@@ -35,16 +45,18 @@ main.add_command(rules_group)
 
 @main.command()
 @click.option("--rules", "rules", multiple=True, type=click.Path(),
-              help="Rule file or directory (repeatable). Not used yet: signatures are "
-                   "not implemented in this version.")
+              help="Rule file or directory (repeatable); a directory means all *.rules "
+                   "in it, with the classification.config beside them.")
+@click.option("--ips", is_flag=True,
+              help="Inline semantics: drop/reject rules block (EVE action 'blocked').")
 @click.option("--config", "config_path", type=click.Path(), default=None,
               help="YAML config file.")
 @click.option("--eve", "eve", default=None, metavar="PATH|-",
               help="Write EVE JSON lines here ('-' for stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.argument("pcaps", nargs=-1, required=True, type=click.Path())
-def replay(rules: tuple[str, ...], config_path: str | None, eve: str | None, quiet: bool,
-           pcaps: tuple[str, ...]) -> None:
+def replay(rules: tuple[str, ...], ips: bool, config_path: str | None, eve: str | None,
+           quiet: bool, pcaps: tuple[str, ...]) -> None:
     """Replay PCAP files through the same engine the live path uses."""
     for r in rules:
         if not Path(r).exists():
@@ -55,13 +67,30 @@ def replay(rules: tuple[str, ...], config_path: str | None, eve: str | None, qui
     except ApplianceError as e:
         _fail(str(e))
         return
+    detector = None
+    if rules:
+        t_load = time.perf_counter()
+        try:
+            loaded = load_detection(rules, variables_from(cfg.address_groups, cfg.port_groups),
+                                    cache_dir=default_cache_dir())
+        except ApplianceError as e:
+            _fail(str(e))
+            return
+        detector = loaded.engine
+        if not quiet:
+            failed = loaded.ruleset.failed + len(loaded.compile_failures)
+            click.echo(f"rules: {loaded.active} active, {failed} failed "
+                       f"(`appliance rules check` lists them), "
+                       f"{loaded.ruleset.disabled_count} disabled; loaded in "
+                       f"{time.perf_counter() - t_load:.1f} s", err=True)
     writer = None
     if eve is not None:
         try:
             writer = EveWriter(eve)
         except ApplianceError as e:
             _fail(str(e))
-    engine = Engine(cfg.engine)
+    engine_cfg = replace(cfg.engine, mode="ips") if ips else cfg.engine
+    engine = Engine(engine_cfg, detector)
     rt = Runtime(engine, writer)
     show_progress = not quiet and sys.stderr.isatty()
     t0 = time.perf_counter()

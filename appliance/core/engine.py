@@ -23,9 +23,10 @@ from appliance.core.decode import (
     Packet,
 )
 from appliance.core.defrag import DefragConfig, Defragmenter
+from appliance.core.detect.signatures import RuleMatch, SignatureEngine
 from appliance.core.events import Event, PacketIn, Shutdown, Tick
 from appliance.core.flows import Flow, FlowConfig, FlowTable
-from appliance.core.records import anomaly_record, flow_record, stats_record
+from appliance.core.records import alert_record, anomaly_record, flow_record, stats_record
 from appliance.core.stream import FLOW_ESTABLISHED, FLOW_NEW
 
 # Decoder events that Suricata's stats schema does not name (ours, not Suricata's):
@@ -48,6 +49,9 @@ class EngineConfig:
     pkt_src: str = "wire/pcap"
     # What a packet that could not be decoded gets (inline): Suricata passes them.
     invalid_verdict: VerdictKind = VerdictKind.ACCEPT
+    # "ids": drop/reject rules only alert (action "allowed"), as Suricata offline;
+    # "ips": they drop (action "blocked") and a dropped flow stays dropped.
+    mode: str = "ids"
 
 
 class EngineStats:
@@ -62,8 +66,11 @@ class EngineStats:
 
 
 class Engine:
-    def __init__(self, config: EngineConfig | None = None) -> None:
+    def __init__(self, config: EngineConfig | None = None,
+                 detector: SignatureEngine | None = None) -> None:
         self.config = config or EngineConfig()
+        self.detector = detector
+        self.alerts = 0
         self.decoder = Decoder()
         self.flows = FlowTable(self.config.flow)
         self.defrag = Defragmenter(self.config.defrag)
@@ -100,9 +107,11 @@ class Engine:
             flow: Flow | None = None
             if p.ipver:
                 if p.frag is None:
-                    flow = self._flow_update(p)
+                    flow, to_server = self._flow_update(p)
+                    if self.detector is not None:
+                        kind = self._detect(p, flow, to_server, ev.id, out)
                 else:
-                    flow = self._fragment(p, out, ev.id)
+                    self._fragment(p, out, ev.id)
                 inner = p.inner
                 while inner is not None:
                     if inner.ipver and inner.frag is None:
@@ -136,23 +145,79 @@ class Engine:
             if self.config.log_decode_anomalies:
                 for name in q.events:
                     out.append(Log(anomaly_record(q, None, name, pkt_id, self.config.pkt_src)))
-        return self._flow_update(q) if q.ipver else None
+        if not q.ipver:
+            return None
+        flow, to_server = self._flow_update(q)
+        if self.detector is not None:
+            # The verdict of the rebuilt datagram goes to the fragment that completed it.
+            self._detect(q, flow, to_server, pkt_id, out)
+        return flow
 
-    def _flow_update(self, p: Packet) -> Flow | None:
+    def _detect(self, p: Packet, flow: Flow | None, to_server: bool, pkt_id: int,
+                out: list[Command]) -> VerdictKind:
+        """Signatures on one packet; returns its verdict and appends alert records."""
+        det = self.detector
+        assert det is not None
+        ips = self.config.mode == "ips"
+        if flow is not None and flow.action is not None:
+            if flow.action == "drop" and ips:
+                return VerdictKind.DROP
+            if flow.action == "pass":
+                return VerdictKind.ACCEPT
+        matches = det.inspect_packet(p, flow, to_server)
+        if not matches:
+            return VerdictKind.ACCEPT
+        return self._act(p, flow, to_server, pkt_id, matches, out)
+
+    def _act(self, p: Packet, flow: Flow | None, to_server: bool, pkt_id: int,
+             matches: list[RuleMatch], out: list[Command]) -> VerdictKind:
+        ips = self.config.mode == "ips"
+        kind = VerdictKind.ACCEPT
+        for m in matches:
+            r = m.rule
+            act = r.action
+            if act == "pass":
+                if flow is not None:
+                    flow.action = "pass"
+                continue
+            blocking = ips and act != "alert"
+            if blocking:
+                if act.startswith("reject"):
+                    kind = VerdictKind.REJECT
+                elif kind is VerdictKind.ACCEPT:
+                    kind = VerdictKind.DROP
+                if flow is not None:
+                    flow.action = "drop"
+            if m.alert:
+                self.alerts += 1
+                if flow is not None:
+                    flow.alerted = True
+                rule = r.rule
+                out.append(Log(alert_record(
+                    p, flow, pkt_id, self.config.pkt_src,
+                    action="blocked" if blocking else "allowed", gid=rule.gid, sid=rule.sid,
+                    rev=rule.rev, signature=rule.msg, category=r.category,
+                    severity=r.severity, metadata=r.metadata, tx_id=m.tx_id,
+                    to_server=to_server)))
+        return kind
+
+    def _flow_update(self, p: Packet) -> tuple[Flow | None, bool]:
         proto = p.proto
         if proto not in FLOW_PROTOS or (not p.has_l4 and proto != PROTO_ESP):
             # Suricata keeps flows for TCP, UDP, ICMP, ICMPv6, SCTP and ESP only; a bad
             # transport header leaves nothing to key a flow on.
-            return None
+            return None, True
         flows = self.flows
         f, to_server = flows.lookup(p)
         n = p.pkt_len
         if to_server:
             f.ts_pkts += 1
             f.ts_bytes += n
+            f.ts_payload += len(p.payload)
         else:
             f.tc_pkts += 1
             f.tc_bytes += n
+            f.tc_payload += len(p.payload)
         if proto == PROTO_TCP:
             flows.update_tcp(f, p.tcp_flags, to_server)
         else:
@@ -165,7 +230,7 @@ class Engine:
             # FlowUpdateState for UDP/ICMP/other).
             if f.state == FLOW_NEW and f.ts_pkts and f.tc_pkts:
                 flows.set_state(f, FLOW_ESTABLISHED)
-        return f
+        return f, to_server
 
     def _ended_flows(self, now: float) -> list[Command]:
         return [Log(flow_record(f, now)) for f in self.flows.drain()]

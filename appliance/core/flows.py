@@ -100,7 +100,10 @@ class FlowConfig:
 
 class Flow:
     __slots__ = (
+        "action",
         "alerted",
+        "app_proto",
+        "bits",
         "dp",
         "dst",
         "end_reason",
@@ -109,6 +112,7 @@ class Flow:
         "flow_id",
         "icmp_tc",
         "icmp_ts",
+        "ints",
         "ipver",
         "key",
         "last",
@@ -121,10 +125,13 @@ class Flow:
         "start",
         "state",
         "tc_bytes",
+        "tc_payload",
         "tc_pkts",
         "tcp",
         "ts_bytes",
+        "ts_payload",
         "ts_pkts",
+        "tx_alerted",
         "vlan",
     )
 
@@ -151,10 +158,31 @@ class Flow:
         self.icmp_ts: tuple[int, int] | None = None
         self.icmp_tc: tuple[int, int] | None = None
         self.spi = p.spi
+        self.ts_payload = 0  # transport payload bytes per direction (stream_size)
+        self.tc_payload = 0
         self.alerted = False
+        self.app_proto: str | None = None
+        # Detection state, created on first use so plain flows stay small.
+        self.bits: set[str] = _NO_BITS
+        self.ints: dict[str, int] = _NO_INTS
+        self.tx_alerted: set[tuple[int, int | None]] = _NO_TX
+        # "pass": no more inspection; "drop": every further packet is dropped (inline).
+        self.action: str | None = None
         self.end_reason = ""
         self.queue: tuple[int, int] = (pclass, FLOW_NEW)
         self.flow_id = _flow_id(key, p.ts)
+
+
+class _Empty(set):  # type: ignore[type-arg]
+    """Shared empty placeholder: reads are free; the first write must replace it."""
+
+    def add(self, _x: object) -> None:
+        raise TypeError("replace the shared empty set before adding")
+
+
+_NO_BITS: Final[set[str]] = _Empty()
+_NO_TX: Final[set[tuple[int, int | None]]] = _Empty()
+_NO_INTS: Final[dict[str, int]] = {}
 
 
 def _flow_id(key: FlowKey, ts: float) -> int:

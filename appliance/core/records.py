@@ -138,3 +138,37 @@ def stats_record(now: float, uptime: int, decoder: dict[str, Any],
         "event_type": "stats",
         "stats": {"uptime": uptime, "decoder": decoder, "flow": flow},
     }
+
+
+def alert_record(p: Packet, flow: Flow | None, pcap_cnt: int | None, pkt_src: str, *,
+                 action: str, gid: int, sid: int, rev: int, signature: str, category: str,
+                 severity: int, metadata: dict[str, list[str]], tx_id: int | None,
+                 to_server: bool) -> dict[str, Any]:
+    """EVE `alert`, as Suricata 7 writes it: the packet's 5-tuple, the rule, the flow."""
+    r = packet_header(p, flow, "alert")
+    if pcap_cnt is not None:
+        r["pcap_cnt"] = pcap_cnt
+    r["pkt_src"] = pkt_src
+    if tx_id is not None:
+        r["tx_id"] = tx_id
+    a: dict[str, Any] = {
+        "action": action, "gid": gid, "signature_id": sid, "rev": rev,
+        "signature": signature, "category": category, "severity": severity,
+    }
+    if metadata:
+        a["metadata"] = metadata
+    r["alert"] = a
+    if flow is not None:
+        if flow.app_proto:
+            r["app_proto"] = flow.app_proto
+        r["direction"] = "to_server" if to_server else "to_client"
+        r["flow"] = {
+            "pkts_toserver": flow.ts_pkts, "pkts_toclient": flow.tc_pkts,
+            "bytes_toserver": flow.ts_bytes, "bytes_toclient": flow.tc_bytes,
+            "start": format_ts(flow.start),
+            "src_ip": format_ip(flow.src), "dest_ip": format_ip(flow.dst),
+        }
+        if _has_ports(flow.proto):
+            r["flow"]["src_port"] = flow.sp
+            r["flow"]["dest_port"] = flow.dp
+    return r

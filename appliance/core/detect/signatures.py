@@ -1,0 +1,401 @@
+"""Runs the compiled ruleset on packets and app-layer transactions.
+
+Per packet: the packet rules of its IP-protocol group are prefiltered on the payload
+(hyperscan), candidates are checked in evaluation order (header, flow, packet keywords,
+flowbits, buffer chains), then thresholds decide whether a match alerts. App-layer rules
+run the same way on a transaction's buffers, once per (rule, transaction) as Suricata.
+
+State: flowbits/flowints and per-transaction "already alerted" live on the Flow;
+threshold counters live here, bounded (THRESHOLD_MAX_ENTRIES) and keyed by packet time.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from appliance.core.decode import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Packet
+from appliance.core.detect.inspect import apply_transforms, match_chain
+from appliance.core.flows import Flow
+from appliance.core.stream import FLOW_ESTABLISHED, TcpState
+from appliance.rules.compiler import BufferKey, CompiledRule, Program
+from appliance.rules.keywords import FlowInt, Threshold
+from appliance.rules.matcher import APP_GROUP, PrefilterSet, ip_group
+
+# Threshold/detection_filter entries kept at most: an attacker spraying source
+# addresses must not grow this table without bound; the oldest entries go first.
+THRESHOLD_MAX_ENTRIES: Final = 100_000
+
+_PKT_KEY: BufferKey = ("pkt_data", ())
+
+
+@dataclass(frozen=True, slots=True)
+class RuleMatch:
+    rule: CompiledRule
+    tx_id: int | None
+    alert: bool  # False for noalert rules and matches suppressed by a threshold
+
+
+class DetectStats:
+    __slots__ = ("alerts", "candidates", "matches", "suppressed")
+
+    def __init__(self) -> None:
+        self.candidates = 0
+        self.matches = 0
+        self.alerts = 0
+        self.suppressed = 0
+
+
+class _ThState:
+    __slots__ = ("count", "current", "start")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.count = 0
+        self.current = 0
+
+
+class SignatureEngine:
+    def __init__(self, program: Program, prefilters: PrefilterSet) -> None:
+        self.program = program
+        self.rules = program.rules
+        self.pf = prefilters
+        self.stats = DetectStats()
+        self._thresholds: OrderedDict[tuple[object, ...], _ThState] = OrderedDict()
+        self._always = {k: tuple(v) for k, v in prefilters.always.items()}
+
+    # -- entry points ----------------------------------------------------------------
+
+    def inspect_packet(self, p: Packet, flow: Flow | None, to_server: bool) -> list[RuleMatch]:
+        """Packet rules on this packet's payload (and header-only rules)."""
+        group = ip_group(p.proto)
+        gk = (group, _PKT_KEY)
+        hits: set[int] = set()
+        payload = p.payload
+        db = self.pf.dbs.get(gk)
+        if db is not None and payload:
+            db.scan(payload, hits)
+        always = self._always.get(gk)
+        if always:
+            hits.update(always)
+        idx = self.pf.by_src.get(group)
+        if idx is not None:
+            idx.lookup(p.src, hits)
+        idx = self.pf.by_dst.get(group)
+        if idx is not None:
+            idx.lookup(p.dst, hits)
+        ports = self.pf.by_dport.get(group)
+        if ports is not None and (got := ports.get(p.dp)) is not None:
+            hits.update(got)
+        ports = self.pf.by_sport.get(group)
+        if ports is not None and (got := ports.get(p.sp)) is not None:
+            hits.update(got)
+        if not hits:
+            return []
+        buffers = {_PKT_KEY: payload}
+        return self._run(sorted(hits), p, flow, to_server, buffers, None, app=False)
+
+    def inspect_tx(self, p: Packet, flow: Flow, to_server: bool, tx_id: int,
+                   raw_buffers: Mapping[str, bytes]) -> list[RuleMatch]:
+        """App-layer rules on one transaction's buffers (those available so far)."""
+        hits: set[int] = set()
+        buffers: dict[BufferKey, bytes] = {}
+        for (group, key), db in self.pf.dbs.items():
+            if group != APP_GROUP or key[0] not in raw_buffers:
+                continue
+            data = self._buffer(buffers, key, raw_buffers)
+            if data:
+                db.scan(data, hits)
+        for (group, key), rules in self._always.items():
+            if group == APP_GROUP and key[0] in raw_buffers:
+                hits.update(rules)
+        if not hits:
+            return []
+        for name, data in raw_buffers.items():
+            buffers.setdefault((name, ()), data)
+        return self._run(sorted(hits), p, flow, to_server, buffers, raw_buffers, app=True,
+                         tx_id=tx_id)
+
+    # -- checks --------------------------------------------------------------------------
+
+    @staticmethod
+    def _buffer(cache: dict[BufferKey, bytes], key: BufferKey,
+                raw: Mapping[str, bytes]) -> bytes:
+        got = cache.get(key)
+        if got is None:
+            got = raw.get(key[0], b"")
+            if key[1]:
+                got = apply_transforms(got, key[1])
+            cache[key] = got
+        return got
+
+    def _run(self, orders: list[int], p: Packet, flow: Flow | None, to_server: bool,
+             buffers: dict[BufferKey, bytes], raw: Mapping[str, bytes] | None, app: bool,
+             tx_id: int | None = None) -> list[RuleMatch]:
+        out: list[RuleMatch] = []
+        rules = self.rules
+        st = self.stats
+        for order in orders:
+            r = rules[order]
+            if r.app != app:
+                continue
+            st.candidates += 1
+            if app and flow is not None and (order, tx_id) in flow.tx_alerted:
+                continue
+            if not self._header(r, p, flow, to_server):
+                continue
+            if r.flowbit_checks and not _flowbits_ok(r, flow):
+                continue
+            if r.flowints and not _flowints_ok(r.flowints, flow):
+                continue
+            env: dict[str, int] = {}
+            ok = True
+            for ch in r.chains:
+                if raw is None:
+                    data = buffers.get(ch.key)
+                    if data is None:
+                        if ch.key[0] != "pkt_data":
+                            ok = False
+                            break
+                        data = apply_transforms(buffers[_PKT_KEY], ch.key[1])
+                        buffers[ch.key] = data
+                else:
+                    if ch.key[0] not in raw:
+                        ok = False
+                        break
+                    data = self._buffer(buffers, ch.key, raw)
+                if not match_chain(ch, data, env):
+                    ok = False
+                    break
+            if not ok:
+                continue
+            if r.urilen is not None:
+                uri = (raw or {}).get("http.uri.raw" if r.urilen[1] else "http.uri")
+                if uri is None or not r.urilen[0].test(len(uri)):
+                    continue
+            st.matches += 1
+            if flow is not None:
+                _apply_flowbits(r, flow)
+                if r.flowints:
+                    _apply_flowints(r.flowints, flow)
+                if app:
+                    if not flow.tx_alerted:
+                        flow.tx_alerted = set()
+                    flow.tx_alerted.add((order, tx_id))
+            alert = not r.noalert and self._threshold_ok(r, p, flow)
+            if alert:
+                st.alerts += 1
+            elif not r.noalert:
+                st.suppressed += 1
+            out.append(RuleMatch(r, tx_id, alert))
+            if r.action == "pass":
+                break  # a pass rule ends inspection of this packet (action order)
+        return out
+
+    @staticmethod
+    def _header(r: CompiledRule, p: Packet, flow: Flow | None, to_server: bool) -> bool:
+        if r.ipproto is not None and r.ipproto != p.proto:
+            return False
+        if r.app_proto is not None and (flow is None or flow.app_proto != r.app_proto):
+            return False
+        src, dst, sp, dp = p.src, p.dst, p.sp, p.dp
+        # Ports first: a frozenset lookup is cheaper than an address bisect.
+        if not (r.dst_ports.contains(dp) and r.src_ports.contains(sp) and r.src.contains(src)
+                and r.dst.contains(dst)) and not (
+                r.bidir and r.src.contains(dst) and r.dst.contains(src)
+                and r.src_ports.contains(dp) and r.dst_ports.contains(sp)):
+            return False
+        fo = r.flow
+        if fo is not None:
+            if fo.to_server is not None and fo.to_server != to_server:
+                return False
+            if fo.established is not None and fo.established != _established(flow):
+                return False
+            if fo.only_stream:
+                return False  # stream-only rules need reassembled data (not wired yet)
+        if r.dsize is not None and not r.dsize.test(len(p.payload)):
+            return False
+        if p.proto == PROTO_ICMP or p.proto == PROTO_ICMPV6:
+            if r.itype is not None and not r.itype.test(p.icmp_type):
+                return False
+            if r.icode is not None and not r.icode.test(p.icmp_code):
+                return False
+            if r.icmp_id is not None or r.icmp_seq is not None:
+                d = p.data
+                o = p.l4_off
+                if len(d) < o + 8:
+                    return False
+                if r.icmp_id is not None and int.from_bytes(d[o + 4:o + 6], "big") != r.icmp_id:
+                    return False
+                if r.icmp_seq is not None and int.from_bytes(d[o + 6:o + 8],
+                                                             "big") != r.icmp_seq:
+                    return False
+        elif r.itype is not None or r.icode is not None:
+            return False
+        if r.ttl is not None and not r.ttl.test(p.ttl):
+            return False
+        if r.ip_proto is not None and not r.ip_proto.test(p.proto):
+            return False
+        if p.proto == PROTO_TCP:
+            if r.flags is not None and not r.flags.test(p.tcp_flags):
+                return False
+            if r.seq is not None and p.tcp_seq != r.seq:
+                return False
+            if r.ack is not None and p.tcp_ack != r.ack:
+                return False
+            if r.window is not None and not r.window.test(p.tcp_win):
+                return False
+        elif r.flags is not None or r.seq is not None or r.ack is not None or r.window:
+            return False
+        if r.sameip and src != dst:
+            return False
+        if r.ip_id is not None or r.tos is not None or r.fragbits is not None:
+            if p.ipver != 4:
+                return False
+            d, o = p.data, p.l3_off
+            if r.ip_id is not None and int.from_bytes(d[o + 4:o + 6], "big") != r.ip_id:
+                return False
+            if r.tos is not None and not r.tos.test(d[o + 1]):
+                return False
+            if r.fragbits is not None:
+                mode, bits = r.fragbits
+                f = int.from_bytes(d[o + 6:o + 8], "big") & 0xE000
+                if mode == "=" and f != bits:
+                    return False
+                if mode == "+" and f & bits != bits:
+                    return False
+                if mode == "*" and not f & bits:
+                    return False
+                if mode == "!" and f & bits:
+                    return False
+        if r.app_layer_protocol is not None:
+            want, neg = r.app_layer_protocol
+            have = flow.app_proto if flow is not None else None
+            if (have == want) == neg:
+                return False
+        if r.stream_size is not None:
+            if flow is None:
+                return False
+            ss = r.stream_size
+            c, s = flow.ts_payload, flow.tc_payload
+            t = ss.check.test
+            ok = {"client": t(c), "server": t(s), "both": t(c) and t(s),
+                  "either": t(c) or t(s)}[ss.side]
+            if not ok:
+                return False
+        return True
+
+    # -- thresholds --------------------------------------------------------------------
+
+    def _threshold_ok(self, r: CompiledRule, p: Packet, flow: Flow | None) -> bool:
+        for th in (r.threshold, r.detection_filter):
+            if th is not None and not self._threshold(r, th, p, flow):
+                return False
+        return True
+
+    def _threshold(self, r: CompiledRule, th: Threshold, p: Packet, flow: Flow | None) -> bool:
+        """Suricata's detect-engine-threshold.c semantics on packet time."""
+        tr = th.track
+        if tr == "by_src":
+            who: object = p.src
+        elif tr == "by_dst":
+            who = p.dst
+        elif tr == "by_both":
+            who = (p.src, p.dst) if p.src <= p.dst else (p.dst, p.src)
+        elif tr == "by_flow":
+            who = flow.flow_id if flow is not None else None
+        else:
+            who = None
+        key = (r.rule.gid, r.rule.sid, th.kind, who)
+        now = p.ts
+        table = self._thresholds
+        s = table.get(key)
+        if s is None or now - s.start > th.seconds:
+            if s is None and len(table) >= THRESHOLD_MAX_ENTRIES:
+                table.popitem(last=False)
+            s = _ThState(now)
+            table[key] = s
+        else:
+            table.move_to_end(key)
+        s.count += 1
+        kind = th.kind
+        if kind == "limit":
+            return s.count <= th.count
+        if kind == "threshold":
+            if s.count >= th.count:
+                s.count = 0
+                s.start = now
+                return True
+            return False
+        if kind == "both":
+            return s.count == th.count
+        # detection_filter: alert on every match once the rate exceeds count
+        return s.count > th.count
+
+
+def _established(flow: Flow | None) -> bool:
+    if flow is None:
+        return False
+    if flow.proto == PROTO_TCP:
+        tcp = flow.tcp
+        return tcp is not None and tcp.state >= TcpState.ESTABLISHED
+    return flow.state == FLOW_ESTABLISHED
+
+
+def _flowbits_ok(r: CompiledRule, flow: Flow | None) -> bool:
+    bits = flow.bits if flow is not None else set()
+    for fb in r.flowbit_checks:
+        if fb.expression is not None and "&" in fb.expression:
+            has = all(n in bits for n in fb.expression.split("&"))
+        else:
+            has = any(n in bits for n in fb.names)
+        if has != (fb.command == "isset"):
+            return False
+    return True
+
+
+def _apply_flowbits(r: CompiledRule, flow: Flow) -> None:
+    if r.flowbit_sets and not flow.bits:
+        flow.bits = set()  # replaces the shared empty placeholder
+    for fb in r.flowbit_sets:
+        for name in fb.names:
+            if fb.command == "set" or (fb.command == "toggle" and name not in flow.bits):
+                flow.bits.add(name)
+            else:  # unset, or toggle of a set bit
+                flow.bits.discard(name)
+
+
+def _flowints_ok(ops: tuple[FlowInt, ...], flow: Flow | None) -> bool:
+    if flow is None:
+        return False
+    for fi in ops:
+        have = flow.ints.get(fi.name)
+        if fi.op == "isset":
+            if have is None:
+                return False
+        elif fi.op == "notset":
+            if have is not None:
+                return False
+        elif fi.op in ("==", "!=", "<", ">", "<=", ">="):
+            v = fi.value if isinstance(fi.value, int) else flow.ints.get(str(fi.value))
+            if have is None or v is None:
+                return False
+            if not {"==": have == v, "!=": have != v, "<": have < v, ">": have > v,
+                    "<=": have <= v, ">=": have >= v}[fi.op]:
+                return False
+    return True
+
+
+def _apply_flowints(ops: tuple[FlowInt, ...], flow: Flow) -> None:
+    for fi in ops:
+        if fi.op not in ("=", "+", "-"):
+            continue
+        v = fi.value if isinstance(fi.value, int) else flow.ints.get(str(fi.value), 0)
+        if v is None:
+            continue
+        cur = flow.ints.get(fi.name, 0)
+        if not flow.ints:
+            flow.ints = {}  # replaces the shared empty placeholder
+        flow.ints[fi.name] = v if fi.op == "=" else (cur + v if fi.op == "+" else cur - v)

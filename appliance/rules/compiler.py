@@ -1,0 +1,415 @@
+"""Rules -> compiled detection program (load time; DESIGN.md principle 10).
+
+A CompiledRule holds everything the matcher needs as ready objects: header matchers,
+packet checks, one inspection chain per (buffer, transforms), flowbits, thresholds and
+its fast pattern. Rules are ordered as Suricata evaluates them: by action (pass, drop,
+reject, alert: Suricata's default action-order), then flowbit setters before the rules
+that test those bits, then by priority and sid.
+
+A rule that uses a keyword the matcher does not implement fails here with the exact
+keyword (lenient import, strict check: DESIGN.md principle 8).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import regex
+
+from appliance.rules.keywords import (
+    NO_EFFECT,
+    UNSUPPORTED,
+    Bsize,
+    ByteExtract,
+    ByteJump,
+    ByteMath,
+    ByteTest,
+    FlagsCheck,
+    FlowInt,
+    FlowOpt,
+    IsDataAt,
+    KeywordError,
+    NumCheck,
+    StreamSize,
+    Threshold,
+    parse_bsize,
+    parse_byte_extract,
+    parse_byte_jump,
+    parse_byte_math,
+    parse_byte_test,
+    parse_flags,
+    parse_flow,
+    parse_flowint,
+    parse_isdataat,
+    parse_num,
+    parse_stream_size,
+    parse_threshold,
+)
+from appliance.rules.parser import BufferOption, Classification, Content, Flowbit, Pcre, Rule
+from appliance.rules.variables import AddressSet, PortSet
+
+ACTION_ORDER: Final = {"pass": 0, "drop": 1, "reject": 2, "rejectsrc": 2, "rejectdst": 2,
+                       "rejectboth": 2, "alert": 3}
+
+# Rule protocol -> IP protocol number (None: any IP protocol).
+IP_PROTOS: Final[dict[str, int | None]] = {
+    "ip": None, "ipv4": None, "ip4": None, "ipv6": None, "ip6": None, "pkthdr": None,
+    "tcp": 6, "tcp-pkt": 6, "tcp-stream": 6, "udp": 17, "icmp": 1, "icmpv4": 1,
+    "icmpv6": 58, "sctp": 132,
+}
+# App-layer protocol names as a rule header may give them -> the app_proto they require.
+APP_ALIASES: Final = {"http1": "http", "ssl": "tls", "ikev2": "ike"}
+# App protocols over UDP (the rest ride on TCP).
+UDP_APPS: Final = frozenset({"dns", "dhcp", "snmp", "sip", "tftp", "ntp", "ike", "quic",
+                             "bittorrent-dht", "krb5", "nfs"})
+
+# Buffers the engine produces and which app protocol produces them.
+BUFFER_APP: Final = {
+    "http.uri": "http", "http.uri.raw": "http", "http.method": "http",
+    "http.request_line": "http", "http.protocol": "http", "http.host": "http",
+    "http.host.raw": "http", "http.header": "http", "http.header.raw": "http",
+    "http.header_names": "http", "http.user_agent": "http", "http.cookie": "http",
+    "http.referer": "http", "http.accept": "http", "http.accept_enc": "http",
+    "http.accept_lang": "http", "http.content_type": "http", "http.content_len": "http",
+    "http.connection": "http", "http.start": "http", "http.request_body": "http",
+    "http.response_line": "http", "http.stat_code": "http", "http.stat_msg": "http",
+    "http.server": "http", "http.location": "http", "http.response_body": "http",
+    "http.request_header": "http", "http.response_header": "http",
+    "file.data": None,  # HTTP bodies (and later SMTP/FTP files)
+    "dns.query": "dns",
+    "tls.sni": "tls", "tls.cert_subject": "tls", "tls.cert_issuer": "tls",
+    "tls.cert_serial": "tls", "tls.cert_fingerprint": "tls", "tls.certs": "tls",
+    "ja3.hash": "tls", "ja3.string": "tls", "ja3s.hash": "tls", "ja3s.string": "tls",
+    "tls.subjectaltname": "tls",
+    "ssh.proto": "ssh", "ssh.software": "ssh",
+}
+PACKET_BUFFERS: Final = frozenset({"pkt_data"})
+TRANSFORMS_IMPLEMENTED: Final = frozenset({
+    "dotprefix", "to_lowercase", "to_uppercase", "strip_whitespace", "compress_whitespace",
+    "to_md5", "to_sha1", "to_sha256", "url_decode", "header_lowercase", "xor",
+})
+
+
+class CompileError(ValueError):
+    pass
+
+
+# -- inspection items -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CContent:
+    pattern: bytes  # lowered when nocase
+    nocase: bool
+    negated: bool
+    depth: int | str | None
+    offset: int | str | None
+    distance: int | str | None
+    within: int | str | None
+    startswith: bool
+    endswith: bool
+    relative: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CPcre:
+    regex: Any  # a compiled `regex` pattern (supports a per-call timeout)
+    relative: bool
+    negated: bool
+    source: str
+
+
+Item = CContent | CPcre | ByteTest | ByteJump | ByteExtract | ByteMath | IsDataAt | Bsize
+
+BufferKey = tuple[str, tuple[tuple[str, str | None], ...]]  # (buffer, transforms)
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    key: BufferKey
+    items: tuple[Item, ...]
+
+
+@dataclass(slots=True)
+class CompiledRule:
+    order: int
+    rule: Rule
+    action: str
+    ipproto: int | None
+    app_proto: str | None
+    src: AddressSet
+    src_ports: PortSet
+    dst: AddressSet
+    dst_ports: PortSet
+    bidir: bool
+    flow: FlowOpt | None
+    chains: tuple[Chain, ...]
+    app: bool  # inspects app-layer buffers (alerts once per transaction)
+    fast: tuple[BufferKey, bytes, bool] | None  # (buffer, pattern, nocase)
+    dsize: NumCheck | None = None
+    itype: NumCheck | None = None
+    icode: NumCheck | None = None
+    icmp_id: int | None = None
+    icmp_seq: int | None = None
+    ttl: NumCheck | None = None
+    ip_proto: NumCheck | None = None
+    flags: FlagsCheck | None = None
+    seq: int | None = None
+    ack: int | None = None
+    window: NumCheck | None = None
+    ip_id: int | None = None
+    tos: NumCheck | None = None
+    fragbits: tuple[str, int] | None = None
+    sameip: bool = False
+    urilen: tuple[NumCheck, bool] | None = None  # (check, raw)
+    stream_size: StreamSize | None = None
+    app_layer_protocol: tuple[str, bool] | None = None  # (proto, negated)
+    flowbit_checks: tuple[Flowbit, ...] = ()
+    flowbit_sets: tuple[Flowbit, ...] = ()
+    flowints: tuple[FlowInt, ...] = ()
+    noalert: bool = False
+    threshold: Threshold | None = None
+    detection_filter: Threshold | None = None
+    severity: int = 3
+    category: str = ""
+    metadata: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CompileFailure:
+    rule: Rule
+    reason: str
+
+
+# -- compiling one rule -------------------------------------------------------------------------
+
+
+def _regex_of(p: Pcre) -> Any:
+    flags = p.regex.flags & (re.IGNORECASE | re.MULTILINE | re.DOTALL | re.VERBOSE)
+    try:
+        return regex.compile(p.pattern, flags)
+    except regex.error as e:
+        raise CompileError(f"pcre {p.source!r} does not compile: {e}") from None
+
+
+def _content(c: Content) -> CContent:
+    pat = c.pattern.lower() if c.nocase else c.pattern
+    return CContent(pat, c.nocase, c.negated, c.depth, c.offset, c.distance, c.within,
+                    c.startswith, c.endswith, c.relative)
+
+
+def _buffer_item(b: BufferOption) -> Item:
+    k = b.keyword
+    if k == "byte_test":
+        return parse_byte_test(b.value)
+    if k == "byte_jump":
+        return parse_byte_jump(b.value)
+    if k == "byte_extract":
+        return parse_byte_extract(b.value)
+    if k == "byte_math":
+        return parse_byte_math(b.value)
+    if k == "isdataat":
+        return parse_isdataat(b.value)
+    if k == "bsize":
+        return parse_bsize(b.value)
+    raise CompileError(f"unsupported keyword '{k}'")
+
+
+def _fast_pattern(rule: Rule) -> tuple[BufferKey, bytes, bool] | None:
+    """Suricata's choice: the content marked fast_pattern, else the longest positive
+    content (ties: the first). `fast_pattern:only` and `fast_pattern:o,l` chops apply."""
+    best: Content | None = None
+    for c in rule.contents:
+        if c.negated:
+            continue
+        if c.fast_pattern:
+            best = c
+            break
+        if best is None or len(c.pattern) > len(best.pattern):
+            best = c
+    if best is None:
+        return None
+    pat = best.pattern
+    arg = best.fast_pattern_arg
+    if arg and arg != "only":
+        try:
+            off, ln = (int(x) for x in arg.split(","))
+            pat = pat[off:off + ln] or pat
+        except ValueError:
+            pass
+    return ((best.buffer, best.transforms), pat, best.nocase)
+
+
+def _flowbits(rule: Rule) -> tuple[tuple[Flowbit, ...], tuple[Flowbit, ...], bool]:
+    checks = tuple(f for f in rule.flowbits if f.command in ("isset", "isnotset"))
+    sets = tuple(f for f in rule.flowbits if f.command in ("set", "unset", "toggle"))
+    noalert = any(f.command == "noalert" for f in rule.flowbits)
+    return checks, sets, noalert
+
+
+def compile_rule(rule: Rule, order: int,
+                 classifications: Mapping[str, Classification]) -> CompiledRule:
+    proto = APP_ALIASES.get(rule.proto, rule.proto)
+    if proto in IP_PROTOS:
+        ipproto = IP_PROTOS[proto]
+        app_proto = None
+    else:
+        app_proto = proto
+        ipproto = 17 if proto in UDP_APPS else 6
+    chains: dict[BufferKey, list[Item]] = {}
+    app = False
+    for m in rule.matches:
+        buf = m.buffer
+        transforms: tuple[tuple[str, str | None], ...] = ()
+        if isinstance(m, Content | Pcre):
+            transforms = m.transforms
+        for t, _arg in transforms:
+            if t not in TRANSFORMS_IMPLEMENTED:
+                raise CompileError(f"unsupported transform '{t}'")
+        if buf not in PACKET_BUFFERS:
+            if buf not in BUFFER_APP:
+                raise CompileError(f"unsupported buffer '{buf}'")
+            app = True
+            need = BUFFER_APP[buf]
+            if need is not None and app_proto is None:
+                app_proto = need
+        item: Item
+        if isinstance(m, Content):
+            item = _content(m)
+        elif isinstance(m, Pcre):
+            item = CPcre(_regex_of(m), m.relative, m.negated, m.source)
+        else:
+            item = _buffer_item(m)
+        chains.setdefault((buf, transforms), []).append(item)
+    cls = classifications.get(rule.classtype or "")
+    cr = CompiledRule(
+        order=order, rule=rule, action=rule.action, ipproto=ipproto, app_proto=app_proto,
+        src=rule.src, src_ports=rule.src_ports, dst=rule.dst, dst_ports=rule.dst_ports,
+        bidir=rule.bidirectional, flow=None,
+        chains=tuple(Chain(k, tuple(v)) for k, v in chains.items()),
+        app=app, fast=_fast_pattern(rule),
+        severity=rule.priority,
+        category=(cls.description if cls else (rule.category or "")),
+        metadata={k: list(v) for k, v in rule.metadata.items()},
+    )
+    cr.flowbit_checks, cr.flowbit_sets, cr.noalert = _flowbits(rule)
+    flowints: list[FlowInt] = []
+    for kw, value in rule.options:
+        if kw in UNSUPPORTED:
+            raise CompileError(f"unsupported keyword '{kw}'")
+        if kw == "flow":
+            cr.flow = parse_flow(value)
+        elif kw == "dsize":
+            cr.dsize = parse_num(kw, value)
+        elif kw == "itype":
+            cr.itype = parse_num(kw, value)
+        elif kw == "icode":
+            cr.icode = parse_num(kw, value)
+        elif kw == "icmp_id":
+            cr.icmp_id = parse_num(kw, value).a
+        elif kw == "icmp_seq":
+            cr.icmp_seq = parse_num(kw, value).a
+        elif kw == "ttl":
+            cr.ttl = parse_num(kw, value)
+        elif kw == "ip_proto":
+            cr.ip_proto = _ip_proto(value)
+        elif kw in ("flags", "tcp.flags"):
+            cr.flags = parse_flags(value)
+        elif kw == "seq":
+            cr.seq = parse_num(kw, value).a
+        elif kw == "ack":
+            cr.ack = parse_num(kw, value).a
+        elif kw == "window":
+            cr.window = parse_num(kw, value)
+        elif kw == "id":
+            cr.ip_id = parse_num(kw, value).a
+        elif kw == "tos":
+            cr.tos = parse_num(kw, value)
+        elif kw == "fragbits":
+            cr.fragbits = _fragbits(value)
+        elif kw == "sameip":
+            cr.sameip = True
+        elif kw == "urilen":
+            parts = (value or "").split(",")
+            cr.urilen = (parse_num(kw, parts[0]), len(parts) > 1 and parts[1].strip() == "raw")
+        elif kw == "stream_size":
+            cr.stream_size = parse_stream_size(value)
+        elif kw == "app-layer-protocol":
+            v = (value or "").strip()
+            neg = v.startswith("!")
+            cr.app_layer_protocol = (APP_ALIASES.get(v.lstrip("!"), v.lstrip("!")), neg)
+        elif kw == "threshold":
+            cr.threshold = parse_threshold(kw, value)
+        elif kw == "detection_filter":
+            cr.detection_filter = parse_threshold(kw, value)
+        elif kw == "flowint":
+            flowints.append(parse_flowint(value))
+        elif kw == "noalert":
+            cr.noalert = True
+        elif kw in NO_EFFECT:
+            pass
+    cr.flowints = tuple(flowints)
+    return cr
+
+
+def _ip_proto(value: str | None) -> NumCheck:
+    names = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58, "gre": 47,
+             "esp": 50, "ah": 51, "igmp": 2, "sctp": 132, "ipip": 4, "ipv6": 41}
+    v = (value or "").strip().lower()
+    for name, num in names.items():
+        if v.lstrip("!<>= ") == name:
+            v = v.replace(name, str(num))
+            break
+    return parse_num("ip_proto", v)
+
+
+def _fragbits(value: str | None) -> tuple[str, int]:
+    v = (value or "").strip()
+    mode = "="
+    if v and v[0] in "!*+":
+        mode, v = v[0], v[1:]
+    bits = 0
+    for ch in v.upper():
+        # IPv4 flags: M more fragments 0x2000, D don't fragment 0x4000, R reserved 0x8000
+        b = {"M": 0x2000, "D": 0x4000, "R": 0x8000}.get(ch)
+        if b is None:
+            raise KeywordError(f"'fragbits': invalid flag {ch!r}")
+        bits |= b
+    return mode, bits
+
+
+# -- the whole ruleset -------------------------------------------------------------------------
+
+
+@dataclass
+class Program:
+    """Every compiled rule in evaluation order, plus what could not be compiled."""
+
+    rules: list[CompiledRule]
+    failures: list[CompileFailure]
+
+
+def _sort_key(r: Rule, setters_first: dict[str, int]) -> tuple[int, int, int, int]:
+    # Rules that set flowbits are evaluated before rules that test them (Suricata orders
+    # signatures by flowbit dependencies, detect-engine-sigorder.c).
+    sets = any(f.command in ("set", "unset", "toggle") for f in r.flowbits)
+    reads = any(f.command in ("isset", "isnotset") for f in r.flowbits)
+    fb = 0 if sets and not reads else (1 if sets else (2 if reads else 1))
+    return (ACTION_ORDER.get(r.action, 3), fb, r.priority, r.sid)
+
+
+def compile_rules(rules: Iterable[Rule],
+                  classifications: Mapping[str, Classification] | None = None) -> Program:
+    classes = classifications or {}
+    ordered = sorted(rules, key=lambda r: _sort_key(r, {}))
+    out: list[CompiledRule] = []
+    failures: list[CompileFailure] = []
+    for r in ordered:
+        try:
+            out.append(compile_rule(r, len(out), classes))
+        except (CompileError, KeywordError) as e:
+            failures.append(CompileFailure(r, str(e)))
+    return Program(out, failures)

@@ -1,0 +1,455 @@
+"""Typed values of the keywords the matcher implements (parsed once, at load time).
+
+Each parser raises KeywordError with a reason naming the keyword; the compiler turns it
+into a rule failure (file:line, reason), never an exception at packet time. Syntax and
+semantics follow Suricata 7's keyword documentation and detect-*.c parsers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+
+class KeywordError(ValueError):
+    pass
+
+
+# Keywords the parser knows but the matcher does not implement yet: a rule using one
+# fails to compile with "unsupported keyword 'x'" (reported by `rules check`), rather
+# than silently matching differently from Suricata.
+UNSUPPORTED: Final = frozenset({
+    "xbits", "hostbits", "iprep", "geoip", "lua", "luajit", "dataset", "datarep",
+    "base64_decode", "base64_data", "asn1", "app-layer-event", "decode-event",
+    "stream-event", "engine-event", "ftpbounce", "rpc", "ipopts", "entropy",
+    "ftpdata_command", "ssl_state", "tls_cert_notbefore", "tls_cert_notafter",
+    "tls_cert_expired", "tls_cert_valid", "ssh.protoversion", "ssh.softwareversion",
+    "dns.opcode", "dce_iface", "dce_opnum", "krb5_msg_type", "krb5_err_code",
+    "nfs_procedure", "nfs.version", "snmp.version", "snmp.pdu_type", "modbus",
+    "dnp3_func", "dnp3_ind", "dnp3_obj", "enip_command", "cip_service", "http2.frametype",
+    "http2.errorcode", "http2.priority", "http2.window", "http2.size_update",
+    "http2.settings", "filemagic", "filename", "fileext", "filestore", "filemd5",
+    "filesha1", "filesha256", "filesize", "flowvar", "pktvar", "tcp.mss", "icmpv6.mtu",
+    "tls.store", "tls_store", "fragoffset",
+})
+
+# Keywords accepted without effect on matching, with the reason.
+NO_EFFECT: Final = {
+    "target": "only changes which side EVE calls source and target",
+    "tag": "tags extra packets for logging; alerts are unaffected",
+    "prefilter": "a prefilter hint; every rule here is prefiltered on its fast pattern",
+    "config": "per-rule logging configuration",
+    "requires": "feature requirements, all met or the rule fails on its keywords",
+    "bypass": "asks for bypass after a match; the engine bypasses on its own rules",
+    "replace": "payload rewriting in IPS mode is not implemented; the rule still alerts",
+    "noalert": "handled with flowbits:noalert",
+}
+
+
+# -- numbers -------------------------------------------------------------------------------
+
+_NUM = re.compile(r"^\s*(!)?\s*(<=|>=|<|>|=|!=)?\s*(-?(?:0x[0-9a-fA-F]+|\d+))\s*"
+                  r"(?:(<>|-)\s*(-?(?:0x[0-9a-fA-F]+|\d+)))?\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class NumCheck:
+    """Suricata's integer syntax: N, !N, <N, >N, <=N, >=N, N<>M (exclusive), N-M."""
+
+    op: str
+    a: int
+    b: int = 0
+    negated: bool = False
+
+    def test(self, v: int) -> bool:
+        op = self.op
+        if op == "=":
+            r = v == self.a
+        elif op == "<":
+            r = v < self.a
+        elif op == ">":
+            r = v > self.a
+        elif op == "<=":
+            r = v <= self.a
+        elif op == ">=":
+            r = v >= self.a
+        elif op == "!=":
+            r = v != self.a
+        else:  # range, exclusive as Suricata's "<>"
+            r = self.a < v < self.b
+        return r != self.negated
+
+
+def parse_num(keyword: str, value: str | None) -> NumCheck:
+    if value is None:
+        raise KeywordError(f"'{keyword}' needs a value")
+    m = _NUM.match(value)
+    if not m:
+        raise KeywordError(f"invalid value {value!r} for '{keyword}'")
+    neg, op, a, rng, b = m.groups()
+    av = int(a, 0)
+    if rng:
+        return NumCheck("<>", av, int(b, 0), bool(neg))
+    return NumCheck(op or "=", av, 0, bool(neg))
+
+
+# -- flow ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FlowOpt:
+    established: bool | None = None  # True: established, False: not_established
+    to_server: bool | None = None
+    only_stream: bool = False
+    no_stream: bool = False
+    stateless: bool = False
+
+
+def parse_flow(value: str | None) -> FlowOpt:
+    if not value:
+        raise KeywordError("'flow' needs a value")
+    est: bool | None = None
+    ts: bool | None = None
+    only = no = stateless = False
+    for raw in value.split(","):
+        w = raw.strip().lower()
+        if w == "established":
+            est = True
+        elif w == "not_established":
+            est = False
+        elif w in ("to_server", "from_client"):
+            ts = True
+        elif w in ("to_client", "from_server"):
+            ts = False
+        elif w == "only_stream":
+            only = True
+        elif w == "no_stream":
+            no = True
+        elif w == "stateless":
+            stateless = True
+        elif w in ("only_frag", "no_frag"):
+            raise KeywordError(f"unsupported flow option '{w}'")
+        elif w:
+            raise KeywordError(f"invalid flow option '{w}'")
+    return FlowOpt(est, ts, only, no, stateless)
+
+
+# -- threshold / detection_filter --------------------------------------------------------
+
+TRACKS: Final = frozenset({"by_src", "by_dst", "by_rule", "by_both", "by_flow"})
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    kind: str  # limit, threshold, both, detection_filter
+    track: str
+    count: int
+    seconds: int
+
+
+def parse_threshold(keyword: str, value: str | None) -> Threshold:
+    if not value:
+        raise KeywordError(f"'{keyword}' needs a value")
+    fields: dict[str, str] = {}
+    for part in value.split(","):
+        k, _, v = part.strip().partition(" ")
+        if not k:
+            continue
+        fields[k.strip().lower()] = v.strip()
+    kind = "detection_filter" if keyword == "detection_filter" else fields.get("type", "")
+    if kind not in ("limit", "threshold", "both", "detection_filter"):
+        raise KeywordError(f"'{keyword}': invalid type {fields.get('type')!r}")
+    track = fields.get("track", "")
+    if track not in TRACKS:
+        raise KeywordError(f"'{keyword}': invalid track {track!r}")
+    try:
+        count = int(fields["count"])
+        seconds = int(fields["seconds"])
+    except (KeyError, ValueError):
+        raise KeywordError(f"'{keyword}' needs numeric count and seconds") from None
+    if count < 1 or seconds < 0:
+        raise KeywordError(f"'{keyword}': count must be >= 1 and seconds >= 0")
+    return Threshold(kind, track, count, seconds)
+
+
+# -- tcp flags -------------------------------------------------------------------------------
+
+_FLAG_BITS: Final = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10, "U": 0x20,
+                     "E": 0x40, "C": 0x80, "1": 0x80, "2": 0x40}
+
+
+@dataclass(frozen=True, slots=True)
+class FlagsCheck:
+    """`flags:[!|*|+]FSRPAUEC0[,mask]` (Suricata detect-tcp-flags.c)."""
+
+    mode: str  # "=" exact, "+" all of and any others, "*" any of, "!" none of
+    bits: int
+    ignore: int = 0
+
+    def test(self, flags: int) -> bool:
+        f = flags & ~self.ignore & 0xFF
+        if self.mode == "=":
+            return f == self.bits
+        if self.mode == "+":
+            return f & self.bits == self.bits
+        if self.mode == "*":
+            return bool(f & self.bits) or self.bits == 0
+        return f & self.bits == 0
+
+
+def parse_flags(value: str | None) -> FlagsCheck:
+    if not value:
+        raise KeywordError("'flags' needs a value")
+    main, _, mask = value.replace(" ", "").partition(",")
+    mode = "="
+    if main and main[0] in "!*+":
+        mode = main[0]
+        main = main[1:]
+    if main.endswith("+"):
+        mode = "+"
+        main = main[:-1]
+    elif main.endswith("*"):
+        mode = "*"
+        main = main[:-1]
+    bits = 0
+    for ch in main.upper():
+        if ch == "0":
+            continue
+        if ch not in _FLAG_BITS:
+            raise KeywordError(f"'flags': invalid flag {ch!r}")
+        bits |= _FLAG_BITS[ch]
+    ignore = 0
+    for ch in mask.upper():
+        if ch not in _FLAG_BITS:
+            raise KeywordError(f"'flags': invalid mask flag {ch!r}")
+        ignore |= _FLAG_BITS[ch]
+    return FlagsCheck(mode, bits, ignore)
+
+
+# -- byte_* and isdataat ----------------------------------------------------------------------
+
+Value = int | str  # a str names a byte_extract / byte_math variable
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRead:
+    """How to read a number from the buffer (shared by byte_test/jump/extract/math)."""
+
+    nbytes: int
+    offset: Value
+    relative: bool = False
+    little: bool = False
+    string: str | None = None  # "dec", "hex", "oct" when the bytes are ASCII digits
+    bitmask: int | None = None
+    dce: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ByteTest:
+    read: ByteRead
+    op: str
+    value: Value
+    negated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ByteJump:
+    read: ByteRead
+    multiplier: int = 1
+    align: bool = False
+    from_beginning: bool = False
+    from_end: bool = False
+    post_offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ByteExtract:
+    read: ByteRead
+    name: str
+    multiplier: int = 1
+    align: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ByteMath:
+    read: ByteRead
+    oper: str
+    rvalue: Value
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
+class IsDataAt:
+    n: Value
+    relative: bool
+    negated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Bsize:
+    check: NumCheck
+
+
+def _value(keyword: str, text: str) -> Value:
+    t = text.strip()
+    try:
+        return int(t, 0)
+    except ValueError:
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", t):
+            return t
+        raise KeywordError(f"invalid value {t!r} for '{keyword}'") from None
+
+
+def _byte_flags(keyword: str, parts: list[str]) -> tuple[dict[str, str | None], list[str]]:
+    flags: dict[str, str | None] = {}
+    rest: list[str] = []
+    for p in parts:
+        w = p.strip()
+        lw = w.lower()
+        if lw in ("relative", "big", "little", "dce", "align", "from_beginning", "from_end",
+                  "string", "hex", "dec", "oct"):
+            flags[lw] = None
+        elif lw.startswith(("bitmask ", "multiplier ", "post_offset ", "endian ",
+                            "string ", "oper ", "rvalue ", "result ", "offset ", "bytes ")):
+            k, _, v = w.partition(" ")
+            flags[k.lower()] = v.strip()
+        elif w:
+            rest.append(w)
+    return flags, rest
+
+
+def _read(keyword: str, nbytes_text: str, offset_text: str,
+          flags: dict[str, str | None]) -> ByteRead:
+    try:
+        nbytes = int(nbytes_text.strip())
+    except ValueError:
+        raise KeywordError(f"'{keyword}': invalid byte count {nbytes_text!r}") from None
+    string = None
+    if "string" in flags:
+        string = (flags["string"] or next((b for b in ("hex", "dec", "oct") if b in flags),
+                                          "dec"))
+        if string not in ("hex", "dec", "oct"):
+            raise KeywordError(f"'{keyword}': invalid string base {string!r}")
+        # 0 with string: the number is the rest of the buffer (Suricata 7, used on
+        # http.content_len); otherwise at most 23 digits fit a 64-bit value.
+        if not 0 <= nbytes <= 23:
+            raise KeywordError(f"'{keyword}': string reads take 0 to 23 bytes")
+    elif not 1 <= nbytes <= 8:
+        raise KeywordError(f"'{keyword}': byte count must be 1 to 8")
+    bitmask = None
+    if flags.get("bitmask"):
+        bitmask = int(str(flags["bitmask"]), 0)
+    little = "little" in flags or flags.get("endian") == "little"
+    return ByteRead(nbytes, _value(keyword, offset_text), "relative" in flags, little,
+                    string, bitmask, "dce" in flags)
+
+
+def parse_byte_test(value: str | None) -> ByteTest:
+    parts = (value or "").split(",")
+    if len(parts) < 4:
+        raise KeywordError("'byte_test' needs bytes, operator, value, offset")
+    flags, _ = _byte_flags("byte_test", parts[4:])
+    op = parts[1].strip()
+    negated = op.startswith("!")
+    if negated:
+        op = op[1:].strip() or "="
+    if op not in ("<", ">", "=", "<=", ">=", "&", "^"):
+        raise KeywordError(f"'byte_test': invalid operator {parts[1].strip()!r}")
+    return ByteTest(_read("byte_test", parts[0], parts[3], flags), op,
+                    _value("byte_test", parts[2]), negated)
+
+
+def parse_byte_jump(value: str | None) -> ByteJump:
+    parts = (value or "").split(",")
+    if len(parts) < 2:
+        raise KeywordError("'byte_jump' needs bytes and offset")
+    flags, _ = _byte_flags("byte_jump", parts[2:])
+    return ByteJump(
+        _read("byte_jump", parts[0], parts[1], flags),
+        int(str(flags.get("multiplier") or 1), 0),
+        "align" in flags,
+        "from_beginning" in flags,
+        "from_end" in flags,
+        int(str(flags.get("post_offset") or 0), 0),
+    )
+
+
+def parse_byte_extract(value: str | None) -> ByteExtract:
+    parts = (value or "").split(",")
+    if len(parts) < 3:
+        raise KeywordError("'byte_extract' needs bytes, offset and a name")
+    flags, _ = _byte_flags("byte_extract", parts[3:])
+    return ByteExtract(_read("byte_extract", parts[0], parts[1], flags), parts[2].strip(),
+                       int(str(flags.get("multiplier") or 1), 0),
+                       int(str(flags.get("align") or 0), 0) if flags.get("align") else 0)
+
+
+def parse_byte_math(value: str | None) -> ByteMath:
+    flags, _ = _byte_flags("byte_math", (value or "").split(","))
+    try:
+        read = _read("byte_math", str(flags["bytes"]), str(flags["offset"]), flags)
+        oper = str(flags["oper"])
+        rvalue = _value("byte_math", str(flags["rvalue"]))
+        result = str(flags["result"])
+    except KeyError as e:
+        raise KeywordError(f"'byte_math' needs {e.args[0]}") from None
+    if oper not in ("+", "-", "*", "/", "<<", ">>"):
+        raise KeywordError(f"'byte_math': invalid oper {oper!r}")
+    return ByteMath(read, oper, rvalue, result)
+
+
+def parse_isdataat(value: str | None) -> IsDataAt:
+    parts = [p.strip() for p in (value or "").split(",")]
+    if not parts or not parts[0]:
+        raise KeywordError("'isdataat' needs a value")
+    first = parts[0]
+    negated = first.startswith("!")
+    if negated:
+        first = first[1:].strip()
+    return IsDataAt(_value("isdataat", first), "relative" in parts, negated)
+
+
+def parse_bsize(value: str | None) -> Bsize:
+    return Bsize(parse_num("bsize", value))
+
+
+# -- flowint ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FlowInt:
+    name: str
+    op: str  # "=", "+", "-", "==", "!=", "<", ">", "<=", ">=", "isset", "notset"
+    value: Value | None
+
+
+def parse_flowint(value: str | None) -> FlowInt:
+    parts = [p.strip() for p in (value or "").split(",")]
+    if len(parts) < 2:
+        raise KeywordError("'flowint' needs a name and an operation")
+    name, op = parts[0], parts[1]
+    if op in ("isset", "notset", "isnotset"):
+        return FlowInt(name, "notset" if op != "isset" else "isset", None)
+    if op not in ("=", "+", "-", "==", "!=", "<", ">", "<=", ">=") or len(parts) < 3:
+        raise KeywordError(f"'flowint': invalid operation {op!r}")
+    return FlowInt(name, op, _value("flowint", parts[2]))
+
+
+# -- stream_size -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSize:
+    side: str  # client, server, both, either
+    check: NumCheck
+
+
+def parse_stream_size(value: str | None) -> StreamSize:
+    parts = [p.strip() for p in (value or "").split(",")]
+    if len(parts) != 3 or parts[0] not in ("client", "server", "both", "either"):
+        raise KeywordError(f"invalid value {value!r} for 'stream_size'")
+    op = parts[1]
+    if op not in ("<", ">", "=", "!=", "<=", ">="):
+        raise KeywordError(f"'stream_size': invalid operator {op!r}")
+    return StreamSize(parts[0], NumCheck(op, int(parts[2], 0)))

@@ -1,0 +1,206 @@
+"""Signature matching semantics, rule by rule, on scripted packets (Suricata's behaviour)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP, Ether
+
+from appliance.core.commands import Log, Verdict, VerdictKind
+from appliance.core.detect.inspect import match_chain
+from appliance.core.engine import Engine, EngineConfig
+from appliance.core.events import LINKTYPE_ETHERNET, PacketIn
+from appliance.rules.compiler import compile_rule
+from appliance.rules.loader import detection_from_text
+from appliance.rules.parser import parse_rule
+
+CLIENT, SERVER = "192.168.1.10", "203.0.113.5"  # HOME_NET client, EXTERNAL_NET server
+
+
+class Run:
+    def __init__(self, *rules: str, mode: str = "ids") -> None:
+        self.loaded = detection_from_text(rules)
+        assert not self.loaded.ruleset.failures, self.loaded.ruleset.failures
+        assert not self.loaded.program.failures, self.loaded.program.failures
+        self.engine = Engine(EngineConfig(mode=mode), self.loaded.engine)
+        self.n = 0
+        self.ts = 1000.0
+
+    def send(self, pkt: Any) -> tuple[VerdictKind, list[dict[str, Any]]]:
+        self.n += 1
+        self.ts += 0.01
+        cmds = self.engine.handle(PacketIn(self.n, self.ts, bytes(pkt), LINKTYPE_ETHERNET))
+        alerts = [c.record for c in cmds if isinstance(c, Log)
+                  and c.record["event_type"] == "alert"]
+        (v,) = [c for c in cmds if isinstance(c, Verdict)]
+        return v.kind, alerts
+
+    def sids(self, pkt: Any) -> list[int]:
+        return [a["alert"]["signature_id"] for a in self.send(pkt)[1]]
+
+    def handshake(self, sport: int = 40000, dport: int = 80) -> None:
+        self.send(tcp(CLIENT, SERVER, sport, dport, "S", 100, 0))
+        self.send(tcp(SERVER, CLIENT, dport, sport, "SA", 500, 101))
+        self.send(tcp(CLIENT, SERVER, sport, dport, "A", 101, 501))
+
+
+def tcp(src: str, dst: str, sp: int, dp: int, flags: str, seq: int, ack: int,
+        data: bytes = b"") -> Any:
+    return Ether() / IP(src=src, dst=dst) / TCP(sport=sp, dport=dp, flags=flags, seq=seq,
+                                                ack=ack) / data
+
+
+def udp(data: bytes, src: str = CLIENT, dst: str = SERVER, sp: int = 5000,
+        dp: int = 9999) -> Any:
+    return Ether() / IP(src=src, dst=dst) / UDP(sport=sp, dport=dp) / data
+
+
+def chain_matches(opts: str, data: bytes) -> bool:
+    """Compile `alert udp any any -> any any (OPTS sid:1;)` and test its chain on data."""
+    rule = parse_rule(f"alert udp any any -> any any ({opts} sid:1;)")
+    cr = compile_rule(rule, 0, {})
+    env: dict[str, int] = {}
+    return all(match_chain(ch, data, env) for ch in cr.chains)
+
+
+@pytest.mark.parametrize("opts,data,expected", [
+    ('content:"abc";', b"xxabcxx", True),
+    ('content:"ABC"; nocase;', b"xxabcxx", True),
+    ('content:"ABC";', b"xxabcxx", False),
+    ('content:"abc"; depth:4;', b"xxabcxx", False),
+    ('content:"abc"; depth:5;', b"xxabcxx", True),
+    ('content:"abc"; offset:3;', b"xxabcxx", False),
+    ('content:"abc"; offset:2; depth:3;', b"xxabcxx", True),
+    ('content:"abc"; startswith;', b"abcxx", True),
+    ('content:"abc"; startswith;', b"xabc", False),
+    ('content:"abc"; endswith;', b"xxabc", True),
+    ('content:"abc"; endswith;', b"abcx", False),
+    ('content:!"abc";', b"xyz", True),
+    ('content:!"abc";', b"xabc", False),
+    ('content:"|00 01|ab|ff|";', b"\x00\x01ab\xff", True),
+    # distance/within relative to the previous match, with Suricata's backtracking.
+    ('content:"a"; content:"b"; distance:0; within:1;', b"a_ab", True),
+    ('content:"a"; content:"b"; distance:1; within:1;', b"a_b", True),
+    ('content:"a"; content:"b"; distance:1; within:1;', b"ab", False),
+    ('content:"a"; content:"c"; distance:0; within:2;', b"abbc", False),
+    ('content:"GET"; content:!"Host"; distance:0;', b"GET / HTTP/1.0\r\n\r\n", True),
+    ('content:"GET"; content:!"Host"; distance:0;', b"GET / HTTP/1.0\r\nHost: x\r\n", False),
+    # pcre, absolute and relative.
+    ('pcre:"/^GET \\/[a-z]+\\.php/";', b"GET /index.php HTTP/1.1", True),
+    ('pcre:"/^get/i";', b"GET /", True),
+    ('content:"id="; pcre:"/^\\d{3}&/R";', b"x?id=123&", True),
+    ('content:"id="; pcre:"/^\\d{3}&/R";', b"x?id=12&", False),
+    ('pcre:!"/evil/";', b"good", True),
+    # byte_test / byte_jump / byte_extract / isdataat / bsize / dsize.
+    ('byte_test:2,>,255,0;', b"\x01\x00rest", True),
+    ('byte_test:2,>,255,0,little;', b"\x01\x00rest", False),
+    ('byte_test:3,=,123,1,string,dec;', b"x123y", True),
+    ('byte_test:1,&,0x80,0;', b"\x81", True),
+    ('byte_test:1,!&,0x80,0;', b"\x81", False),
+    ('byte_jump:1,0; content:"Z"; within:1;', b"\x02abZ", True),
+    ('byte_jump:1,0; content:"Z"; within:1;', b"\x01abZ", False),
+    ('byte_extract:1,0,len; content:"Q"; distance:len; within:1;', b"\x02..Q", True),
+    ('byte_extract:1,0,len; content:"Q"; distance:len; within:1;', b"\x01..Q", False),
+    ('content:"ab"; isdataat:2,relative;', b"ab12", True),
+    ('content:"ab"; isdataat:2,relative;', b"ab1", False),
+    ('content:"ab"; isdataat:!1,relative;', b"ab", True),
+    ('content:"ab"; bsize:4;', b"ab12", True),
+    ('content:"ab"; bsize:>4;', b"ab12", False),
+])
+def test_content_inspection(opts: str, data: bytes, expected: bool) -> None:
+    assert chain_matches(opts, data) is expected
+
+
+def test_udp_rule_alerts_with_suricata_record(eve_validator: Any) -> None:
+    r = Run('alert udp $HOME_NET any -> $EXTERNAL_NET any (msg:"test dht"; '
+            'content:"d1:ad2:id20:"; depth:12; classtype:policy-violation; '
+            'metadata:created_at 2010_07_30; sid:1000001; rev:3;)')
+    kind, alerts = r.send(udp(b"d1:ad2:id20:xxxxxxxxxxxx"))
+    assert kind is VerdictKind.ACCEPT
+    (a,) = alerts
+    assert a["alert"] == {"action": "allowed", "gid": 1, "signature_id": 1000001, "rev": 3,
+                          "signature": "test dht", "category": "",
+                          "severity": 3, "metadata": {"created_at": ["2010_07_30"]}}
+    assert (a["src_ip"], a["dest_ip"], a["proto"], a["direction"]) == (
+        CLIENT, SERVER, "UDP", "to_server")
+    assert not list(eve_validator.iter_errors(a))
+    # Wrong direction for the address groups: no alert.
+    assert r.sids(udp(b"d1:ad2:id20:xx", src=SERVER, dst=CLIENT)) == []
+
+
+def test_flow_established_and_direction() -> None:
+    r = Run('alert tcp any any -> any 80 (msg:"x"; flow:established,to_server; '
+            'content:"attack"; sid:1;)')
+    # Without a handshake, Suricata tracks no session: not established, no alert.
+    assert r.sids(tcp(CLIENT, SERVER, 40001, 80, "PA", 1, 1, b"attack")) == []
+    r.handshake()
+    assert r.sids(tcp(CLIENT, SERVER, 40000, 80, "PA", 101, 501, b"attack")) == [1]
+    assert r.sids(tcp(SERVER, CLIENT, 80, 40000, "PA", 501, 107, b"attack")) == []
+
+
+def test_flowbits_set_then_isset_and_noalert() -> None:
+    r = Run(
+        'alert udp any any -> any any (msg:"set"; content:"login"; '
+        'flowbits:set,logged_in; flowbits:noalert; sid:1;)',
+        'alert udp any any -> any any (msg:"after login"; content:"cmd"; '
+        'flowbits:isset,logged_in; sid:2;)',
+        'alert udp any any -> any any (msg:"not logged"; content:"cmd"; '
+        'flowbits:isnotset,logged_in; sid:3;)',
+    )
+    assert r.sids(udp(b"cmd")) == [3]
+    assert r.sids(udp(b"login")) == []  # noalert
+    assert r.sids(udp(b"cmd")) == [2]
+
+
+def test_threshold_limit_and_both() -> None:
+    r = Run('alert udp any any -> any any (msg:"lim"; content:"x"; '
+            'threshold:type limit, track by_src, count 2, seconds 60; sid:1;)',
+            'alert udp any any -> any any (msg:"both"; content:"y"; '
+            'threshold:type both, track by_src, count 3, seconds 60; sid:2;)')
+    assert [len(r.sids(udp(b"x"))) for _ in range(4)] == [1, 1, 0, 0]
+    assert [len(r.sids(udp(b"y"))) for _ in range(5)] == [0, 0, 1, 0, 0]
+
+
+def test_pass_rule_wins_over_alert_and_drop_blocks_in_ips() -> None:
+    rules = ('drop udp any any -> any any (msg:"drop"; content:"bad"; sid:1;)',
+             'pass udp any any -> any any (msg:"ok"; content:"bad-but-allowed"; sid:2;)')
+    r = Run(*rules, mode="ips")
+    kind, alerts = r.send(udp(b"bad-but-allowed", sp=1))
+    assert (kind, alerts) == (VerdictKind.ACCEPT, [])
+    kind, alerts = r.send(udp(b"bad", sp=2))
+    assert kind is VerdictKind.DROP
+    assert alerts[0]["alert"]["action"] == "blocked"
+    # The rest of that flow is dropped too, without more alerts.
+    assert r.send(udp(b"harmless", sp=2)) == (VerdictKind.DROP, [])
+    # IDS mode: the same rule only alerts ("allowed").
+    ids = Run(*rules)
+    kind, alerts = ids.send(udp(b"bad", sp=3))
+    assert kind is VerdictKind.ACCEPT and alerts[0]["alert"]["action"] == "allowed"
+
+
+def test_header_only_rules_by_address_and_port_and_icmp() -> None:
+    r = Run('alert ip [198.51.100.7,198.51.100.9] any -> $HOME_NET any (msg:"rep"; sid:1;)',
+            'alert tcp $EXTERNAL_NET any -> $HOME_NET 22 (msg:"ssh syn"; flags:S,12; sid:2;)',
+            'alert icmp any any -> any any (msg:"ping"; itype:8; sid:3;)')
+    assert r.sids(udp(b"x", src="198.51.100.9", dst=CLIENT)) == [1]
+    assert r.sids(udp(b"x", src="198.51.100.8", dst=CLIENT)) == []
+    assert r.sids(tcp(SERVER, CLIENT, 5555, 22, "S", 1, 0)) == [2]
+    assert r.sids(tcp(SERVER, CLIENT, 5556, 23, "S", 1, 0)) == []
+    assert r.sids(Ether() / IP(src=CLIENT, dst=SERVER) / ICMP(type=8)) == [3]
+    assert r.sids(Ether() / IP(src=CLIENT, dst=SERVER) / ICMP(type=0)) == []
+
+
+def test_unsupported_keyword_is_reported_not_loaded() -> None:
+    loaded = detection_from_text([
+        'alert tcp any any -> any any (msg:"x"; xbits:set,a,track ip_src; sid:5;)',
+        'alert tcp any any -> any any (msg:"ok"; content:"a"; sid:6;)',
+    ])
+    assert [f.reason for f in loaded.program.failures] == ["unsupported keyword 'xbits'"]
+    assert loaded.active == 1
+
+
+def test_bidirectional_rule_matches_both_ways() -> None:
+    r = Run('alert udp 10.9.9.9 any <> $HOME_NET any (msg:"bi"; content:"q"; sid:1;)')
+    assert r.sids(udp(b"q", src="10.9.9.9", dst=CLIENT)) == [1]
+    assert r.sids(udp(b"q", src=CLIENT, dst="10.9.9.9")) == [1]

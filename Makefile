@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMPS := $(VENV)/.stamps
 APT_PACKAGES := iptables iproute2 ipset libnetfilter-queue-dev libnfnetlink-dev gcc \
-	python3-dev python3-venv tcpdump kmod procps
+	python3-dev python3-venv tcpdump kmod procps curl iputils-ping dnsutils iperf3
 
 .PHONY: all setup test demo lint typecheck bench pcaps clean
 

@@ -6,12 +6,14 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
 from appliance import __version__
 from appliance.cli_rules import rules as rules_group
-from appliance.config import load_config
+from appliance.config import Config, load_config
+from appliance.core.detect.signatures import SignatureEngine
 from appliance.core.engine import Engine
 from appliance.errors import ApplianceError
 from appliance.io.eve import EveWriter
@@ -28,7 +30,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "appliance"
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     """One-line error and exit 2 (usage/input errors), never a traceback."""
     click.echo(f"appliance: error: {msg}", err=True)
     sys.exit(2)
@@ -58,31 +60,11 @@ main.add_command(rules_group)
 def replay(rules: tuple[str, ...], ips: bool, config_path: str | None, eve: str | None,
            quiet: bool, pcaps: tuple[str, ...]) -> None:
     """Replay PCAP files through the same engine the live path uses."""
-    for r in rules:
-        if not Path(r).exists():
-            _fail(f"{r}: no such rule file or directory")
+    cfg, detector = _load(rules, config_path, quiet)
     try:
-        cfg = load_config(config_path)
         readers = [PcapReader(p) for p in pcaps]
     except ApplianceError as e:
         _fail(str(e))
-        return
-    detector = None
-    if rules:
-        t_load = time.perf_counter()
-        try:
-            loaded = load_detection(rules, variables_from(cfg.address_groups, cfg.port_groups),
-                                    cache_dir=default_cache_dir())
-        except ApplianceError as e:
-            _fail(str(e))
-            return
-        detector = loaded.engine
-        if not quiet:
-            failed = loaded.ruleset.failed + len(loaded.compile_failures)
-            click.echo(f"rules: {loaded.active} active, {failed} failed "
-                       f"(`appliance rules check` lists them), "
-                       f"{loaded.ruleset.disabled_count} disabled; loaded in "
-                       f"{time.perf_counter() - t_load:.1f} s", err=True)
     writer = None
     if eve is not None:
         try:
@@ -140,3 +122,138 @@ def _run_with_progress(rt: Runtime, reader: PcapReader) -> None:
             progress.update(task, completed=n, pps=n / dt if dt > 0 else 0.0)
 
         rt.run(reader, on_packet=tick)
+
+
+def _load(rules: tuple[str, ...], cfg_path: str | None,
+          quiet: bool = False) -> tuple[Config, SignatureEngine | None]:
+    """Config and rules for replay and run; any user error is one line and exit 2."""
+    for r in rules:
+        if not Path(r).exists():
+            _fail(f"{r}: no such rule file or directory")
+    try:
+        cfg = load_config(cfg_path)
+        if not rules:
+            return cfg, None
+        t0 = time.perf_counter()
+        loaded = load_detection(rules, variables_from(cfg.address_groups, cfg.port_groups),
+                                cache_dir=default_cache_dir())
+    except ApplianceError as e:
+        _fail(str(e))
+    if not quiet:
+        failed = loaded.ruleset.failed + len(loaded.compile_failures)
+        click.echo(f"rules: {loaded.active} active, {failed} failed "
+                   f"(`appliance rules check` lists them), {loaded.ruleset.disabled_count} "
+                   f"disabled; loaded in {time.perf_counter() - t0:.1f} s", err=True)
+    return cfg, loaded.engine
+
+
+@main.command()
+@click.option("--bridge", required=True, help="The bridge whose forwarded traffic to inspect.")
+@click.option("--rules", "rules", multiple=True, type=click.Path(),
+              help="Rule file or directory (repeatable).")
+@click.option("--config", "config_path", type=click.Path(), default=None)
+@click.option("--eve", default=None, metavar="PATH", help="EVE JSON output file.")
+@click.option("--queues", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="NFQUEUE queues, one worker process each.")
+@click.option("--fail-open/--fail-closed", default=False, show_default=True,
+              help="When no worker can take a packet: let it through (opt-in) or drop it.")
+def run(bridge: str, rules: tuple[str, ...], config_path: str | None, eve: str | None,
+        queues: int, fail_open: bool) -> None:
+    """Inspect BRIDGE inline through NFQUEUE until SIGTERM or Ctrl-C."""
+    from appliance.daemon import RunOptions, Supervisor
+
+    cfg, detector = _load(rules, config_path)
+    cfg = replace(cfg, engine=replace(cfg.engine, mode="ips", log_pcap_cnt=False))
+    sup = Supervisor(cfg, detector, RunOptions(bridge, queues, fail_open, eve),
+                     log=lambda m: click.echo(f"appliance: {m}", err=True))
+    try:
+        sys.exit(sup.run())
+    except ApplianceError as e:
+        _fail(str(e))
+
+
+@main.group()
+@click.option("--prefix", default="apl-", show_default=True,
+              help="Name prefix of the lab's namespaces (tests use their own).")
+@click.pass_context
+def lab(ctx: click.Context, prefix: str) -> None:
+    """A VM host in network namespaces: bridge, guests, gateway, internet."""
+    from appliance.lab import Lab
+
+    try:
+        ctx.obj = Lab(prefix)
+    except ApplianceError as e:
+        _fail(str(e))
+
+
+@lab.command("up")
+@click.pass_obj
+def lab_up(obj: object) -> None:
+    """Build the lab (replacing an existing one with the same prefix)."""
+    from appliance.lab import Lab
+
+    assert isinstance(obj, Lab)
+    try:
+        obj.up()
+    except ApplianceError as e:
+        _fail(str(e))
+    click.echo(obj.status())
+
+
+@lab.command("down")
+@click.pass_obj
+def lab_down(obj: object) -> None:
+    """Remove everything `lab up` made."""
+    from appliance.lab import Lab
+
+    assert isinstance(obj, Lab)
+    obj.down()
+
+
+@lab.command("status")
+@click.pass_obj
+def lab_status(obj: object) -> None:
+    from appliance.lab import Lab
+
+    assert isinstance(obj, Lab)
+    click.echo(obj.status())
+
+
+@lab.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("guest")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_obj
+def lab_exec(obj: object, guest: str, argv: tuple[str, ...]) -> None:
+    """Run a command inside a lab host: lab exec desktop -- curl http://203.0.113.10/"""
+    import os
+
+    from appliance.lab import Lab
+
+    assert isinstance(obj, Lab)
+    try:
+        cmd = obj.exec_argv(guest, list(argv))
+    except ApplianceError as e:
+        _fail(str(e))
+        return
+    os.execvp(cmd[0], cmd)
+
+
+@lab.command("run", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def lab_run(obj: object, args: tuple[str, ...]) -> None:
+    """Run the appliance inline on the lab's bridge (takes `appliance run` options)."""
+    import os
+
+    from appliance.lab import BRIDGE, Lab
+
+    assert isinstance(obj, Lab)
+    if not obj.exists():
+        _fail(f"lab {obj.prefix!r} is not up (appliance lab --prefix {obj.prefix} up)")
+    cmd = obj.exec_argv("host", [sys.executable, "-m", "appliance.cli", "run", "--bridge",
+                                 BRIDGE, *args])
+    os.execvp(cmd[0], cmd)
+
+
+if __name__ == "__main__":
+    main()

@@ -20,6 +20,8 @@ class Verdict(NamedTuple):
 
     packet_id: int
     kind: VerdictKind
+    # For REJECT: the rule action (reject, rejectsrc, rejectdst, rejectboth).
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)

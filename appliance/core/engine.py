@@ -47,6 +47,8 @@ class EngineConfig:
     # Where packets come from, for EVE's pkt_src ("wire/pcap" in replay and live alike,
     # as Suricata writes for captured packets).
     pkt_src: str = "wire/pcap"
+    # EVE pcap_cnt (the record number) makes sense in replay only; live packets have none.
+    log_pcap_cnt: bool = True
     # What a packet that could not be decoded gets (inline): Suricata passes them.
     invalid_verdict: VerdictKind = VerdictKind.ACCEPT
     # "ids": drop/reject rules only alert (action "allowed"), as Suricata offline;
@@ -71,6 +73,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.detector = detector
         self.alerts = 0
+        self._reject_how = ""
         self.decoder = Decoder()
         self.flows = FlowTable(self.config.flow)
         self.defrag = Defragmenter(self.config.defrag)
@@ -102,6 +105,7 @@ class Engine:
         st.last_ts = ts
         out: list[Command] = []
         kind = VerdictKind.ACCEPT
+        self._reject_how = ""
         try:
             p = self.decoder.decode(ev.data, ev.linktype, ts)
             flow: Flow | None = None
@@ -121,8 +125,9 @@ class Engine:
                 self.anomalies += len(p.events)
                 if self.config.log_decode_anomalies:
                     for name in p.events:
-                        out.append(Log(anomaly_record(p, flow, name, ev.id,
-                                                      self.config.pkt_src)))
+                        out.append(Log(anomaly_record(
+                            p, flow, name, ev.id if self.config.log_pcap_cnt else None,
+                            self.config.pkt_src)))
                 if not p.ipver:
                     kind = self.config.invalid_verdict
             if self.flows.ended:
@@ -130,7 +135,8 @@ class Engine:
         except Exception:  # principle 7: count it, the packet still gets its verdict
             st.errors += 1
         st.verdicts[kind.value] += 1
-        out.append(Verdict(ev.id, kind))
+        out.append(Verdict(ev.id, kind, self._reject_how) if self._reject_how
+                   else Verdict(ev.id, kind))
         return out
 
     def _fragment(self, p: Packet, out: list[Command], pkt_id: int) -> Flow | None:
@@ -158,12 +164,12 @@ class Engine:
         """Signatures on one packet; returns its verdict and appends alert records."""
         det = self.detector
         assert det is not None
-        ips = self.config.mode == "ips"
         if flow is not None and flow.action is not None:
-            if flow.action == "drop" and ips:
-                return VerdictKind.DROP
-            if flow.action == "pass":
-                return VerdictKind.ACCEPT
+            # A dropped flow is not inspected again (Suricata: no more alerts on it) and,
+            # inline, stays dropped. A passed flow needs no more inspection: bypass it.
+            if flow.action == "drop":
+                return VerdictKind.DROP if self.config.mode == "ips" else VerdictKind.ACCEPT
+            return VerdictKind.BYPASS
         matches = det.inspect_packet(p, flow, to_server)
         if not matches:
             return VerdictKind.ACCEPT
@@ -179,22 +185,24 @@ class Engine:
             if act == "pass":
                 if flow is not None:
                     flow.action = "pass"
+                    kind = VerdictKind.BYPASS
                 continue
+            if act != "alert" and flow is not None:
+                flow.action = "drop"
             blocking = ips and act != "alert"
             if blocking:
                 if act.startswith("reject"):
                     kind = VerdictKind.REJECT
+                    self._reject_how = act
                 elif kind is VerdictKind.ACCEPT:
                     kind = VerdictKind.DROP
-                if flow is not None:
-                    flow.action = "drop"
             if m.alert:
                 self.alerts += 1
                 if flow is not None:
                     flow.alerted = True
                 rule = r.rule
                 out.append(Log(alert_record(
-                    p, flow, pkt_id, self.config.pkt_src,
+                    p, flow, pkt_id if self.config.log_pcap_cnt else None, self.config.pkt_src,
                     action="blocked" if blocking else "allowed", gid=rule.gid, sid=rule.sid,
                     rev=rule.rev, signature=rule.msg, category=r.category,
                     severity=r.severity, metadata=r.metadata, tx_id=m.tx_id,

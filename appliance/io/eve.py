@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -17,13 +18,24 @@ class EveSink(Protocol):
 
 
 class EveWriter:
-    """Writes one compact JSON object per line to a file, or to stdout for "-"."""
+    """Writes one compact JSON object per line to a file, or to stdout for "-".
+
+    With `append=True` (the inline workers: several processes, one file) every record is
+    one write(2) on an O_APPEND descriptor, so lines from different workers never
+    interleave."""
 
     def __init__(self, target: str | Path, append: bool = False) -> None:
         self._own = str(target) != "-"
-        if self._own:
+        self._fd = -1
+        self._out: TextIO = sys.stdout
+        if self._own and append:
             try:
-                self._out: TextIO = open(target, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
+                self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            except OSError as e:
+                raise InputError(f"{target}: cannot write EVE output: {e.strerror}") from None
+        elif self._own:
+            try:
+                self._out = open(target, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
             except OSError as e:
                 raise InputError(f"{target}: cannot write EVE output: {e.strerror}") from None
         else:
@@ -31,11 +43,17 @@ class EveWriter:
         self._dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
     def write(self, record: dict[str, Any]) -> None:
+        if self._fd >= 0:
+            os.write(self._fd, (self._dumps(record) + "\n").encode())
+            return
         self._out.write(self._dumps(record))
         self._out.write("\n")
 
     def close(self) -> None:
-        if self._own:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        elif self._own:
             self._out.close()
         else:
             self._out.flush()

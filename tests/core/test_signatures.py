@@ -167,7 +167,9 @@ def test_pass_rule_wins_over_alert_and_drop_blocks_in_ips() -> None:
              'pass udp any any -> any any (msg:"ok"; content:"bad-but-allowed"; sid:2;)')
     r = Run(*rules, mode="ips")
     kind, alerts = r.send(udp(b"bad-but-allowed", sp=1))
-    assert (kind, alerts) == (VerdictKind.ACCEPT, [])
+    # A pass rule ends inspection of the flow: it is bypassed from then on.
+    assert (kind, alerts) == (VerdictKind.BYPASS, [])
+    assert r.send(udp(b"bad", sp=1)) == (VerdictKind.BYPASS, [])
     kind, alerts = r.send(udp(b"bad", sp=2))
     assert kind is VerdictKind.DROP
     assert alerts[0]["alert"]["action"] == "blocked"

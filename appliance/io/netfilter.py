@@ -1,0 +1,126 @@
+"""The appliance's own iptables/ip6tables chains: bridged traffic of one bridge to NFQUEUE.
+
+    filter FORWARD -i BR -o BR -m physdev --physdev-is-bridged -j APL-BR
+    filter APL-BR  -m connmark --mark BYPASS/BYPASS -j ACCEPT     (bypassed connections)
+                   -j NFQUEUE --queue-balance 0:N-1 [--queue-bypass]
+    mangle APL-BR-SAVE (from POSTROUTING): a packet accepted with the bypass mark saves it
+                   on its connection (CONNMARK --save-mark), so the kernel stops queueing it.
+
+Installing first removes whatever an earlier (crashed) run left under the same names.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from typing import Final
+
+from appliance.errors import ApplianceError
+
+BYPASS_MARK: Final = 0x00010000
+TOOLS: Final = ("iptables", "ip6tables")
+
+
+class NetfilterError(ApplianceError):
+    pass
+
+
+def _ipt(tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    try:
+        cp = subprocess.run([tool, "-w", "5", *args], capture_output=True, text=True,
+                            timeout=30)
+    except FileNotFoundError:
+        raise NetfilterError(f"{tool} not found: install the iptables package") from None
+    if check and cp.returncode != 0:
+        raise NetfilterError(f"{tool} {' '.join(args)}: {cp.stderr.strip()}")
+    return cp
+
+
+@dataclass(frozen=True)
+class Chains:
+    bridge: str
+    queues: int = 1
+    fail_open: bool = False
+    bypass_mark: int = BYPASS_MARK
+
+    @property
+    def chain(self) -> str:
+        return f"APL-{self.bridge}"[:28]  # iptables chain names hold 28 characters
+
+    @property
+    def save_chain(self) -> str:
+        return f"APL-{self.bridge}-SAVE"[:28]
+
+    def _jump(self) -> list[str]:
+        return ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-m", "physdev",
+                "--physdev-is-bridged", "-j", self.chain]
+
+    def _save_jump(self) -> list[str]:
+        return ["POSTROUTING", "-m", "physdev", "--physdev-is-bridged", "-j", self.save_chain]
+
+    def queue_target(self) -> list[str]:
+        if self.queues > 1:
+            q = ["--queue-balance", f"0:{self.queues - 1}"]
+        else:
+            q = ["--queue-num", "0"]
+        return ["-j", "NFQUEUE", *q, *(["--queue-bypass"] if self.fail_open else [])]
+
+    def install(self) -> None:
+        self.remove()
+        m = f"{self.bypass_mark:#x}/{self.bypass_mark:#x}"
+        for tool in TOOLS:
+            _ipt(tool, "-t", "filter", "-N", self.chain)
+            _ipt(tool, "-t", "filter", "-A", self.chain, "-m", "connmark", "--mark", m,
+                 "-j", "ACCEPT")
+            _ipt(tool, "-t", "filter", "-A", self.chain, *self.queue_target())
+            _ipt(tool, "-t", "filter", "-I", *self._jump())
+            _ipt(tool, "-t", "mangle", "-N", self.save_chain)
+            _ipt(tool, "-t", "mangle", "-A", self.save_chain, "-m", "mark", "--mark", m,
+                 "-j", "CONNMARK", "--save-mark", "--nfmask", f"{self.bypass_mark:#x}",
+                 "--ctmask", f"{self.bypass_mark:#x}")
+            _ipt(tool, "-t", "mangle", "-I", *self._save_jump())
+
+    def remove(self) -> None:
+        """Delete every rule and chain of ours (idempotent; used at start and exit)."""
+        for tool in TOOLS:
+            while _ipt(tool, "-t", "filter", "-D", *self._jump(), check=False).returncode == 0:
+                pass
+            while _ipt(tool, "-t", "mangle", "-D", *self._save_jump(),
+                       check=False).returncode == 0:
+                pass
+            for table, chain in (("filter", self.chain), ("mangle", self.save_chain)):
+                _ipt(tool, "-t", table, "-F", chain, check=False)
+                _ipt(tool, "-t", table, "-X", chain, check=False)
+
+    def present(self) -> list[str]:
+        """Our rules as iptables-save prints them (empty when nothing is installed)."""
+        out = []
+        for tool in TOOLS:
+            for table in ("filter", "mangle"):
+                cp = _ipt(tool, "-t", table, "-S", check=False)
+                out += [f"{tool} {table} {ln}" for ln in cp.stdout.splitlines()
+                        if self.chain in ln]
+        return out
+
+
+def bridge_sysctls(set_them: bool = True) -> dict[str, str]:
+    """Check (and set) what makes bridged packets traverse iptables (br_netfilter)."""
+    from pathlib import Path
+
+    base = Path("/proc/sys/net/bridge")
+    if not base.exists():
+        raise NetfilterError("br_netfilter is not loaded: /proc/sys/net/bridge is missing "
+                             "(modprobe br_netfilter)")
+    got = {}
+    for name in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables",
+                 "bridge-nf-filter-vlan-tagged"):
+        p = base / name
+        val = p.read_text().strip()
+        if val != "1" and set_them:
+            try:
+                p.write_text("1\n")
+            except OSError as e:
+                raise NetfilterError(f"cannot set net.bridge.{name}=1: {e.strerror}") from None
+            val = "1"
+        got[name] = val
+    return got

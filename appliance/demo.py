@@ -1,62 +1,126 @@
-"""`make demo`: what the appliance does today, on the bundled captures.
+"""`make demo`: the appliance inline on a lab bridge, stopping an attack.
 
-The inline demo (a lab bridge in network namespaces with an attack stopped) needs the
-NFQUEUE and signature work, which has not landed yet. Until then the demo replays the
-bundled captures in pcaps/ through the same engine the live path will use and shows
-what it found: flows, decoder anomalies, and the EVE records it writes.
+It brings the lab up (network namespaces: a bridge with guests, a gateway and an
+"internet" server), runs `appliance run` on the bridge with the bundled rules, and from
+the desktop guest fetches a page (passes), sends a path-traversal request (dropped, alert
+"blocked"), and a command-injection probe (reset). Then it prints what happened and
+takes everything down. Without root it says why and replays the bundled captures instead.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 import sys
+import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
 from appliance.core.engine import Engine
 from appliance.io.eve import RecordingEve
 from appliance.io.pcap import PcapReader
+from appliance.lab import Lab
 from appliance.runtime import Runtime
 
-PCAPS = Path(__file__).resolve().parents[1] / "pcaps"
+REPO = Path(__file__).resolve().parents[1]
+PCAPS = REPO / "pcaps"
+RULES = REPO / "rules"
+SERVER = "203.0.113.10"
 
 
-def main() -> int:
+def _curl(lab: Lab, url: str, timeout: int = 3) -> tuple[int, str]:
+    cp = lab.run_in("desktop", "curl", "-s", "-g", "--path-as-is", "-m", str(timeout), "-o",
+                    "/dev/null", "-w", "%{http_code}", url, timeout=timeout + 5)
+    return cp.returncode, cp.stdout.strip()
+
+
+def _outcome(rc: int, code: str) -> str:
+    if rc == 0:
+        return f"passed (HTTP {code})"
+    if rc == 28:
+        return "dropped (no answer: the request never reached the server)"
+    if rc in (52, 56):
+        return "reset (the appliance sent a TCP RST)"
+    return f"failed (curl exit {rc})"
+
+
+def inline_demo() -> int:
+    lab = Lab("demo-")
+    work = Path(tempfile.mkdtemp(prefix="appliance-demo-"))
+    eve = work / "eve.json"
+    log = work / "appliance.log"
+    print("Building the lab: a bridge with desktop, proxy, sinkhole and gateway guests ...")
+    lab.up()
+    proc = None
+    try:
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "appliance.cli", "lab", "--prefix", lab.prefix, "run",
+                 "--rules", str(RULES), "--eve", str(eve)], stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while "inline on" not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                print(log.read_text(errors="replace"))
+                print("the appliance did not start")
+                return 1
+            time.sleep(0.1)
+        print("The appliance is inline on the lab bridge (NFQUEUE, fail-closed).\n")
+        steps = [
+            ("desktop fetches a page", f"http://{SERVER}/"),
+            ("desktop fetches a page over IPv6", "http://[2001:db8:113::10]/"),
+            ("desktop sends a path traversal", f"http://{SERVER}/../../etc/passwd"),
+            ("desktop sends a command injection", f"http://{SERVER}/cgi;/bin/sh"),
+        ]
+        for what, url in steps:
+            rc, code = _curl(lab, url)
+            print(f"  {what:36s} {url:40s} -> {_outcome(rc, code)}")
+        time.sleep(0.5)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        lab.down()
+    records = [json.loads(x) for x in eve.read_text().splitlines()] if eve.exists() else []
+    alerts = [r for r in records if r["event_type"] == "alert"]
+    print(f"\nEVE alerts written to {eve}:")
+    for a in alerts:
+        al = a["alert"]
+        print(f"  [{al['action']}] {al['signature']} (sid {al['signature_id']}) "
+              f"{a['src_ip']}:{a.get('src_port')} -> {a['dest_ip']}:{a.get('dest_port')}")
+    print("\nLast lines of the appliance's log:\n  "
+          + "\n  ".join(log.read_text(errors="replace").strip().splitlines()[-3:]))
+    print("\nThe lab is down again; nothing is left behind.")
+    return 0 if len(alerts) >= 2 else 1
+
+
+def replay_demo() -> int:
     captures = sorted(p for p in PCAPS.glob("*.pcap*") if p.is_file())
-    if not captures:
-        print(f"no bundled captures in {PCAPS}", file=sys.stderr)
-        return 1
-    print("Replaying the bundled captures through the inspection engine "
-          "(inline mode comes with the NFQUEUE work).\n")
-    print(f"{'capture':28s} {'packets':>8s} {'flows':>6s} {'anomalies':>9s}  notes")
+    print(f"{'capture':28s} {'packets':>8s} {'flows':>6s} {'anomalies':>9s}")
     seen: Counter[str] = Counter()
-    example = None
     for cap in captures:
         eve = RecordingEve()
         rt = Runtime(Engine(), eve)
-        try:
-            with PcapReader(cap) as r:
-                rt.run(r)
-                cut = r.truncated_at
-        except Exception as e:  # a broken bundled file must not stop the demo
-            print(f"{cap.name:28s} error: {e}")
-            continue
+        with PcapReader(cap) as r:
+            rt.run(r)
         s = rt.finish()
-        kinds = Counter(a["anomaly"]["event"] for a in eve.of_type("anomaly"))
-        seen.update(kinds)
-        note = f"cut at byte {cut}" if cut is not None else ""
-        if kinds:
-            note = (note + " " if note else "") + ", ".join(
-                f"{k.removeprefix('decoder.')}x{n}" for k, n in kinds.most_common(3))
-        print(f"{cap.name:28s} {s.packets:8d} {s.flows:6d} {s.anomalies:9d}  {note}")
-        if example is None and eve.of_type("flow"):
-            example = eve.of_type("flow")[0]
-    if example is not None:
-        import json
-
-        print("\nAn EVE flow record as written by `appliance replay --eve`:")
-        print(json.dumps(example))
+        seen.update(a["anomaly"]["event"] for a in eve.of_type("anomaly"))
+        print(f"{cap.name:28s} {s.packets:8d} {s.flows:6d} {s.anomalies:9d}")
     print(f"\nDistinct decoder anomalies seen: {len(seen)}")
     return 0
+
+
+def main() -> int:
+    if os.geteuid() != 0 or not Path("/proc/sys/net/bridge").exists():
+        print("The inline demo needs root and br_netfilter (network namespaces, a bridge, "
+              "iptables); replaying the bundled captures instead.\n")
+        return replay_demo()
+    return inline_demo()
 
 
 if __name__ == "__main__":

@@ -121,14 +121,17 @@ def config_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Config:
             tmo[pc] = (pick(norm, ""), pick(emerg, "emergency-"))
         flow = replace(flow, timeouts=tmo)
     stream = _mapping(doc.get("stream"), f"{source}: stream")
-    _check_keys(stream, {"midstream"}, f"{source}: stream")
+    _check_keys(stream, {"midstream", "bypass"}, f"{source}: stream")
+    for key in ("midstream", "bypass"):
+        if key in stream and not isinstance(stream[key], bool):
+            raise ConfigError(f"{source}: stream.{key}: expected true or false")
     if "midstream" in stream:
-        if not isinstance(stream["midstream"], bool):
-            raise ConfigError(f"{source}: stream.midstream: expected true or false")
         flow = replace(flow, midstream=stream["midstream"])
     anomaly = _mapping(doc.get("anomaly"), f"{source}: anomaly")
     _check_keys(anomaly, {"decode"}, f"{source}: anomaly")
     eng = EngineConfig(flow=flow)
+    if "bypass" in stream:
+        eng = replace(eng, bypass=stream["bypass"])
     if "decode" in anomaly:
         if not isinstance(anomaly["decode"], bool):
             raise ConfigError(f"{source}: anomaly.decode: expected true or false")

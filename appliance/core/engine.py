@@ -54,6 +54,9 @@ class EngineConfig:
     # "ids": drop/reject rules only alert (action "allowed"), as Suricata offline;
     # "ips": they drop (action "blocked") and a dropped flow stays dropped.
     mode: str = "ids"
+    # Bypass flows that need no more inspection (Suricata's stream.bypass): the verdict
+    # asks the kernel to stop queueing the connection. Off: every packet is inspected.
+    bypass: bool = True
 
 
 class EngineStats:
@@ -134,6 +137,8 @@ class Engine:
                 out.extend(self._ended_flows(ts))
         except Exception:  # principle 7: count it, the packet still gets its verdict
             st.errors += 1
+        if kind is VerdictKind.BYPASS and not self.config.bypass:
+            kind = VerdictKind.ACCEPT
         st.verdicts[kind.value] += 1
         out.append(Verdict(ev.id, kind, self._reject_how) if self._reject_how
                    else Verdict(ev.id, kind))

@@ -160,7 +160,8 @@ GENERIC_KEYWORDS = frozenset(
         "app-layer-protocol", "app-layer-event", "decode-event", "stream-event",
         "engine-event", "iprep", "geoip", "lua", "luajit",
         # packet header
-        "dsize", "itype", "icode", "icmp_id", "icmp_seq", "flags", "fragbits", "fragoffset",
+        "dsize", "itype", "icode", "icmp_id", "icmp_seq", "flags", "tcp.flags", "fragbits",
+        "fragoffset",
         "ttl", "tos", "ip_proto", "ipopts", "id", "seq", "ack", "window", "sameip", "tcp.mss",
         "icmpv6.mtu", "rpc", "replace",
         # app-layer keywords with values

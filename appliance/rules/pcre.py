@@ -109,9 +109,12 @@ def parse_pcre_value(value: str) -> PcreSpec:
     if text.startswith("!"):
         negated = True
         text = text[1:].lstrip()
-    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        text = text[1:-1]
+    elif not text.startswith("/"):
         raise PcreError("pcre value must be double quoted")
-    text = text[1:-1]
+    # Suricata also accepts an unquoted /regex/flags (DetectPcreParse strips quotes only
+    # when present).
     if not text.startswith("/"):
         raise PcreError("pcre value must start with '/'")
     end = text.rfind("/")

@@ -300,10 +300,17 @@ def test_translation_semantics() -> None:
         ('"/(?|a)/"', "branch reset"),
         ('"/(a/"', "unbalanced '('"),
         ('"/a/UH"', "pcre modifiers select two buffers"),
-        ("/a/", "must be double quoted"),
+        ("a/", "must be double quoted"),
     ],
 )
 def test_pcre_errors(value: str, reason: str) -> None:
     with pytest.raises(PcreError) as info:
         parse_pcre_value(value)
     assert reason in str(info.value)
+
+
+def test_unquoted_pcre_and_tcp_flags_keyword_are_accepted_like_suricata() -> None:
+    rule = parse_rule('alert tcp any any -> any any (msg:"x"; pcre:/one/U; tcp.flags:S; sid:1;)')
+    assert rule.pcres[0].buffer == "http.uri"
+    assert rule.pcres[0].source == "one"
+    assert rule.option("tcp.flags") == "S"

@@ -1,0 +1,157 @@
+"""Inline figures on the lab, in one run: throughput, packet rate, latency, memory.
+
+    .venv/bin/python bench/inline.py [--rules PATH]... [--seconds 5]
+
+Prints, for the lab bridge: iperf3 TCP throughput of one stream, bare bridge vs through
+the appliance (default config, then with bypass disabled so every byte is inspected);
+small UDP packet rate through the appliance with 2 workers and two address pairs; added
+latency p50/p99 (ping); and memory per worker. Needs root. Traffic stays inside the
+lab's namespaces; every run is bounded by --seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from appliance.lab import Lab
+
+REPO = Path(__file__).resolve().parents[1]
+ETOPEN = REPO.parent / "shared/data/rules/etopen-2024-04-21"
+SERVER = "203.0.113.10"
+
+
+def iperf_tcp(lab: Lab, secs: int) -> float:
+    cp = lab.run_in("desktop", "iperf3", "-c", SERVER, "-t", str(secs), "-J",
+                    timeout=secs + 20)
+    if cp.returncode != 0:
+        return 0.0
+    return float(json.loads(cp.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+def udp_rate(lab: Lab, secs: int) -> float:
+    """Small UDP packets from desktop and proxy at once (two address pairs); the
+    server-side received packet count over the run gives packets/s."""
+    procs = []
+    for i, guest in enumerate(("desktop", "proxy")):
+        procs.append(subprocess.Popen(lab.exec_argv(guest, [
+            "iperf3", "-c", SERVER, "-p", str(5202 + i), "-u", "-b", "0", "-l", "64",
+            "-t", str(secs), "-J"]), stdout=subprocess.PIPE, text=True))
+    total = 0.0
+    for p in procs:
+        out, _ = p.communicate(timeout=secs + 20)
+        try:
+            end = json.loads(out)["end"]["sum"]
+            total += (end["packets"] - end["lost_packets"]) / end["seconds"]
+        except (ValueError, KeyError):
+            pass
+    return total
+
+
+def ping_ms(lab: Lab, count: int = 200) -> tuple[float, float]:
+    cp = lab.run_in("desktop", "ping", "-c", str(count), "-i", "0.005", "-q", "-n", SERVER,
+                    timeout=60)
+    cp2 = lab.run_in("desktop", "ping", "-c", str(count), "-i", "0.005", "-n", SERVER,
+                     timeout=60)
+    rtts = [float(w.split("=")[1]) for ln in cp2.stdout.splitlines() for w in ln.split()
+            if w.startswith("time=")]
+    if not rtts:
+        return 0.0, 0.0
+    rtts.sort()
+    del cp
+    return statistics.median(rtts), rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))]
+
+
+class Running:
+    def __init__(self, lab: Lab, rules: list[str], *args: str) -> None:
+        self.log = Path(tempfile.mktemp(prefix="bench-inline-", suffix=".log"))
+        cmd = [sys.executable, "-m", "appliance.cli", "lab", "--prefix", lab.prefix, "run"]
+        for r in rules:
+            cmd += ["--rules", r]
+        self.proc = subprocess.Popen([*cmd, *args], stdout=open(self.log, "wb"),  # noqa: SIM115
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while "inline on" not in self.log.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"appliance did not start:\n{self.log.read_text()}")
+            time.sleep(0.2)
+        time.sleep(0.5)
+
+    def worker_rss_mib(self) -> list[float]:
+        kids = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+        out = []
+        for k in kids:
+            for line in Path(f"/proc/{k}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out.append(int(line.split()[1]) / 1024)
+        return out
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rules", action="append", default=None)
+    ap.add_argument("--seconds", type=int, default=5)
+    a = ap.parse_args()
+    rules = a.rules or ([str(ETOPEN)] if ETOPEN.exists() else []) + [str(REPO / "rules")]
+    secs = a.seconds
+    lab = Lab("bench-")
+    lab.up()
+    servers = [subprocess.Popen(lab.exec_argv("internet", ["iperf3", "-s", "-p", str(p)]),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for p in (5201, 5202, 5203)]
+    time.sleep(0.5)
+    try:
+        print(f"rules: {', '.join(rules)}; {secs} s per measurement")
+        bare = iperf_tcp(lab, secs)
+        p50b, p99b = ping_ms(lab)
+        print(f"bare bridge:                 TCP {bare:6.2f} Gbit/s   ping p50 {p50b:.3f} ms "
+              f"p99 {p99b:.3f} ms")
+        run = Running(lab, rules)
+        try:
+            thru = iperf_tcp(lab, secs)
+            p50, p99 = ping_ms(lab)
+            rss = run.worker_rss_mib()
+        finally:
+            run.stop()
+        print(f"appliance (default config):  TCP {thru:6.2f} Gbit/s ({thru / bare:5.1%} of "
+              f"bare)   ping p50 +{p50 - p50b:.3f} ms p99 +{p99 - p99b:.3f} ms   worker RSS "
+              f"{', '.join(f'{r:.0f}' for r in rss)} MiB")
+        cfg = Path(tempfile.mktemp(suffix=".yaml"))
+        cfg.write_text("stream:\n  bypass: false\n")
+        run = Running(lab, rules, "--config", str(cfg))
+        try:
+            full = iperf_tcp(lab, secs)
+        finally:
+            run.stop()
+        print(f"appliance, bypass disabled:  TCP {full:6.2f} Gbit/s ({full / bare:5.1%} of "
+              "bare; every byte inspected)")
+        run = Running(lab, rules, "--queues", "2")
+        try:
+            pps = udp_rate(lab, secs)
+        finally:
+            run.stop()
+        print(f"appliance, 2 workers:        {pps:,.0f} small UDP packets/s delivered "
+              "(64-byte payloads, two address pairs)")
+    finally:
+        for s in servers:
+            s.terminate()
+        lab.down()
+
+
+if __name__ == "__main__":
+    main()

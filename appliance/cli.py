@@ -140,10 +140,10 @@ def _load(rules: tuple[str, ...], cfg_path: str | None,
     except ApplianceError as e:
         _fail(str(e))
     if not quiet:
-        failed = loaded.ruleset.failed + len(loaded.compile_failures)
-        click.echo(f"rules: {loaded.active} active, {failed} failed "
-                   f"(`appliance rules check` lists them), {loaded.ruleset.disabled_count} "
-                   f"disabled; loaded in {time.perf_counter() - t0:.1f} s", err=True)
+        click.echo(f"rules: {loaded.active} active, {loaded.failed} failed "
+                   f"(`appliance rules check` lists them), {loaded.disabled} disabled; "
+                   f"loaded in {time.perf_counter() - t0:.1f} s"
+                   f"{' (cached)' if loaded.from_cache else ''}", err=True)
     return cfg, loaded.engine
 
 

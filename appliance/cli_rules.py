@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from appliance.errors import InputError
+from appliance.rules.compiler import compile_rules
 from appliance.rules.store import RuleFailure, Ruleset, load_rules
 
 # How many example failures to print per reason in the text summary: enough to find the
@@ -34,9 +36,19 @@ def rules() -> None:
 def check(strict: bool, as_json: bool, paths: tuple[Path, ...]) -> None:
     """Load rule files or directories and report what loaded, failed or is disabled."""
     try:
-        ruleset = load_rules(paths)
+        parsed = load_rules(paths)
     except InputError as exc:
         raise _InputFailure(str(exc)) from None
+    # Parse failures and rules the matcher cannot run (unsupported keywords) alike.
+    program = compile_rules(parsed.rules, parsed.classifications)
+    bad = {id(f.rule) for f in program.failures}
+    ruleset = replace(
+        parsed,
+        rules=tuple(r for r in parsed.rules if id(r) not in bad),
+        failures=parsed.failures + tuple(
+            RuleFailure(f.rule.file or "?", f.rule.line or 0, f.rule.sid, f.reason)
+            for f in program.failures),
+    )
     if as_json:
         click.echo(json.dumps(_summary(ruleset), sort_keys=True))
     else:

@@ -187,7 +187,7 @@ def compare(test: SvTest, alerts: dict[int, int]) -> list[tuple[str, str]]:
 
 
 def _failure_texts(loaded: LoadedRules) -> list[tuple[int | None, str]]:
-    found: list[tuple[int | None, str]] = [(f.sid, f.reason) for f in loaded.ruleset.failures]
+    found: list[tuple[int | None, str]] = [(f.sid, f.reason) for f in loaded.parse_failures]
     found += [(f.rule.sid, f.reason) for f in loaded.program.failures]
     return found
 

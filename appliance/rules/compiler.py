@@ -13,9 +13,9 @@ keyword (lenient import, strict check: DESIGN.md principle 8).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, overload
 
 import regex
 
@@ -48,8 +48,16 @@ from appliance.rules.keywords import (
     parse_stream_size,
     parse_threshold,
 )
-from appliance.rules.parser import BufferOption, Classification, Content, Flowbit, Pcre, Rule
-from appliance.rules.variables import AddressSet, PortSet
+from appliance.rules.parser import (
+    BufferOption,
+    Classification,
+    Content,
+    Flowbit,
+    Pcre,
+    Rule,
+    parse_rule,
+)
+from appliance.rules.variables import AddressSet, PortSet, Variables
 
 ACTION_ORDER: Final = {"pass": 0, "drop": 1, "reject": 2, "rejectsrc": 2, "rejectdst": 2,
                        "rejectboth": 2, "alert": 3}
@@ -176,6 +184,37 @@ class CompiledRule:
     severity: int = 3
     category: str = ""
     metadata: dict[str, list[str]] = field(default_factory=dict)
+
+
+    @property
+    def first_key(self) -> BufferKey | None:
+        return self.chains[0].key if self.chains else None
+
+    def info(self) -> RuleInfo:
+        r = self.rule
+        return RuleInfo(self.order, self.fast, self.first_key, self.ipproto, self.bidir,
+                        self.src, self.dst, self.src_ports, self.dst_ports, r.raw,
+                        r.file, r.line)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleInfo:
+    """What the prefilter needs of a compiled rule, as plain picklable data: the warm
+    start keeps these and compiles the rule itself only when it first becomes a
+    candidate."""
+
+    order: int
+    fast: tuple[BufferKey, bytes, bool] | None
+    first_key: BufferKey | None
+    ipproto: int | None
+    bidir: bool
+    src: AddressSet
+    dst: AddressSet
+    src_ports: PortSet
+    dst_ports: PortSet
+    raw: str
+    file: str | None
+    line: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,12 +423,50 @@ def _fragbits(value: str | None) -> tuple[str, int]:
 # -- the whole ruleset -------------------------------------------------------------------------
 
 
+class LazyRules(Sequence[CompiledRule]):
+    """Compiled rules made on first use from their text (a warm start from the cache):
+    most rules never become a candidate, so most are never compiled."""
+
+    def __init__(self, infos: list[RuleInfo], variables: Variables,
+                 classifications: Mapping[str, Classification]) -> None:
+        self._infos = infos
+        self._done: list[CompiledRule | None] = [None] * len(infos)
+        self._variables = variables
+        self._classes = classifications
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    @overload
+    def __getitem__(self, i: int) -> CompiledRule: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[CompiledRule]: ...
+
+    def __getitem__(self, i: int | slice) -> CompiledRule | Sequence[CompiledRule]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        got = self._done[i]
+        if got is None:
+            info = self._infos[i]
+            rule = parse_rule(info.raw, self._variables, self._classes, file=info.file,
+                              line=info.line)
+            got = self._done[i] = compile_rule(rule, info.order, self._classes)
+        return got
+
+    @property
+    def compiled(self) -> int:
+        return sum(1 for c in self._done if c is not None)
+
+
 @dataclass
 class Program:
-    """Every compiled rule in evaluation order, plus what could not be compiled."""
+    """Every compiled rule in evaluation order, plus what could not be compiled.
+    `infos` is what the prefilter is built from (one per rule, same order)."""
 
-    rules: list[CompiledRule]
+    rules: Sequence[CompiledRule]
     failures: list[CompileFailure]
+    infos: list[RuleInfo] = field(default_factory=list)
 
 
 def _sort_key(r: Rule, setters_first: dict[str, int]) -> tuple[int, int, int, int]:
@@ -412,4 +489,4 @@ def compile_rules(rules: Iterable[Rule],
             out.append(compile_rule(r, len(out), classes))
         except (CompileError, KeywordError) as e:
             failures.append(CompileFailure(r, str(e)))
-    return Program(out, failures)
+    return Program(out, failures, [r.info() for r in out])

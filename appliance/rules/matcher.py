@@ -20,7 +20,7 @@ from typing import Any
 
 import hyperscan
 
-from appliance.rules.compiler import BufferKey, CompiledRule, Program
+from appliance.rules.compiler import BufferKey, Program, RuleInfo
 from appliance.rules.variables import AddressSet, PortSet
 
 # Group of a packet rule by IP protocol; app-layer buffers are shared by all protocols.
@@ -154,12 +154,12 @@ class PrefilterSet:
     cache_hits: int = 0
 
 
-def _group_keys(r: CompiledRule) -> list[GroupKey]:
+def _group_keys(r: RuleInfo) -> list[GroupKey]:
     """Where a rule's fast pattern (or, without one, the rule) is looked up."""
     if r.fast is not None:
         key = r.fast[0]
-    elif r.chains:
-        key = r.chains[0].key
+    elif r.first_key is not None:
+        key = r.first_key
     else:
         key = ("pkt_data", ())
     if key[0] == "pkt_data":
@@ -176,7 +176,7 @@ def build_prefilters(program: Program, cache_dir: Path | None = None,
     dst_entries: dict[str, list[tuple[AddressSet, int]]] = {}
     sport: dict[str, dict[int, list[int]]] = {}
     dport: dict[str, dict[int, list[int]]] = {}
-    for r in program.rules:
+    for r in program.infos:
         for gk in _group_keys(r):
             if r.fast is None:
                 if gk[0] != APP_GROUP and _indexable(r.src):

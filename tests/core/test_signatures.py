@@ -21,7 +21,7 @@ CLIENT, SERVER = "192.168.1.10", "203.0.113.5"  # HOME_NET client, EXTERNAL_NET 
 class Run:
     def __init__(self, *rules: str, mode: str = "ids") -> None:
         self.loaded = detection_from_text(rules)
-        assert not self.loaded.ruleset.failures, self.loaded.ruleset.failures
+        assert not self.loaded.parse_failures, self.loaded.parse_failures
         assert not self.loaded.program.failures, self.loaded.program.failures
         self.engine = Engine(EngineConfig(mode=mode), self.loaded.engine)
         self.n = 0

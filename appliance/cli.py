@@ -11,6 +11,7 @@ from typing import NoReturn
 import click
 
 from appliance import __version__
+from appliance.cli_policy import policy as policy_group
 from appliance.cli_rules import rules as rules_group
 from appliance.config import Config, load_config
 from appliance.core.detect.signatures import SignatureEngine
@@ -43,6 +44,7 @@ def main() -> None:
 
 
 main.add_command(rules_group)
+main.add_command(policy_group)
 
 
 @main.command()

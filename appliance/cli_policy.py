@@ -1,0 +1,68 @@
+"""`appliance policy check`: validate a policy file, and check it against a ruleset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from appliance.core.policy import Policy
+from appliance.errors import ApplianceError
+from appliance.policy_file import load_policy
+
+
+class _Invalid(click.ClickException):
+    exit_code = 2
+
+
+@click.group(name="policy")
+def policy() -> None:
+    """Guest roles: which rules apply to whom, and what happens on detection."""
+
+
+def check_against_rules(pol: Policy, rules: tuple[Path, ...]) -> list[str]:
+    """Problems of a policy with respect to a ruleset: unknown classtypes and sids."""
+    from appliance.rules.store import load_rules
+
+    rs = load_rules(rules)
+    classtypes = set(rs.classifications)
+    sids = {r.sid for r in rs.rules}
+    problems = []
+    for role in pol.roles.values():
+        sel = role.rules
+        for ct in sorted(sel.classtypes | sel.exclude_classtypes |
+                         {c for o in role.overrides for c in o.classtypes}):
+            if classtypes and ct not in classtypes:
+                problems.append(f"role {role.name}: classtype {ct!r} is not in the ruleset's "
+                                "classification.config")
+        for sid in sorted(sel.sids | {s for o in role.overrides for s in o.sids}):
+            if sid not in sids:
+                problems.append(f"role {role.name}: sid {sid} is not in the ruleset")
+    return problems
+
+
+@policy.command("check")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--rules", "rules", multiple=True, type=click.Path(path_type=Path),
+              help="Also check the policy against these rule files/directories.")
+def check(file: Path, rules: tuple[Path, ...]) -> None:
+    """Validate FILE; exit 2 with file:line: field: reason on the first error."""
+    try:
+        pol = load_policy(file)
+    except ApplianceError as e:
+        raise _Invalid(str(e)) from None
+    click.echo(f"{file}: {len(pol.roles)} roles ({', '.join(sorted(pol.roles))}), "
+               f"{len(pol.guests)} guests")
+    for g in pol.guests:
+        ports = ",".join(sorted(g.ports)) or "-"
+        nets = ",".join(str(n) for n in g.networks) or "-"
+        click.echo(f"  guest {g.name}: role {g.role}; ports {ports}; addresses {nets}")
+    if rules:
+        try:
+            problems = check_against_rules(pol, rules)
+        except ApplianceError as e:
+            raise _Invalid(str(e)) from None
+        for p in problems:
+            click.echo(f"  problem: {p}", err=True)
+        if problems:
+            raise SystemExit(1)

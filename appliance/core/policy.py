@@ -1,0 +1,180 @@
+"""Roles: which rules apply to a guest, how its matches are acted on, what it may talk to.
+
+Pure data and decisions (no I/O): the policy file is read by appliance/policy_file.py.
+A guest is found by its bridge port (NFQUEUE's physical in/out device), its MAC, or its
+address; each guest has a role; unknown guests get the role `default`.
+
+A flow belongs to the guest on its client side when that side is a guest (what a guest
+does is judged by its own role: a desktop that attacks is quarantined as a desktop),
+else to the guest on the server side (what reaches a server is judged by the server's
+role).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+ACTIONS_ON_DETECTION: Final = ("none", "quarantine", "redirect", "block")
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSelector:
+    """Which rules a role runs. Empty fields select everything; `exclude_*` remove."""
+
+    classtypes: frozenset[str] = frozenset()
+    sids: frozenset[int] = frozenset()
+    exclude_sids: frozenset[int] = frozenset()
+    exclude_classtypes: frozenset[str] = frozenset()
+    # metadata key -> accepted values (e.g. signature_severity: [Major, Critical])
+    metadata: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    files: frozenset[str] = frozenset()  # rule file names (basename), e.g. emerging-dns.rules
+
+    def selects(self, sid: int, classtype: str | None, metadata: Mapping[str, tuple[str, ...]],
+                file: str | None) -> bool:
+        if sid in self.exclude_sids or (classtype or "") in self.exclude_classtypes:
+            return False
+        if self.sids and sid in self.sids:
+            return True
+        if self.classtypes and (classtype or "") not in self.classtypes:
+            return False
+        if self.files and (file or "").rsplit("/", 1)[-1] not in self.files:
+            return False
+        for key, values in self.metadata.items():
+            if not values & set(metadata.get(key, ())):
+                return False
+        return not self.sids or bool(self.classtypes or self.files or self.metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionOverride:
+    """Turn matching rules' action into `action` (alert, drop, reject, pass)."""
+
+    action: str
+    classtypes: frozenset[str] = frozenset()
+    sids: frozenset[int] = frozenset()
+    min_severity: int | None = None  # severity 1 is the most severe (Suricata priority)
+
+    def applies(self, sid: int, classtype: str | None, severity: int) -> bool:
+        if self.sids and sid in self.sids:
+            return True
+        if self.classtypes and (classtype or "") not in self.classtypes:
+            return False
+        if self.min_severity is not None and severity > self.min_severity:
+            return False
+        return bool(self.classtypes or self.min_severity is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """An allowed conversation: protocol, peer networks, ports (None: any)."""
+
+    proto: str  # tcp, udp, icmp, any
+    ports: frozenset[int] | None = None
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def allows(self, proto: int, peer: bytes, port: int) -> bool:
+        if self.proto != "any" and {"tcp": 6, "udp": 17, "icmp": 1}.get(self.proto) != proto \
+                and not (self.proto == "icmp" and proto == 58):
+            return False
+        if self.ports is not None and port not in self.ports:
+            return False
+        if self.networks:
+            ip = ipaddress.ip_address(peer)
+            return any(ip.version == n.version and ip in n for n in self.networks)
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class OnDetection:
+    """What happens to the guest when one of its flows matches a rule or heuristic."""
+
+    action: str = "none"  # none, quarantine, redirect, block (the remote peer)
+    min_severity: int = 1  # act on alerts of this severity or more severe
+    duration: float = 600.0  # seconds; repeat offenders escalate (ActionManager)
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    name: str
+    description: str = ""
+    rules: RuleSelector = field(default_factory=RuleSelector)
+    overrides: tuple[ActionOverride, ...] = ()
+    # None: anything allowed; otherwise only these (new flows outside them are dropped).
+    egress: tuple[Service, ...] | None = None
+    ingress: tuple[Service, ...] | None = None
+    on_detection: OnDetection = field(default_factory=OnDetection)
+    scan_files: bool = True
+    fail_open: bool = False
+    heuristics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def action_for(self, action: str, sid: int, classtype: str | None, severity: int) -> str:
+        for o in self.overrides:
+            if o.applies(sid, classtype, severity):
+                return o.action
+        return action
+
+    def egress_allowed(self, proto: int, peer: bytes, port: int) -> bool:
+        return self.egress is None or any(s.allows(proto, peer, port) for s in self.egress)
+
+    def ingress_allowed(self, proto: int, peer: bytes, port: int) -> bool:
+        return self.ingress is None or any(s.allows(proto, peer, port) for s in self.ingress)
+
+
+DEFAULT_ROLE: Final = Role("default", "unknown guests: the ruleset as written, no actions")
+
+
+@dataclass(frozen=True, slots=True)
+class Guest:
+    name: str
+    role: str
+    ports: frozenset[str] = frozenset()
+    macs: frozenset[str] = frozenset()
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+
+@dataclass(frozen=True)
+class Policy:
+    roles: Mapping[str, Role]
+    guests: tuple[Guest, ...] = ()
+    # Never acted on (gateway, DNS, the appliance itself), whatever a rule says.
+    allowlist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    source: str = "<built-in>"
+
+    def role(self, name: str) -> Role:
+        return self.roles.get(name) or self.roles.get("default") or DEFAULT_ROLE
+
+    def guest_by_port(self, port: str | None) -> Guest | None:
+        if port:
+            for g in self.guests:
+                if port in g.ports:
+                    return g
+        return None
+
+    def guest_by_addr(self, addr: bytes) -> Guest | None:
+        if not addr:
+            return None
+        ip = ipaddress.ip_address(addr)
+        for g in self.guests:
+            if any(ip.version == n.version and ip in n for n in g.networks):
+                return g
+        return None
+
+    def resolve(self, src: bytes, dst: bytes, in_port: str | None,
+                out_port: str | None) -> tuple[Guest | None, bool]:
+        """The guest a new flow belongs to, and whether it is the client side."""
+        g = self.guest_by_port(in_port) or self.guest_by_addr(src)
+        if g is not None:
+            return g, True
+        g = self.guest_by_port(out_port) or self.guest_by_addr(dst)
+        return g, False
+
+    def allowlisted(self, addr: bytes) -> bool:
+        ip = ipaddress.ip_address(addr)
+        return any(ip.version == n.version and ip in n for n in self.allowlist)
+
+
+def single_role_policy() -> Policy:
+    return Policy({"default": DEFAULT_ROLE})

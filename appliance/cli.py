@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -16,10 +16,12 @@ from appliance.cli_rules import rules as rules_group
 from appliance.config import Config, load_config
 from appliance.core.detect.signatures import SignatureEngine
 from appliance.core.engine import Engine
+from appliance.core.policy import Policy
 from appliance.errors import ApplianceError
 from appliance.io.eve import EveWriter
 from appliance.io.pcap import PcapReader
-from appliance.rules.loader import load_detection, variables_from
+from appliance.policy_file import load_policy
+from appliance.rules.loader import LoadedRules, load_detection, role_detectors, variables_from
 from appliance.runtime import Runtime
 
 
@@ -53,16 +55,20 @@ main.add_command(policy_group)
                    "in it, with the classification.config beside them.")
 @click.option("--ips", is_flag=True,
               help="Inline semantics: drop/reject rules block (EVE action 'blocked').")
+@click.option("--policy", "policy_path", type=click.Path(), default=None,
+              help="Guest roles (YAML); without it every guest has the default role.")
 @click.option("--config", "config_path", type=click.Path(), default=None,
               help="YAML config file.")
 @click.option("--eve", "eve", default=None, metavar="PATH|-",
               help="Write EVE JSON lines here ('-' for stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.argument("pcaps", nargs=-1, required=True, type=click.Path())
-def replay(rules: tuple[str, ...], ips: bool, config_path: str | None, eve: str | None,
-           quiet: bool, pcaps: tuple[str, ...]) -> None:
+def replay(rules: tuple[str, ...], ips: bool, policy_path: str | None,
+           config_path: str | None, eve: str | None, quiet: bool,
+           pcaps: tuple[str, ...]) -> None:
     """Replay PCAP files through the same engine the live path uses."""
-    cfg, detector = _load(rules, config_path, quiet)
+    ld = _load_all(rules, config_path, policy_path, quiet)
+    cfg = ld.config
     try:
         readers = [PcapReader(p) for p in pcaps]
     except ApplianceError as e:
@@ -74,7 +80,7 @@ def replay(rules: tuple[str, ...], ips: bool, config_path: str | None, eve: str 
         except ApplianceError as e:
             _fail(str(e))
     engine_cfg = replace(cfg.engine, mode="ips") if ips else cfg.engine
-    engine = Engine(engine_cfg, detector)
+    engine = Engine(engine_cfg, ld.detector, ld.policy, ld.role_detectors)
     rt = Runtime(engine, writer)
     show_progress = not quiet and sys.stderr.isatty()
     t0 = time.perf_counter()
@@ -96,7 +102,8 @@ def replay(rules: tuple[str, ...], ips: bool, config_path: str | None, eve: str 
         pps = summary.packets / secs if secs > 0 else 0.0
         click.echo(
             f"packets: {summary.packets}  flows: {summary.flows}  alerts: {summary.alerts}  "
-            f"anomalies: {summary.anomalies}  seconds: {secs:.2f}  packets/s: {pps:,.0f}",
+            f"anomalies: {summary.anomalies}  actions: {summary.actions}  "
+            f"seconds: {secs:.2f}  packets/s: {pps:,.0f}",
             err=True,
         )
     if engine.stats.errors:
@@ -126,8 +133,33 @@ def _run_with_progress(rt: Runtime, reader: PcapReader) -> None:
         rt.run(reader, on_packet=tick)
 
 
+@dataclass
+class _Loaded:
+    config: Config
+    detector: SignatureEngine | None
+    policy: Policy | None = None
+    role_detectors: dict[str, SignatureEngine] | None = None
+
+
+def _load_all(rules: tuple[str, ...], cfg_path: str | None, policy_path: str | None,
+              quiet: bool = False) -> _Loaded:
+    """Config, rules and policy; per-role detection when a policy is given."""
+    cfg, detector, loaded = _load(rules, cfg_path, quiet)
+    if policy_path is None:
+        return _Loaded(cfg, detector)
+    try:
+        pol = load_policy(policy_path)
+    except ApplianceError as e:
+        _fail(str(e))
+    roles = role_detectors(loaded, pol, default_cache_dir()) if loaded is not None else None
+    if not quiet:
+        click.echo(f"policy: {pol.source}: {len(pol.guests)} guests, roles "
+                   f"{', '.join(sorted(pol.roles))}", err=True)
+    return _Loaded(cfg, detector, pol, roles)
+
+
 def _load(rules: tuple[str, ...], cfg_path: str | None,
-          quiet: bool = False) -> tuple[Config, SignatureEngine | None]:
+          quiet: bool = False) -> tuple[Config, SignatureEngine | None, LoadedRules | None]:
     """Config and rules for replay and run; any user error is one line and exit 2."""
     for r in rules:
         if not Path(r).exists():
@@ -135,7 +167,7 @@ def _load(rules: tuple[str, ...], cfg_path: str | None,
     try:
         cfg = load_config(cfg_path)
         if not rules:
-            return cfg, None
+            return cfg, None, None
         t0 = time.perf_counter()
         loaded = load_detection(rules, variables_from(cfg.address_groups, cfg.port_groups),
                                 cache_dir=default_cache_dir())
@@ -146,7 +178,7 @@ def _load(rules: tuple[str, ...], cfg_path: str | None,
                    f"(`appliance rules check` lists them), {loaded.disabled} disabled; "
                    f"loaded in {time.perf_counter() - t0:.1f} s"
                    f"{' (cached)' if loaded.from_cache else ''}", err=True)
-    return cfg, loaded.engine
+    return cfg, loaded.engine, loaded
 
 
 @main.command()
@@ -159,15 +191,19 @@ def _load(rules: tuple[str, ...], cfg_path: str | None,
               help="NFQUEUE queues, one worker process each.")
 @click.option("--fail-open/--fail-closed", default=False, show_default=True,
               help="When no worker can take a packet: let it through (opt-in) or drop it.")
+@click.option("--policy", "policy_path", type=click.Path(), default=None,
+              help="Guest roles (YAML).")
 def run(bridge: str, rules: tuple[str, ...], config_path: str | None, eve: str | None,
-        queues: int, fail_open: bool) -> None:
+        queues: int, fail_open: bool, policy_path: str | None) -> None:
     """Inspect BRIDGE inline through NFQUEUE until SIGTERM or Ctrl-C."""
     from appliance.daemon import RunOptions, Supervisor
 
-    cfg, detector = _load(rules, config_path)
-    cfg = replace(cfg, engine=replace(cfg.engine, mode="ips", log_pcap_cnt=False))
-    sup = Supervisor(cfg, detector, RunOptions(bridge, queues, fail_open, eve),
-                     log=lambda m: click.echo(f"appliance: {m}", err=True))
+    ld = _load_all(rules, config_path, policy_path)
+    cfg = replace(ld.config, engine=replace(ld.config.engine, mode="ips",
+                                            log_pcap_cnt=False))
+    sup = Supervisor(cfg, ld.detector, RunOptions(bridge, queues, fail_open, eve),
+                     log=lambda m: click.echo(f"appliance: {m}", err=True),
+                     policy=ld.policy, role_detectors=ld.role_detectors)
     try:
         sys.exit(sup.run())
     except ApplianceError as e:
@@ -252,8 +288,12 @@ def lab_run(obj: object, args: tuple[str, ...]) -> None:
     assert isinstance(obj, Lab)
     if not obj.exists():
         _fail(f"lab {obj.prefix!r} is not up (appliance lab --prefix {obj.prefix} up)")
+    extra = list(args)
+    if "--policy" not in extra:  # the lab's guests and their roles, unless told otherwise
+        extra += ["--policy", str(Path(__file__).resolve().parents[1] / "rules" /
+                                  "lab-policy.yaml")]
     cmd = obj.exec_argv("host", [sys.executable, "-m", "appliance.cli", "run", "--bridge",
-                                 BRIDGE, *args])
+                                 BRIDGE, *extra])
     os.execvp(cmd[0], cmd)
 
 

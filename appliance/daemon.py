@@ -16,15 +16,17 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
 
 from appliance.config import Config
+from appliance.core.commands import ActionRequest
 from appliance.core.detect.signatures import SignatureEngine
 from appliance.core.engine import Engine
+from appliance.core.policy import Policy
 from appliance.errors import ApplianceError
 from appliance.io.eve import EveWriter
 from appliance.io.netfilter import Chains, bridge_sysctls
@@ -47,28 +49,44 @@ class RunOptions:
     watchdog: float = WATCHDOG_SECONDS
 
 
-def _worker_main(queue_num: int, config: Config, detector: SignatureEngine | None,
-                 opts: RunOptions, beat: Synchronized[float]) -> None:
+@dataclass
+class Detection:
+    detector: SignatureEngine | None
+    policy: Policy | None = None
+    role_detectors: Mapping[str, SignatureEngine] | None = None
+
+
+def _worker_main(queue_num: int, config: Config, det: Detection, opts: RunOptions,
+                 beat: Synchronized[float], actions: Any) -> None:
     # New session so a Ctrl-C in the terminal reaches the supervisor, which stops us.
     os.setsid()
     eve = EveWriter(opts.eve, append=True) if opts.eve else None
-    engine = Engine(config.engine, detector)
+    engine = Engine(config.engine, det.detector, det.policy, det.role_detectors)
 
     def heartbeat() -> None:
         beat.value = time.monotonic()
 
-    QueueWorker(queue_num, engine, eve, opts.fail_open, heartbeat).run()
+    def on_action(req: ActionRequest) -> None:
+        actions.put(req)  # to the supervisor, which owns the action backend
+
+    QueueWorker(queue_num, engine, eve, opts.fail_open, heartbeat,
+                on_action=on_action).run()
 
 
 class Supervisor:
     def __init__(self, config: Config, detector: SignatureEngine | None, opts: RunOptions,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, policy: Policy | None = None,
+                 role_detectors: Mapping[str, SignatureEngine] | None = None,
+                 on_action: Callable[[ActionRequest], None] | None = None) -> None:
         self.config = config
-        self.detector = detector
+        self.detection = Detection(detector, policy, role_detectors)
+        self.on_action = on_action
         self.opts = opts
         self.log = log
         self.chains = Chains(opts.bridge, opts.queues, opts.fail_open)
         self.ctx = mp.get_context("fork")
+        self.action_q: Any = self.ctx.SimpleQueue()
+        self.action_requests = 0
         self.workers: dict[int, Any] = {}
         self.beats: dict[int, Synchronized[float]] = {}
         self.restarts = 0
@@ -90,7 +108,8 @@ class Supervisor:
             beat = self.beats[q] = self.ctx.Value("d", time.monotonic(), lock=False)
         beat.value = time.monotonic()
         p = self.ctx.Process(target=_worker_main, name=f"appliance-q{q}",
-                             args=(q, self.config, self.detector, self.opts, beat),
+                             args=(q, self.config, self.detection, self.opts, beat,
+                                   self.action_q),
                              daemon=False)
         p.start()
         self.workers[q] = p
@@ -111,6 +130,7 @@ class Supervisor:
             while not self._stop and (until is None or not until()):
                 time.sleep(POLL)
                 self._watch()
+                self._drain_actions()
         finally:
             for p in self.workers.values():
                 if p.is_alive():
@@ -125,6 +145,16 @@ class Supervisor:
             signal.signal(signal.SIGINT, old_int)
             self.log(f"stopped; chains removed; {self.restarts} worker restart(s)")
         return 0
+
+    def _drain_actions(self) -> None:
+        while not self.action_q.empty():
+            req = self.action_q.get()
+            self.action_requests += 1
+            if self.on_action is not None:
+                self.on_action(req)
+            else:
+                self.log(f"action requested: {req.kind} {req.target} ({req.reason}); "
+                         "no action backend configured")
 
     def _watch(self) -> None:
         now = time.monotonic()

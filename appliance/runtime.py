@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from appliance.core.commands import Command, Log, Verdict
+from appliance.core.commands import ActionRequest, Command, Log, Verdict
 from appliance.core.engine import Engine
 from appliance.core.events import Event, PacketIn, Shutdown
 from appliance.io.eve import EveSink
@@ -20,6 +20,10 @@ class VerdictSink(Protocol):
     def verdict(self, v: Verdict) -> None: ...
 
 
+class ActionSink(Protocol):
+    def request(self, a: ActionRequest) -> None: ...
+
+
 @dataclass
 class RunSummary:
     packets: int = 0
@@ -27,15 +31,17 @@ class RunSummary:
     flows: int = 0
     alerts: int = 0
     anomalies: int = 0
+    actions: int = 0
     by_event_type: dict[str, int] = field(default_factory=dict)
 
 
 class Runtime:
     def __init__(self, engine: Engine, eve: EveSink | None = None,
-                 verdicts: VerdictSink | None = None) -> None:
+                 verdicts: VerdictSink | None = None, actions: ActionSink | None = None) -> None:
         self.engine = engine
         self.eve = eve
         self.verdicts = verdicts
+        self.actions = actions
         self.summary = RunSummary()
 
     def execute(self, commands: list[Command]) -> None:
@@ -56,6 +62,10 @@ class Runtime:
                     s.anomalies += 1
                 if self.eve is not None:
                     self.eve.write(c.record)
+            elif isinstance(c, ActionRequest):
+                s.actions += 1
+                if self.actions is not None:
+                    self.actions.request(c)
 
     def feed(self, event: Event) -> None:
         if type(event) is PacketIn:

@@ -34,7 +34,8 @@ def test_replay_of_a_good_pcap_prints_a_summary() -> None:
     assert r.stdout == ""
     err = lines(r.stderr)
     assert len(err) == 1
-    assert err[0].startswith("packets: 11  flows: 2  alerts: 0  anomalies: 0  seconds: ")
+    assert err[0].startswith("packets: 11  flows: 2  alerts: 0  anomalies: 0  actions: 0  "
+                             "seconds: ")
 
 
 def test_quiet_prints_nothing() -> None:

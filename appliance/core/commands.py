@@ -31,4 +31,18 @@ class Log:
     record: dict[str, Any]
 
 
-Command = Verdict | Log
+@dataclass(frozen=True, slots=True)
+class ActionRequest:
+    """Ask the action manager to quarantine/redirect a guest or block an address."""
+
+    kind: str  # quarantine, redirect, block
+    target: str  # a guest name (quarantine, redirect) or an IP address (block)
+    port: str | None  # the guest's bridge port when known
+    reason: str
+    sid: int | None
+    duration: float
+    established: bool  # evidence from an established flow (spoofing defence)
+    alert: dict[str, Any] | None = None
+
+
+Command = Verdict | Log | ActionRequest

@@ -8,6 +8,7 @@ the live path. Every PacketIn gets exactly one Verdict, whatever happens inside
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -26,8 +27,18 @@ from appliance.core.defrag import DefragConfig, Defragmenter
 from appliance.core.detect.signatures import RuleMatch, SignatureEngine
 from appliance.core.events import Event, PacketIn, Shutdown, Tick
 from appliance.core.flows import Flow, FlowConfig, FlowTable
+from appliance.core.policy import (
+    POLICY_GID,
+    POLICY_SID_EGRESS,
+    POLICY_SID_INGRESS,
+    Policy,
+    on_detection,
+)
+from appliance.core.policy import (
+    explain as _explain,
+)
 from appliance.core.records import alert_record, anomaly_record, flow_record, stats_record
-from appliance.core.stream import FLOW_ESTABLISHED, FLOW_NEW
+from appliance.core.stream import FLOW_ESTABLISHED, FLOW_NEW, is_stream_starter
 
 # Decoder events that Suricata's stats schema does not name (ours, not Suricata's):
 # counted in `decoder.invalid` and the engine's own counters, left out of
@@ -72,9 +83,12 @@ class EngineStats:
 
 class Engine:
     def __init__(self, config: EngineConfig | None = None,
-                 detector: SignatureEngine | None = None) -> None:
+                 detector: SignatureEngine | None = None, policy: Policy | None = None,
+                 role_detectors: Mapping[str, SignatureEngine] | None = None) -> None:
         self.config = config or EngineConfig()
         self.detector = detector
+        self.policy = policy
+        self.role_detectors = dict(role_detectors or {})
         self.alerts = 0
         self._reject_how = ""
         self.decoder = Decoder()
@@ -115,7 +129,10 @@ class Engine:
             if p.ipver:
                 if p.frag is None:
                     flow, to_server = self._flow_update(p)
-                    if self.detector is not None:
+                    if flow is not None and self.policy is not None and \
+                            flow.ts_pkts + flow.tc_pkts == 1:
+                        self._assign_role(flow, p, ev, out)
+                    if self.detector is not None or (flow is not None and flow.action):
                         kind = self._detect(p, flow, to_server, ev.id, out)
                 else:
                     self._fragment(p, out, ev.id)
@@ -168,13 +185,16 @@ class Engine:
                 out: list[Command]) -> VerdictKind:
         """Signatures on one packet; returns its verdict and appends alert records."""
         det = self.detector
-        assert det is not None
         if flow is not None and flow.action is not None:
             # A dropped flow is not inspected again (Suricata: no more alerts on it) and,
             # inline, stays dropped. A passed flow needs no more inspection: bypass it.
             if flow.action == "drop":
                 return VerdictKind.DROP if self.config.mode == "ips" else VerdictKind.ACCEPT
             return VerdictKind.BYPASS
+        if flow is not None and flow.role in self.role_detectors:
+            det = self.role_detectors[flow.role]
+        if det is None:
+            return VerdictKind.ACCEPT
         matches = det.inspect_packet(p, flow, to_server)
         if not matches:
             return VerdictKind.ACCEPT
@@ -184,9 +204,13 @@ class Engine:
              matches: list[RuleMatch], out: list[Command]) -> VerdictKind:
         ips = self.config.mode == "ips"
         kind = VerdictKind.ACCEPT
+        role = self.policy.role(flow.role) if self.policy is not None and flow else None
         for m in matches:
             r = m.rule
             act = r.action
+            if role is not None:
+                # The guest's role may turn an alert into a drop (or the reverse).
+                act = role.action_for(act, r.rule.sid, r.rule.classtype, r.severity)
             if act == "pass":
                 if flow is not None:
                     flow.action = "pass"
@@ -206,13 +230,57 @@ class Engine:
                 if flow is not None:
                     flow.alerted = True
                 rule = r.rule
-                out.append(Log(alert_record(
+                rec = alert_record(
                     p, flow, pkt_id if self.config.log_pcap_cnt else None, self.config.pkt_src,
                     action="blocked" if blocking else "allowed", gid=rule.gid, sid=rule.sid,
                     rev=rule.rev, signature=rule.msg, category=r.category,
                     severity=r.severity, metadata=r.metadata, tx_id=m.tx_id,
-                    to_server=to_server)))
+                    to_server=to_server)
+                if role is not None and flow is not None:
+                    _explain(rec, flow, r.action, act)
+                    req = on_detection(self.policy, role, flow, p, r.severity, rule.sid,
+                                       rec)
+                    if req is not None:
+                        out.append(req)
+                out.append(Log(rec))
         return kind
+
+    def _assign_role(self, flow: Flow, p: Packet, ev: PacketIn, out: list[Command]) -> None:
+        """A new flow: find its guest and role; refuse it if the role does not allow
+        the conversation (egress for the guest's own flows, ingress for flows to it)."""
+        pol = self.policy
+        assert pol is not None
+        guest, client = pol.resolve(p.src, p.dst, ev.in_port, ev.out_port)
+        if guest is None:
+            return
+        flow.guest = guest.name
+        flow.guest_port = ev.in_port if client else ev.out_port
+        flow.guest_client = client
+        flow.role = guest.role
+        role = pol.role(guest.role)
+        if p.proto == PROTO_TCP and not is_stream_starter(p.tcp_flags):
+            # Picked up midstream (e.g. a worker restarted): who opened the connection is
+            # unknown, so the allowlists cannot be judged; signatures still apply.
+            return
+        allowed = (role.egress_allowed(p.proto, p.dst, p.dp) if client
+                   else role.ingress_allowed(p.proto, p.src, p.dp))
+        if allowed:
+            return
+        flow.action = "drop"
+        ips = self.config.mode == "ips"
+        direction = "egress" if client else "ingress"
+        rec = alert_record(
+            p, flow, ev.id if self.config.log_pcap_cnt else None, self.config.pkt_src,
+            action="blocked" if ips else "allowed", gid=POLICY_GID,
+            sid=POLICY_SID_EGRESS if client else POLICY_SID_INGRESS, rev=1,
+            signature=f"APPLIANCE POLICY {direction} not allowed for role {role.name}",
+            category="Policy", severity=2,
+            metadata={"guest": [guest.name], "role": [role.name],
+                      "explain": [f"{direction} {p.dp}/{p.proto} is not in role "
+                                  f"{role.name}'s {direction} allowlist"]},
+            tx_id=None, to_server=True)
+        self.alerts += 1
+        out.append(Log(rec))
 
     def _flow_update(self, p: Packet) -> tuple[Flow | None, bool]:
         proto = p.proto

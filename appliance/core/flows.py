@@ -110,6 +110,9 @@ class Flow:
         "flags_tc",
         "flags_ts",
         "flow_id",
+        "guest",
+        "guest_client",
+        "guest_port",
         "icmp_tc",
         "icmp_ts",
         "ints",
@@ -119,6 +122,7 @@ class Flow:
         "pclass",
         "proto",
         "queue",
+        "role",
         "sp",
         "spi",
         "src",
@@ -168,6 +172,11 @@ class Flow:
         self.tx_alerted: set[tuple[int, int | None]] = _NO_TX
         # "pass": no more inspection; "drop": every further packet is dropped (inline).
         self.action: str | None = None
+        # Policy: the guest this flow belongs to (None: unknown), its bridge port, role.
+        self.guest: str | None = None
+        self.guest_port: str | None = None
+        self.guest_client = False  # the guest is the client side of this flow
+        self.role = "default"
         self.end_reason = ""
         self.queue: tuple[int, int] = (pclass, FLOW_NEW)
         self.flow_id = _flow_id(key, p.ts)

@@ -15,9 +15,18 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
+
+from appliance.core.commands import ActionRequest
+from appliance.core.decode import Packet
+from appliance.core.flows import Flow
+from appliance.core.stream import FLOW_ESTABLISHED, TcpState
 
 ACTIONS_ON_DETECTION: Final = ("none", "quarantine", "redirect", "block")
+# The appliance's own alerts for policy decisions (EVE gid/sid; stable).
+POLICY_GID: Final = 9002
+POLICY_SID_EGRESS: Final = 9002001
+POLICY_SID_INGRESS: Final = 9002002
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +122,8 @@ class Role:
     def action_for(self, action: str, sid: int, classtype: str | None, severity: int) -> str:
         for o in self.overrides:
             if o.applies(sid, classtype, severity):
+                if o.action == "drop" and action.startswith("reject"):
+                    return action  # already blocking, and it tells the client at once
                 return o.action
         return action
 
@@ -178,3 +189,51 @@ class Policy:
 
 def single_role_policy() -> Policy:
     return Policy({"default": DEFAULT_ROLE})
+
+
+def flow_established(flow: Flow) -> bool:
+    """Evidence that both sides took part (TCP handshake done, or replies seen): a
+    spoofed packet alone never gets this far."""
+    if flow.proto == 6:
+        return flow.tcp is not None and flow.tcp.state >= TcpState.ESTABLISHED
+    return flow.state == FLOW_ESTABLISHED
+
+
+def explain(rec: dict[str, Any], flow: Flow, rule_action: str, action: str) -> None:
+    """Why this verdict, in the alert's metadata (EVE metadata values are string lists)."""
+    meta = rec["alert"].setdefault("metadata", {})
+    meta["guest"] = [flow.guest or "unknown"]
+    meta["role"] = [flow.role]
+    why = f"rule action {rule_action}"
+    if action != rule_action:
+        why += f"; role {flow.role} turns it into {action}"
+    meta["explain"] = [why]
+
+
+def on_detection(policy: Policy | None, role: Role, flow: Flow, p: Packet, severity: int,
+                 sid: int, alert: dict[str, Any]) -> ActionRequest | None:
+    """The action the role asks for after an alert, if any and if safe to take."""
+    od = role.on_detection
+    if policy is None or od.action == "none" or severity > od.min_severity:
+        return None
+    if not flow_established(flow):
+        return None  # evidence must come from a real two-way conversation
+    if od.action == "block":
+        # Block the remote side of the conversation, never a guest or allowlisted host.
+        remote = flow.dst if flow.guest_client else flow.src
+        if policy.allowlisted(remote) or policy.guest_by_addr(remote) is not None:
+            return None
+        target = str(ipaddress.ip_address(remote))
+        port = None
+    else:
+        # Quarantine/redirect the guest only for what it did itself (its own flows).
+        if flow.guest is None or not flow.guest_client:
+            return None
+        guest_addr = flow.src
+        if policy.allowlisted(guest_addr):
+            return None
+        target, port = flow.guest, flow.guest_port
+    alert["alert"].setdefault("metadata", {}).setdefault("explain", []).append(
+        f"role {role.name} asks to {od.action} {target}")
+    return ActionRequest(od.action, target, port, f"sid {sid}: {alert['alert']['signature']}",
+                         sid, od.duration, True, alert)

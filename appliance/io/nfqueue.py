@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.core.commands import Log, Verdict, VerdictKind
+from appliance.core.commands import ActionRequest, Log, Verdict, VerdictKind
 from appliance.core.decode import Decoder
 from appliance.core.engine import Engine
 from appliance.core.events import LINKTYPE_RAW, PacketIn, Shutdown, Tick
@@ -71,7 +71,9 @@ class _Injector:
 class QueueWorker:
     def __init__(self, queue_num: int, engine: Engine, eve: EveSink | None,
                  fail_open: bool, heartbeat: Callable[[], None] | None = None,
-                 bypass_mark: int = BYPASS_MARK) -> None:
+                 bypass_mark: int = BYPASS_MARK,
+                 on_action: Callable[[ActionRequest], None] | None = None) -> None:
+        self.on_action = on_action
         self.queue_num = queue_num
         self.engine = engine
         self.eve = eve
@@ -120,6 +122,8 @@ class QueueWorker:
                     verdict = c
                 elif isinstance(c, Log) and self.eve is not None:
                     self.eve.write(c.record)
+                elif isinstance(c, ActionRequest) and self.on_action is not None:
+                    self.on_action(c)
             if verdict is not None:
                 kind = verdict.kind
         except Exception:  # never lose a verdict (DESIGN.md principle 7)

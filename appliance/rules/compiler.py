@@ -194,7 +194,8 @@ class CompiledRule:
         r = self.rule
         return RuleInfo(self.order, self.fast, self.first_key, self.ipproto, self.bidir,
                         self.src, self.dst, self.src_ports, self.dst_ports, r.raw,
-                        r.file, r.line)
+                        r.file, r.line, r.sid, r.classtype,
+                        tuple((k, tuple(v)) for k, v in r.metadata.items()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +216,10 @@ class RuleInfo:
     raw: str
     file: str | None
     line: int | None
+    # For role rule selection (policy RuleSelector).
+    sid: int = 0
+    classtype: str | None = None
+    metadata: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,14 +20,15 @@ from typing import Any, Final
 
 from appliance import __version__
 from appliance.core.detect.signatures import SignatureEngine
-from appliance.rules.compiler import CompileFailure, LazyRules, Program, compile_rules
+from appliance.core.policy import Policy, RuleSelector
+from appliance.rules.compiler import CompileFailure, LazyRules, Program, RuleInfo, compile_rules
 from appliance.rules.matcher import build_prefilters
 from appliance.rules.parser import Classification
 from appliance.rules.store import RuleFailure, load_rules, rule_files
 from appliance.rules.variables import DEFAULT_ADDRESS_GROUPS, DEFAULT_PORT_GROUPS, Variables
 
 # Bump when RuleInfo, the compiler's ordering or the parser's output changes shape.
-CACHE_FORMAT: Final = 1
+CACHE_FORMAT: Final = 2
 
 
 @dataclass
@@ -159,3 +160,29 @@ def detection_from_text(lines: Iterable[str], variables: Variables | None = None
     program = compile_rules(rules, {})
     return LoadedRules(program, SignatureEngine(program, build_prefilters(program)),
                        len(rules), tuple(failures), 0)
+
+
+def role_detectors(loaded: LoadedRules, policy: Policy,
+                   cache_dir: Path | None = None) -> dict[str, SignatureEngine]:
+    """One SignatureEngine per role over the rules the role selects; roles that select
+    the same rules share one (same prefilter databases, same compiled rules)."""
+    program = loaded.program
+    by_selection: dict[frozenset[int], SignatureEngine] = {}
+    out: dict[str, SignatureEngine] = {}
+    for name, role in policy.roles.items():
+        sel = role.rules
+
+        def keep(info: RuleInfo, sel: RuleSelector = sel) -> bool:
+            return sel.selects(info.sid, info.classtype, dict(info.metadata), info.file)
+
+        chosen = frozenset(i.order for i in program.infos if keep(i))
+        eng = by_selection.get(chosen)
+        if eng is None:
+            if len(chosen) == len(program.infos):
+                eng = loaded.engine
+            else:
+                eng = SignatureEngine(program, build_prefilters(program, cache_dir,
+                                                                select=keep))
+            by_selection[chosen] = eng
+        out[name] = eng
+    return out

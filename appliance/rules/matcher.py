@@ -169,7 +169,9 @@ def _group_keys(r: RuleInfo) -> list[GroupKey]:
 
 
 def build_prefilters(program: Program, cache_dir: Path | None = None,
-                     log: Callable[[str], None] | None = None) -> PrefilterSet:
+                     log: Callable[[str], None] | None = None,
+                     select: Callable[[RuleInfo], bool] | None = None) -> PrefilterSet:
+    """Prefilter databases for the program's rules (or those `select` keeps: a role)."""
     ps = PrefilterSet()
     patterns: dict[GroupKey, dict[tuple[bytes, bool], list[int]]] = {}
     src_entries: dict[str, list[tuple[AddressSet, int]]] = {}
@@ -177,6 +179,8 @@ def build_prefilters(program: Program, cache_dir: Path | None = None,
     sport: dict[str, dict[int, list[int]]] = {}
     dport: dict[str, dict[int, list[int]]] = {}
     for r in program.infos:
+        if select is not None and not select(r):
+            continue
         for gk in _group_keys(r):
             if r.fast is None:
                 if gk[0] != APP_GROUP and _indexable(r.src):

@@ -1,0 +1,123 @@
+"""Roles in the engine: overrides, allowlists, on-detection requests, unknown guests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scapy.layers.inet import IP, TCP, UDP, Ether
+
+from appliance.core.commands import ActionRequest, Log, Verdict, VerdictKind
+from appliance.core.engine import Engine, EngineConfig
+from appliance.core.events import LINKTYPE_ETHERNET, PacketIn
+from appliance.policy_file import policy_from_text
+from appliance.rules.loader import detection_from_text, role_detectors
+
+POLICY = """
+guests:
+  - {name: desktop, role: desktop, ports: [desktop], addresses: [10.203.0.10/32]}
+  - {name: proxy, role: caching-proxy, ports: [proxy], addresses: [10.203.0.20/32]}
+allowlist: [10.203.0.1/32]
+"""
+RULES = [
+    'alert tcp any any -> any 80 (msg:"trojan beacon"; flow:established,to_server; '
+    'content:"beacon"; classtype:trojan-activity; priority:1; sid:100; rev:1;)',
+    'alert tcp any any -> any 80 (msg:"policy thing"; flow:established,to_server; '
+    'content:"torrent"; classtype:policy-violation; sid:101; rev:1;)',
+]
+SERVER = "203.0.113.10"
+
+
+class Lab:
+    def __init__(self, mode: str = "ips") -> None:
+        pol = policy_from_text(POLICY, "test")
+        loaded = detection_from_text(RULES)
+        self.engine = Engine(EngineConfig(mode=mode), loaded.engine, pol,
+                             role_detectors(loaded, pol))
+        self.n = 0
+
+    def send(self, pkt: Any, in_port: str | None = None,
+             out_port: str | None = None) -> tuple[VerdictKind, list[Any]]:
+        self.n += 1
+        cmds = self.engine.handle(PacketIn(self.n, 100.0 + self.n / 100, bytes(pkt),
+                                           LINKTYPE_ETHERNET, in_port, out_port))
+        (v,) = [c for c in cmds if isinstance(c, Verdict)]
+        return v.kind, [c for c in cmds if not isinstance(c, Verdict)]
+
+    def connect(self, src: str, sport: int, dport: int, port: str) -> None:
+        self.send(Ether() / IP(src=src, dst=SERVER) / TCP(sport=sport, dport=dport, flags="S",
+                                                          seq=1), port, "gateway")
+        self.send(Ether() / IP(src=SERVER, dst=src) / TCP(sport=dport, dport=sport, flags="SA",
+                                                          seq=9, ack=2), "gateway", port)
+        self.send(Ether() / IP(src=src, dst=SERVER) / TCP(sport=sport, dport=dport, flags="A",
+                                                          seq=2, ack=10), port, "gateway")
+
+    def data(self, src: str, sport: int, dport: int, port: str, payload: bytes
+             ) -> tuple[VerdictKind, list[Any]]:
+        return self.send(Ether() / IP(src=src, dst=SERVER) / TCP(
+            sport=sport, dport=dport, flags="PA", seq=2, ack=10) / payload, port, "gateway")
+
+
+def alerts(cmds: list[Any]) -> list[dict[str, Any]]:
+    return [c.record for c in cmds if isinstance(c, Log) and c.record["event_type"] == "alert"]
+
+
+def test_desktop_role_turns_trojan_alert_into_drop_and_quarantine() -> None:
+    lab = Lab()
+    lab.connect("10.203.0.10", 40000, 80, "desktop")
+    kind, cmds = lab.data("10.203.0.10", 40000, 80, "desktop", b"GET /beacon")
+    assert kind is VerdictKind.DROP
+    (a,) = alerts(cmds)
+    assert a["alert"]["action"] == "blocked"
+    assert a["alert"]["metadata"]["role"] == ["desktop"]
+    assert "turns it into drop" in a["alert"]["metadata"]["explain"][0]
+    (req,) = [c for c in cmds if isinstance(c, ActionRequest)]
+    assert (req.kind, req.target, req.port, req.sid) == ("quarantine", "desktop", "desktop", 100)
+    assert req.established
+    # A policy-violation stays an alert for the desktop, and asks for nothing.
+    lab.connect("10.203.0.10", 40001, 80, "desktop")
+    kind, cmds = lab.data("10.203.0.10", 40001, 80, "desktop", b"GET /torrent")
+    assert kind is VerdictKind.ACCEPT
+    assert [a["alert"]["action"] for a in alerts(cmds)] == ["allowed"]
+
+
+def test_spoofed_packet_without_handshake_requests_nothing() -> None:
+    lab = Lab()
+    _kind, cmds = lab.data("10.203.0.10", 40002, 80, "desktop", b"GET /beacon")
+    assert alerts(cmds) == []  # flow:established does not hold
+    assert [c for c in cmds if isinstance(c, ActionRequest)] == []
+
+
+def test_proxy_egress_allowlist_blocks_ssh_but_not_http() -> None:
+    lab = Lab()
+    kind, cmds = lab.send(Ether() / IP(src="10.203.0.20", dst=SERVER) /
+                          TCP(sport=40100, dport=22, flags="S"), "proxy", "gateway")
+    assert kind is VerdictKind.DROP
+    (a,) = alerts(cmds)
+    assert (a["alert"]["gid"], a["alert"]["signature_id"]) == (9002, 9002001)
+    assert a["alert"]["metadata"]["role"] == ["caching-proxy"]
+    kind, _ = lab.send(Ether() / IP(src="10.203.0.20", dst=SERVER) /
+                       TCP(sport=40101, dport=80, flags="S"), "proxy", "gateway")
+    assert kind is VerdictKind.ACCEPT
+
+
+def test_unknown_guest_gets_default_role_and_ids_mode_only_alerts() -> None:
+    lab = Lab(mode="ids")
+    lab.connect("10.203.0.77", 40200, 80, "other")
+    kind, cmds = lab.data("10.203.0.77", 40200, 80, "other", b"GET /beacon")
+    assert kind is VerdictKind.ACCEPT
+    (a,) = alerts(cmds)
+    assert a["alert"]["metadata"]["role"] == ["default"]
+    assert a["alert"]["metadata"]["guest"] == ["unknown"]
+    # Inbound to the desktop: its ingress allowlist only admits ICMP.
+    kind, cmds = lab.send(Ether() / IP(src=SERVER, dst="10.203.0.10") / UDP(sport=5, dport=53),
+                          "gateway", "desktop")
+    assert [a["alert"]["signature_id"] for a in alerts(cmds)] == [9002002]
+
+
+def test_midstream_pickup_does_not_judge_allowlists() -> None:
+    """After a worker restart the first packet seen may be a reply: not an inbound open."""
+    lab = Lab()
+    kind, cmds = lab.send(Ether() / IP(src=SERVER, dst="10.203.0.10") /
+                          TCP(sport=80, dport=40300, flags="PA", seq=5, ack=5) / b"data",
+                          "gateway", "desktop")
+    assert kind is VerdictKind.ACCEPT and alerts(cmds) == []

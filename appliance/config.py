@@ -6,6 +6,7 @@ silently fall back to a default on a machine that sits in everybody's traffic pa
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 
 from appliance.core.engine import EngineConfig
 from appliance.core.flows import PC_DEFAULT, PC_ICMP, PC_TCP, PC_UDP, FlowConfig, Timeouts
+from appliance.core.stream import POLICIES
 from appliance.errors import ConfigError
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?)?\s*$", re.IGNORECASE)
@@ -121,12 +123,49 @@ def config_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Config:
             tmo[pc] = (pick(norm, ""), pick(emerg, "emergency-"))
         flow = replace(flow, timeouts=tmo)
     stream = _mapping(doc.get("stream"), f"{source}: stream")
-    _check_keys(stream, {"midstream", "bypass"}, f"{source}: stream")
-    for key in ("midstream", "bypass"):
+    _check_keys(stream, {"midstream", "bypass", "async-oneside", "depth", "memcap",
+                         "reassembly-memcap", "checksum-validation", "host-os-policy"},
+                f"{source}: stream")
+    for key in ("midstream", "bypass", "async-oneside"):
         if key in stream and not isinstance(stream[key], bool):
             raise ConfigError(f"{source}: stream.{key}: expected true or false")
+    sc = flow.stream
     if "midstream" in stream:
         flow = replace(flow, midstream=stream["midstream"])
+        sc = replace(sc, midstream=stream["midstream"])
+    if "async-oneside" in stream:
+        sc = replace(sc, async_oneside=stream["async-oneside"])
+    if "depth" in stream:
+        sc = replace(sc, depth=parse_size(stream["depth"], f"{source}: stream.depth"))
+    if "memcap" in stream:
+        sc = replace(sc, memcap=parse_size(stream["memcap"], f"{source}: stream.memcap"))
+    if "reassembly-memcap" in stream:
+        sc = replace(sc, reassembly_memcap=parse_size(stream["reassembly-memcap"],
+                                                      f"{source}: stream.reassembly-memcap"))
+    if "checksum-validation" in stream:
+        cv = str(stream["checksum-validation"]).lower()
+        cv = {"true": "yes", "false": "no"}.get(cv, cv)
+        if cv not in ("auto", "yes", "no"):
+            raise ConfigError(f"{source}: stream.checksum-validation: auto, yes or no")
+        sc = replace(sc, checksum_validation=cv)
+    if "host-os-policy" in stream:
+        hop = _mapping(stream["host-os-policy"], f"{source}: stream.host-os-policy")
+        pairs = []
+        for pol, nets in hop.items():
+            if pol not in POLICIES:
+                raise ConfigError(f"{source}: stream.host-os-policy.{pol}: unknown policy "
+                                  f"(one of {', '.join(POLICIES)})")
+            if not isinstance(nets, list):
+                raise ConfigError(f"{source}: stream.host-os-policy.{pol}: a list of CIDRs")
+            for n in nets:
+                try:
+                    ipaddress.ip_network(str(n), strict=False)
+                except ValueError:
+                    raise ConfigError(f"{source}: stream.host-os-policy.{pol}: bad CIDR "
+                                      f"{n!r}") from None
+            pairs.append((str(pol), tuple(str(n) for n in nets)))
+        sc = replace(sc, host_os_policy=tuple(pairs))
+    flow = replace(flow, stream=sc)
     anomaly = _mapping(doc.get("anomaly"), f"{source}: anomaly")
     _check_keys(anomaly, {"decode"}, f"{source}: anomaly")
     eng = EngineConfig(flow=flow)

@@ -74,8 +74,10 @@ def test_anomalies_of_malformed_pcap_are_logged(tmp_path: Path) -> None:
     eve = tmp_path / "eve.json"
     r = replay("--eve", str(eve), str(PCAPS / "malformed.pcap"))
     assert r.exit_code == 0, r.output
-    anomalies = [x for x in eve_records(eve) if x["event_type"] == "anomaly"]
-    # one anomaly record per decoder event, tagged with its record number
+    every = [x for x in eve_records(eve) if x["event_type"] == "anomaly"]
+    anomalies = [x for x in every if x["anomaly"]["type"] == "decode"]
+    # one anomaly record per decoder event, tagged with its record number (the TCP ones
+    # crafted byte by byte also carry bad checksums: stream anomalies, counted too)
     d = Decoder()
     with PcapReader(PCAPS / "malformed.pcap") as rd:
         expected = [(p.id, e) for p in rd for e in d.decode(p.data, p.linktype, p.ts).events or []]
@@ -83,7 +85,7 @@ def test_anomalies_of_malformed_pcap_are_logged(tmp_path: Path) -> None:
     assert len(expected) >= 20  # see tests/core/test_decode.py for each record's event
     assert anomalies[0]["anomaly"] == {"type": "decode",
                                        "event": "decoder.ethernet.pkt_too_small"}
-    assert f"anomalies: {len(expected)}  " in r.stderr
+    assert f"anomalies: {len(every)}  " in r.stderr
 
 
 def _one_error_line(r: Result) -> str:
@@ -172,7 +174,7 @@ def test_flow_timeouts_split_udp_by_timeout_and_tcp_by_reuse(tmp_path: Path) -> 
         # TCP closed by FIN/FIN; a new SYN on the same ports ends it (session reuse).
         # Suricata 8 names this reason "tcp_reuse"; this engine logs "timeout".
         (t + "13:21.000000+0000", "TCP", "192.168.20.1", 42000, 8080, 5, 4, "closed",
-         "timeout", "time_wait", t + "13:22.000000+0000"),
+         "timeout", "closed", t + "13:22.000000+0000"),
         (t + "13:22.000000+0000", "TCP", "192.168.20.1", 42000, 8080, 3, 2, "established",
          "shutdown", "established", t + "20:00.100000+0000"),
         # midstream: no SYN, so no TCP session is tracked (stream.midstream is off) and

@@ -66,3 +66,18 @@ def test_bad_yaml_gives_line(tmp_path: Path) -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="no such config file"):
         load_config("/nonexistent/appliance.yaml")
+
+
+def test_stream_section(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("stream:\n  depth: 2mb\n  checksum-validation: no\n  async-oneside: true\n"
+                 "  host-os-policy:\n    windows: [10.0.0.0/8]\n    linux: ['fd00::/8']\n")
+    sc = load_config(f).engine.flow.stream
+    assert sc.depth == 2 * 1024 * 1024
+    assert sc.checksum_validation == "no"
+    assert sc.async_oneside is True
+    assert sc.host_os_policy == (("windows", ("10.0.0.0/8",)), ("linux", ("fd00::/8",)))
+    with pytest.raises(ConfigError, match="unknown policy"):
+        config_from_dict({"stream": {"host-os-policy": {"beos": ["1.2.3.0/24"]}}})
+    with pytest.raises(ConfigError, match="bad CIDR"):
+        config_from_dict({"stream": {"host-os-policy": {"linux": ["1.2.3.0/33"]}}})

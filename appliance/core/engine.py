@@ -9,7 +9,7 @@ the live path. Every PacketIn gets exactly one Verdict, whatever happens inside
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from appliance.core.commands import Command, Log, Verdict, VerdictKind
@@ -38,7 +38,7 @@ from appliance.core.policy import (
     explain as _explain,
 )
 from appliance.core.records import alert_record, anomaly_record, flow_record, stats_record
-from appliance.core.stream import FLOW_ESTABLISHED, FLOW_NEW, is_stream_starter
+from appliance.core.stream import FLOW_ESTABLISHED, FLOW_NEW, StreamUpdate, is_stream_starter
 
 # Decoder events that Suricata's stats schema does not name (ours, not Suricata's):
 # counted in `decoder.invalid` and the engine's own counters, left out of
@@ -55,6 +55,8 @@ class EngineConfig:
     defrag: DefragConfig = field(default_factory=DefragConfig)
     # Log each decoder anomaly as an EVE anomaly event (Suricata: anomaly.types.decode).
     log_decode_anomalies: bool = True
+    # Log TCP stream anomalies (Suricata: anomaly.types.stream).
+    log_stream_anomalies: bool = True
     # Where packets come from, for EVE's pkt_src ("wire/pcap" in replay and live alike,
     # as Suricata writes for captured packets).
     pkt_src: str = "wire/pcap"
@@ -92,7 +94,11 @@ class Engine:
         self.alerts = 0
         self._reject_how = ""
         self.decoder = Decoder()
-        self.flows = FlowTable(self.config.flow)
+        flow_cfg = self.config.flow
+        if self.config.mode == "ips" and not flow_cfg.stream.inline:
+            # Inline, conflicting retransmissions keep the inspected bytes (Suricata IPS).
+            flow_cfg = replace(flow_cfg, stream=replace(flow_cfg.stream, inline=True))
+        self.flows = FlowTable(flow_cfg)
         self.defrag = Defragmenter(self.config.defrag)
         self.stats = EngineStats()
         self.anomalies = 0
@@ -128,12 +134,14 @@ class Engine:
             flow: Flow | None = None
             if p.ipver:
                 if p.frag is None:
-                    flow, to_server = self._flow_update(p)
+                    flow, to_server, upd = self._flow_update(p)
                     if flow is not None and self.policy is not None and \
                             flow.ts_pkts + flow.tc_pkts == 1:
                         self._assign_role(flow, p, ev, out)
                     if self.detector is not None or (flow is not None and flow.action):
                         kind = self._detect(p, flow, to_server, ev.id, out)
+                    if upd is not None and flow is not None:
+                        kind = self._stream(p, flow, upd, kind, ev.id, out)
                 else:
                     self._fragment(p, out, ev.id)
                 inner = p.inner
@@ -175,7 +183,7 @@ class Engine:
                     out.append(Log(anomaly_record(q, None, name, pkt_id, self.config.pkt_src)))
         if not q.ipver:
             return None
-        flow, to_server = self._flow_update(q)
+        flow, to_server, _upd = self._flow_update(q)
         if self.detector is not None:
             # The verdict of the rebuilt datagram goes to the fragment that completed it.
             self._detect(q, flow, to_server, pkt_id, out)
@@ -282,12 +290,35 @@ class Engine:
         self.alerts += 1
         out.append(Log(rec))
 
-    def _flow_update(self, p: Packet) -> tuple[Flow | None, bool]:
+    def _stream(self, p: Packet, flow: Flow, upd: StreamUpdate, kind: VerdictKind,
+                pkt_id: int, out: list[Command]) -> VerdictKind:
+        """What TCP reassembly said about this segment: anomalies; inline, a segment
+        whose bytes differ from what was inspected is dropped (never inspected one way
+        and delivered another); both directions past depth: nothing left to inspect."""
+        if upd.events:
+            self.anomalies += len(upd.events)
+            if self.config.log_stream_anomalies:
+                cnt = pkt_id if self.config.log_pcap_cnt else None
+                for name in upd.events:
+                    out.append(Log(anomaly_record(p, flow, name, cnt, self.config.pkt_src,
+                                                  kind="stream")))
+        if self.config.mode == "ips" and (upd.differs or upd.memcap_drop):
+            return VerdictKind.DROP
+        if upd.done_ts and upd.done_tc and flow.action is None and self.config.bypass \
+                and self.config.mode == "ips":
+            # Inline only: bypass is how the kernel stops queueing the connection. Replay
+            # keeps inspecting packets past depth, as Suricata with stream.bypass off.
+            flow.action = "bypass"
+            if kind is VerdictKind.ACCEPT:
+                return VerdictKind.BYPASS
+        return kind
+
+    def _flow_update(self, p: Packet) -> tuple[Flow | None, bool, StreamUpdate | None]:
         proto = p.proto
         if proto not in FLOW_PROTOS or (not p.has_l4 and proto != PROTO_ESP):
             # Suricata keeps flows for TCP, UDP, ICMP, ICMPv6, SCTP and ESP only; a bad
             # transport header leaves nothing to key a flow on.
-            return None, True
+            return None, True, None
         flows = self.flows
         f, to_server = flows.lookup(p)
         n = p.pkt_len
@@ -299,8 +330,9 @@ class Engine:
             f.tc_pkts += 1
             f.tc_bytes += n
             f.tc_payload += len(p.payload)
+        upd = None
         if proto == PROTO_TCP:
-            flows.update_tcp(f, p.tcp_flags, to_server)
+            upd = flows.update_tcp(f, p, to_server)
         else:
             if (proto == PROTO_ICMP or proto == PROTO_ICMPV6) and p.icmp_inner is None:
                 if to_server and f.icmp_ts is None:
@@ -311,7 +343,7 @@ class Engine:
             # FlowUpdateState for UDP/ICMP/other).
             if f.state == FLOW_NEW and f.ts_pkts and f.tc_pkts:
                 flows.set_state(f, FLOW_ESTABLISHED)
-        return f, to_server
+        return f, to_server, upd
 
     def _ended_flows(self, now: float) -> list[Command]:
         return [Log(flow_record(f, now)) for f in self.flows.drain()]
@@ -348,4 +380,6 @@ class Engine:
             "get_used": fs.evicted,
         }
         first = self.stats.first_ts if self.stats.first_ts is not None else now
-        return stats_record(now, int(now - first), decoder, flow)
+        rec = stats_record(now, int(now - first), decoder, flow)
+        rec["stats"]["tcp"] = self.flows.stream.eve_tcp()
+        return rec

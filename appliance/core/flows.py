@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from appliance.core.decode import (
@@ -37,6 +37,9 @@ from appliance.core.stream import (
     FLOW_ESTABLISHED,
     FLOW_NEW,
     FLOW_STATE_OF,
+    StreamConfig,
+    StreamTracker,
+    StreamUpdate,
     TcpSession,
     TcpState,
     is_stream_starter,
@@ -92,6 +95,9 @@ class FlowConfig:
     sweep_interval: float = 1.0
     timeouts: dict[int, tuple[Timeouts, Timeouts]] = field(default_factory=_default_timeouts)
     midstream: bool = False  # Suricata's stream.midstream default
+    # TCP tracking and reassembly; `midstream` above (what config.py sets) turns pickup
+    # on for the stream tracker too.
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
     @property
     def max_flows(self) -> int:
@@ -263,6 +269,8 @@ class FlowTable:
         self._next_sweep: float | None = None
         self._max = self.config.max_flows
         self._recover_below = self._max * (100 - self.config.emergency_recovery) // 100
+        sc = self.config.stream
+        self.stream = StreamTracker(replace(sc, midstream=sc.midstream or self.config.midstream))
 
     def __len__(self) -> int:
         return len(self.flows)
@@ -322,23 +330,23 @@ class FlowTable:
         self.queues[nq][f.key] = f
         f.queue = nq
 
-    def update_tcp(self, f: Flow, flags: int, to_server: bool) -> None:
-        """Track the TCP session. Without a SYN (midstream) and with midstream pickup
-        off, the session is not tracked, as in Suricata: state stays new."""
+    def update_tcp(self, f: Flow, p: Packet, to_server: bool) -> StreamUpdate | None:
+        """Track the TCP session and reassemble its streams (core/stream.py). Without a
+        SYN and with midstream pickup off, the session is not tracked, as in Suricata:
+        state stays new and None comes back."""
         sess = f.tcp
         if sess is None:
-            if is_stream_starter(flags) and to_server:
-                sess = f.tcp = TcpSession()
-            elif self.config.midstream:
-                sess = f.tcp = TcpSession(TcpState.ESTABLISHED)
-            else:
-                return
+            sess = self.stream.new_session(p, to_server)
+            if sess is None:
+                return None
+            f.tcp = sess
         if to_server:
-            f.flags_ts |= flags
+            f.flags_ts |= p.tcp_flags
         else:
-            f.flags_tc |= flags
-        st = sess.update(flags, to_server)
-        self.set_state(f, FLOW_STATE_OF[st])
+            f.flags_tc |= p.tcp_flags
+        upd = self.stream.process(sess, p, to_server)
+        self.set_state(f, FLOW_STATE_OF[sess.state])
+        return upd
 
     # -- time and memory ----------------------------------------------------------------
 
@@ -397,6 +405,8 @@ class FlowTable:
     def _retire(self, f: Flow, reason: str) -> None:
         del self.flows[f.key]
         del self.queues[f.queue][f.key]
+        if f.tcp is not None:
+            self.stream.release(f.tcp)  # its buffers leave the stream memcaps
         f.end_reason = reason
         self.ended.append(f)
 
@@ -409,6 +419,8 @@ class FlowTable:
         """End every flow (reason shutdown), oldest first, as at the end of a replay."""
         for f in sorted(self.flows.values(), key=lambda x: x.start):
             f.end_reason = "shutdown"
+            if f.tcp is not None:
+                self.stream.release(f.tcp)
             self.ended.append(f)
         self.flows.clear()
         for q in self.queues.values():

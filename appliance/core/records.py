@@ -121,13 +121,13 @@ def packet_header(p: Packet, flow: Flow | None, event_type: str) -> dict[str, An
 
 
 def anomaly_record(p: Packet, flow: Flow | None, event: str, pcap_cnt: int | None,
-                   pkt_src: str) -> dict[str, Any]:
-    """EVE `anomaly` for a decoder event (Suricata's type "decode")."""
+                   pkt_src: str, kind: str = "decode") -> dict[str, Any]:
+    """EVE `anomaly` for a decoder or stream event (Suricata's types "decode", "stream")."""
     r = packet_header(p, flow, "anomaly")
     if pcap_cnt is not None:
         r["pcap_cnt"] = pcap_cnt
     r["pkt_src"] = pkt_src
-    r["anomaly"] = {"type": "decode", "event": event}
+    r["anomaly"] = {"type": kind, "event": event}
     return r
 
 

@@ -11,6 +11,7 @@ from typing import NoReturn
 import click
 
 from appliance import __version__
+from appliance.cli_control import control_commands
 from appliance.cli_policy import policy as policy_group
 from appliance.cli_rules import rules as rules_group
 from appliance.config import Config, load_config
@@ -47,6 +48,8 @@ def main() -> None:
 
 main.add_command(rules_group)
 main.add_command(policy_group)
+for _cmd in control_commands():
+    main.add_command(_cmd)
 
 
 @main.command()
@@ -193,15 +196,22 @@ def _load(rules: tuple[str, ...], cfg_path: str | None,
               help="When no worker can take a packet: let it through (opt-in) or drop it.")
 @click.option("--policy", "policy_path", type=click.Path(), default=None,
               help="Guest roles (YAML).")
+@click.option("--state-dir", default="/var/lib/appliance", show_default=True,
+              help="Where actions (quarantine, block...) persist and are audited.")
+@click.option("--control", "control_path", default="/run/appliance/control.sock",
+              show_default=True, help="The control socket (root only).")
 def run(bridge: str, rules: tuple[str, ...], config_path: str | None, eve: str | None,
-        queues: int, fail_open: bool, policy_path: str | None) -> None:
+        queues: int, fail_open: bool, policy_path: str | None, state_dir: str,
+        control_path: str) -> None:
     """Inspect BRIDGE inline through NFQUEUE until SIGTERM or Ctrl-C."""
     from appliance.daemon import RunOptions, Supervisor
 
     ld = _load_all(rules, config_path, policy_path)
     cfg = replace(ld.config, engine=replace(ld.config.engine, mode="ips",
                                             log_pcap_cnt=False))
-    sup = Supervisor(cfg, ld.detector, RunOptions(bridge, queues, fail_open, eve),
+    sup = Supervisor(cfg, ld.detector,
+                     RunOptions(bridge, queues, fail_open, eve, state_dir=state_dir,
+                                control=control_path),
                      log=lambda m: click.echo(f"appliance: {m}", err=True),
                      policy=ld.policy, role_detectors=ld.role_detectors)
     try:
@@ -292,6 +302,11 @@ def lab_run(obj: object, args: tuple[str, ...]) -> None:
     if "--policy" not in extra:  # the lab's guests and their roles, unless told otherwise
         extra += ["--policy", str(Path(__file__).resolve().parents[1] / "rules" /
                                   "lab-policy.yaml")]
+    # The lab's own state and control socket, so labs with other prefixes do not meet.
+    if "--state-dir" not in extra:
+        extra += ["--state-dir", str(obj.state / "state")]
+    if "--control" not in extra:
+        extra += ["--control", str(obj.state / "control.sock")]
     cmd = obj.exec_argv("host", [sys.executable, "-m", "appliance.cli", "run", "--bridge",
                                  BRIDGE, *extra])
     os.execvp(cmd[0], cmd)

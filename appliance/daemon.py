@@ -47,6 +47,9 @@ class RunOptions:
     fail_open: bool = False
     eve: str | None = None
     watchdog: float = WATCHDOG_SECONDS
+    # Where actions persist (SQLite) and are audited (JSON lines); None: no actions.
+    state_dir: str | None = None
+    control: str | None = None  # the control socket's path; None: no control socket
 
 
 @dataclass
@@ -91,6 +94,8 @@ class Supervisor:
         self.beats: dict[int, Synchronized[float]] = {}
         self.restarts = 0
         self.watchdog_kills = 0
+        self.manager: Any = None
+        self.control: Any = None
         self._stop = False
 
     def check(self) -> None:
@@ -117,9 +122,80 @@ class Supervisor:
     def stop(self, *_a: object) -> None:
         self._stop = True
 
+    def _start_actions(self) -> None:
+        """The action backend, its state and the control socket (when configured)."""
+        from appliance.actions import ActionManager, control_handlers
+        from appliance.io.actions import NetlinkBackend
+        from appliance.io.control import ControlServer
+
+        self.manager = None
+        self.control = None
+        if self.opts.state_dir is not None:
+            state = Path(self.opts.state_dir)
+            state.mkdir(parents=True, exist_ok=True)
+            backend = NetlinkBackend(self.opts.bridge)
+            backend.install()
+            self.manager = ActionManager(backend, state / "actions.db",
+                                         state / "audit.jsonl", self._actions_policy())
+            for r in self.manager.restore():
+                self.log(f"restore: {r.reason}")
+        if self.opts.control is not None:
+            handlers: dict[str, Any] = {"status": lambda _a: self.status()}
+            if self.manager is not None:
+                handlers.update(control_handlers(self.manager))
+            self.control = ControlServer(self.opts.control, handlers).start()
+
+    def _actions_policy(self) -> Any:
+        """What the action manager may do, from the guest policy: never act on the
+        allowlist; a guest named 'sinkhole' is where quarantined guests may go."""
+        from appliance.actions import Policy as ActionsPolicy
+
+        pol = self.detection.policy
+        if pol is None:
+            return ActionsPolicy()
+        guests: dict[str, str] = {}
+        sink_ips: list[str] = []
+        sink_port = "sinkhole"
+        for g in pol.guests:
+            port = next(iter(sorted(g.ports)), g.name)
+            guests[g.name] = port
+            for n in g.networks:
+                if n.num_addresses == 1:
+                    guests[str(n.network_address)] = port
+            if g.name == "sinkhole":
+                sink_port = port
+                sink_ips = [str(n.network_address) for n in g.networks if n.num_addresses == 1]
+        return ActionsPolicy(allowlist=tuple(str(n) for n in pol.allowlist), guests=guests,
+                             sinkhole_port=sink_port, sinkhole_ips=tuple(sink_ips))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "bridge": self.opts.bridge,
+            "mode": "fail-open" if self.opts.fail_open else "fail-closed",
+            "workers": {str(q): {"pid": p.pid, "alive": p.is_alive()}
+                        for q, p in self.workers.items()},
+            "worker_restarts": self.restarts,
+            "watchdog_kills": self.watchdog_kills,
+            "action_requests": self.action_requests,
+            "actions": self.manager.status() if self.manager is not None else {},
+        }
+
+    def _act(self, req: ActionRequest) -> None:
+        if self.manager is None:
+            self.log(f"action requested: {req.kind} {req.target} ({req.reason}); "
+                     "no action state configured")
+            return
+        # The role's duration is the first offence's; repeat offenders escalate.
+        res = self.manager.request(req.kind, req.target, req.reason, sid=req.sid,
+                                   alert=req.alert, established=req.established,
+                                   first_duration=req.duration)
+        self.log(f"{req.kind} {req.target}: {res.reason}")
+
     def run(self, until: Callable[[], bool] | None = None) -> int:
         self.check()
         self.chains.install()
+        self._start_actions()
+        last_tick = time.monotonic()
         old_term = signal.signal(signal.SIGTERM, self.stop)
         old_int = signal.signal(signal.SIGINT, self.stop)
         try:
@@ -131,6 +207,10 @@ class Supervisor:
                 time.sleep(POLL)
                 self._watch()
                 self._drain_actions()
+                if self.manager is not None and time.monotonic() - last_tick >= 1.0:
+                    last_tick = time.monotonic()
+                    for r in self.manager.tick():
+                        self.log(f"release: {r.reason}")
         finally:
             for p in self.workers.values():
                 if p.is_alive():
@@ -141,6 +221,21 @@ class Supervisor:
                     p.kill()
                     p.join(timeout=2)
             self.chains.remove()
+            if self.control is not None:
+                self.control.stop()
+            if self.manager is not None:
+                # Active actions stay in force while the daemon is down (the next start
+                # restores them from SQLite and releases what expired meanwhile); with
+                # none active, nothing of ours is left behind.
+                active = self.manager.active()
+                if active:
+                    self.log(f"{len(active)} action(s) stay in force until the next start")
+                else:
+                    try:
+                        self.manager.backend.cleanup()
+                    except Exception as e:
+                        self.log(f"action backend cleanup: {e}")
+                self.manager.close()
             signal.signal(signal.SIGTERM, old_term)
             signal.signal(signal.SIGINT, old_int)
             self.log(f"stopped; chains removed; {self.restarts} worker restart(s)")
@@ -153,8 +248,7 @@ class Supervisor:
             if self.on_action is not None:
                 self.on_action(req)
             else:
-                self.log(f"action requested: {req.kind} {req.target} ({req.reason}); "
-                         "no action backend configured")
+                self._act(req)
 
     def _watch(self) -> None:
         now = time.monotonic()

@@ -47,19 +47,41 @@ def _outcome(rc: int, code: str) -> str:
     return f"failed (curl exit {rc})"
 
 
+DEMO_POLICY = """
+roles:
+  desktop:
+    description: the lab desktop; a short quarantine so the demo can show the release
+    overrides:
+      - {action: drop, classtypes: [web-application-attack, trojan-activity]}
+    ingress: [{proto: icmp}]
+    on-detection: {action: quarantine, min-severity: 1, duration: 8s}
+guests:
+  - {name: desktop, role: desktop, ports: [desktop], addresses: [10.203.0.10/32]}
+  - {name: proxy, role: caching-proxy, ports: [proxy], addresses: [10.203.0.20/32]}
+  - {name: sinkhole, role: server, ports: [sinkhole], addresses: [10.203.0.99/32]}
+allowlist: [10.203.0.1/32]
+"""
+
+
 def inline_demo() -> int:
     lab = Lab("demo-")
     work = Path(tempfile.mkdtemp(prefix="appliance-demo-"))
     eve = work / "eve.json"
     log = work / "appliance.log"
+    policy = work / "policy.yaml"
+    policy.write_text(DEMO_POLICY)
     print("Building the lab: a bridge with desktop, proxy, sinkhole and gateway guests ...")
     lab.up()
-    proc = None
+    proc = sink = None
     try:
+        sink = subprocess.Popen(lab.exec_argv("sinkhole", [
+            sys.executable, "-m", "http.server", "80", "--bind", "10.203.0.99"]),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "appliance.cli", "lab", "--prefix", lab.prefix, "run",
-                 "--rules", str(RULES), "--eve", str(eve)], stdout=out, stderr=subprocess.STDOUT)
+                 "--rules", str(RULES), "--eve", str(eve), "--policy", str(policy)],
+                stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while "inline on" not in log.read_text(errors="replace"):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -67,17 +89,28 @@ def inline_demo() -> int:
                 print("the appliance did not start")
                 return 1
             time.sleep(0.1)
-        print("The appliance is inline on the lab bridge (NFQUEUE, fail-closed).\n")
-        steps = [
-            ("desktop fetches a page", f"http://{SERVER}/"),
-            ("desktop fetches a page over IPv6", "http://[2001:db8:113::10]/"),
-            ("desktop sends a path traversal", f"http://{SERVER}/../../etc/passwd"),
-            ("desktop sends a command injection", f"http://{SERVER}/cgi;/bin/sh"),
-        ]
-        for what, url in steps:
+        print("The appliance is inline on the lab bridge (NFQUEUE, fail-closed); the "
+              "desktop guest has the desktop role.\n")
+
+        def step(what: str, url: str, retries: int = 1) -> None:
             rc, code = _curl(lab, url)
-            print(f"  {what:36s} {url:40s} -> {_outcome(rc, code)}")
+            for _ in range(retries - 1):
+                if rc == 0:
+                    break
+                rc, code = _curl(lab, url)
+            print(f"  {what:44s} {url:38s} -> {_outcome(rc, code)}")
+
+        step("desktop fetches a page", f"http://{SERVER}/")
+        step("desktop fetches a page over IPv6", "http://[2001:db8:113::10]/")
+        step("desktop sends a command-injection probe", f"http://{SERVER}/cgi;/bin/sh")
+        step("desktop sends a path traversal (severity 1)", f"http://{SERVER}/../../etc/passwd")
         time.sleep(0.5)
+        print("\n  ... the desktop role quarantines the guest for 8 s:")
+        step("quarantined desktop fetches the page", f"http://{SERVER}/")
+        step("quarantined desktop reaches the sinkhole", "http://10.203.0.99/", retries=3)
+        print("\n  ... waiting for the automatic release:")
+        time.sleep(8.5)
+        step("released desktop fetches the page", f"http://{SERVER}/", retries=5)
     finally:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -85,16 +118,21 @@ def inline_demo() -> int:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if sink is not None:
+            sink.terminate()
         lab.down()
     records = [json.loads(x) for x in eve.read_text().splitlines()] if eve.exists() else []
     alerts = [r for r in records if r["event_type"] == "alert"]
     print(f"\nEVE alerts written to {eve}:")
     for a in alerts:
         al = a["alert"]
+        why = "; ".join(al.get("metadata", {}).get("explain", []))
         print(f"  [{al['action']}] {al['signature']} (sid {al['signature_id']}) "
-              f"{a['src_ip']}:{a.get('src_port')} -> {a['dest_ip']}:{a.get('dest_port')}")
-    print("\nLast lines of the appliance's log:\n  "
-          + "\n  ".join(log.read_text(errors="replace").strip().splitlines()[-3:]))
+              f"{a['src_ip']}:{a.get('src_port')} -> {a['dest_ip']}:{a.get('dest_port')}"
+              + (f"\n      why: {why}" if why else ""))
+    lines = [ln for ln in log.read_text(errors="replace").splitlines()
+             if "quarantine" in ln or "release" in ln or "stopped" in ln]
+    print("\nFrom the appliance's log:\n  " + "\n  ".join(lines[-5:]))
     print("\nThe lab is down again; nothing is left behind.")
     return 0 if len(alerts) >= 2 else 1
 

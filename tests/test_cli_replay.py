@@ -48,8 +48,10 @@ def test_eve_dash_writes_json_lines_to_stdout() -> None:
     r = replay("--eve", "-", str(PCAPS / "linktype-sll2.pcap"))
     assert r.exit_code == 0, r.output
     recs = [json.loads(line) for line in lines(r.stdout)]
-    assert [x["event_type"] for x in recs] == ["flow", "flow", "stats"]
-    assert sorted(x["proto"] for x in recs[:2]) == ["TCP", "UDP"]
+    # The TCP exchange is an HTTP request and response: its http record, then the flows.
+    assert [x["event_type"] for x in recs] == ["http", "flow", "flow", "stats"]
+    assert recs[0]["http"]["http_method"] == "GET"
+    assert sorted(x["proto"] for x in recs[1:3]) == ["TCP", "UDP"]
     assert recs[-1]["stats"]["decoder"]["pkts"] == 11
     assert recs[-1]["stats"]["decoder"]["sll"] == 11
     assert "packets: 11" in r.stderr

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+from appliance.core import applayer
+from appliance.core.applayer import AppResult
 from appliance.core.commands import Command, Log, Verdict, VerdictKind
 from appliance.core.decode import (
     PROTO_ESP,
@@ -37,7 +39,13 @@ from appliance.core.policy import (
 from appliance.core.policy import (
     explain as _explain,
 )
-from appliance.core.records import alert_record, anomaly_record, flow_record, stats_record
+from appliance.core.records import (
+    alert_record,
+    anomaly_record,
+    app_record,
+    flow_record,
+    stats_record,
+)
 from appliance.core.stream import FLOW_ESTABLISHED, FLOW_NEW, StreamUpdate, is_stream_starter
 
 # Decoder events that Suricata's stats schema does not name (ours, not Suricata's):
@@ -45,6 +53,10 @@ from appliance.core.stream import FLOW_ESTABLISHED, FLOW_NEW, StreamUpdate, is_s
 # `stats.decoder.event` so the record stays schema-valid.
 FLOW_PROTOS: Final = frozenset({PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP,
                                 PROTO_ESP})
+
+# How strict a verdict is, to keep the strictest when several stages decide.
+_SEVERITY: Final = {VerdictKind.BYPASS: 0, VerdictKind.ACCEPT: 1, VerdictKind.DROP: 2,
+                    VerdictKind.REJECT: 3}
 
 NON_SURICATA_EVENTS: Final = frozenset({"decoder.malformed", "decoder.unsupported_linktype"})
 
@@ -57,6 +69,11 @@ class EngineConfig:
     log_decode_anomalies: bool = True
     # Log TCP stream anomalies (Suricata: anomaly.types.stream).
     log_stream_anomalies: bool = True
+    # Application layer: protocol detection and parsers (HTTP, DNS, TLS); their parser
+    # events as anomalies (Suricata: anomaly.types.applayer); http/dns/tls/fileinfo logs.
+    app_layer: bool = True
+    log_app_anomalies: bool = True
+    log_app_records: bool = True
     # Where packets come from, for EVE's pkt_src ("wire/pcap" in replay and live alike,
     # as Suricata writes for captured packets).
     pkt_src: str = "wire/pcap"
@@ -138,8 +155,13 @@ class Engine:
                     if flow is not None and self.policy is not None and \
                             flow.ts_pkts + flow.tc_pkts == 1:
                         self._assign_role(flow, p, ev, out)
+                    app = None
+                    if flow is not None and flow.action is None and self.config.app_layer:
+                        app = self._app(p, flow, to_server, upd)
                     if self.detector is not None or (flow is not None and flow.action):
                         kind = self._detect(p, flow, to_server, ev.id, out)
+                    if app is not None and flow is not None:
+                        kind = self._app_results(p, flow, app, kind, ev.id, out)
                     if upd is not None and flow is not None:
                         kind = self._stream(p, flow, upd, kind, ev.id, out)
                 else:
@@ -290,6 +312,53 @@ class Engine:
         self.alerts += 1
         out.append(Log(rec))
 
+    def _app(self, p: Packet, flow: Flow, to_server: bool,
+             upd: StreamUpdate | None) -> AppResult | None:
+        """Feed the app layer what this packet delivered (stream bytes or a datagram)."""
+        if p.proto == PROTO_TCP:
+            if upd is None or not (upd.to_server or upd.to_client):
+                return None
+            res = AppResult()
+            if upd.to_server:
+                applayer.feed_tcp(flow, upd.to_server, True, res)
+            if upd.to_client:
+                applayer.feed_tcp(flow, upd.to_client, False, res)
+            return res
+        if p.proto == PROTO_UDP:
+            res = AppResult()
+            applayer.feed_udp(flow, p, to_server, res)
+            return res
+        return None
+
+    def _app_results(self, p: Packet, flow: Flow, res: AppResult, kind: VerdictKind,
+                     pkt_id: int, out: list[Command]) -> VerdictKind:
+        """App-layer rules on each transaction that progressed; EVE app records."""
+        cfg = self.config
+        for name, _to_server, tx_id in res.anomalies:
+            self.anomalies += 1
+            if cfg.log_app_anomalies:
+                body: dict[str, Any] = {
+                    "event_type": "anomaly",
+                    "anomaly": {"app_proto": flow.app_proto or "unknown", "type": "applayer",
+                                "event": name, "layer": "proto_parser"}}
+                if tx_id >= 0:
+                    body["tx_id"] = tx_id
+                out.append(Log(app_record(flow, p.ts, body, cfg.pkt_src)))
+        det = self.role_detectors.get(flow.role, self.detector)
+        if det is not None and flow.action is None:
+            for insp in res.inspections:
+                matches = det.inspect_tx(p, flow, insp.to_server, insp.tx_id, insp.buffers)
+                if matches:
+                    k = self._act(p, flow, insp.to_server, pkt_id, matches, out)
+                    if _SEVERITY[k] > _SEVERITY[kind]:
+                        kind = k
+        if cfg.log_app_records:
+            for body in res.records:
+                out.append(Log(app_record(flow, p.ts, body)))
+        if res.encrypted and flow.action is None and cfg.bypass and cfg.mode == "ips":
+            flow.action = "bypass"  # TLS after the handshake: nothing left to inspect
+        return kind
+
     def _stream(self, p: Packet, flow: Flow, upd: StreamUpdate, kind: VerdictKind,
                 pkt_id: int, out: list[Command]) -> VerdictKind:
         """What TCP reassembly said about this segment: anomalies; inline, a segment
@@ -346,11 +415,30 @@ class Engine:
         return f, to_server, upd
 
     def _ended_flows(self, now: float) -> list[Command]:
-        return [Log(flow_record(f, now)) for f in self.flows.drain()]
+        out: list[Command] = []
+        for f in self.flows.drain():
+            self._app_close(f, now, out)
+            out.append(Log(flow_record(f, now)))
+        return out
+
+    def _app_close(self, f: Flow, now: float, out: list[Command]) -> None:
+        if f.app is None or not self.config.app_layer:
+            return
+        try:
+            res = AppResult()
+            applayer.close(f, res)
+            if self.config.log_app_records:
+                for body in res.records:
+                    out.append(Log(app_record(f, now, body)))
+        except Exception:  # a parser bug must not lose the flow record
+            self.stats.errors += 1
 
     def _shutdown(self, ev: Shutdown) -> list[Command]:
         now = ev.ts if ev.ts is not None else (self.stats.last_ts or 0.0)
-        out: list[Command] = [Log(flow_record(f, now)) for f in self.flows.shutdown()]
+        out: list[Command] = []
+        for f in self.flows.shutdown():
+            self._app_close(f, now, out)
+            out.append(Log(flow_record(f, now)))
         out.append(Log(self.stats_record(now)))
         return out
 

@@ -23,7 +23,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Any, Final
 
 from appliance.core.decode import (
     PROTO_ICMP,
@@ -108,6 +108,7 @@ class Flow:
     __slots__ = (
         "action",
         "alerted",
+        "app",
         "app_proto",
         "bits",
         "dp",
@@ -172,6 +173,7 @@ class Flow:
         self.tc_payload = 0
         self.alerted = False
         self.app_proto: str | None = None
+        self.app: Any = None  # app-layer state (core/applayer.py), made on first data
         # Detection state, created on first use so plain flows stay small.
         self.bits: set[str] = _NO_BITS
         self.ints: dict[str, int] = _NO_INTS

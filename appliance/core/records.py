@@ -78,6 +78,8 @@ def flow_record(f: Flow, now: float) -> dict[str, Any]:
     if _has_ports(f.proto):
         r["dest_port"] = f.dp
     r["proto"] = proto_name(f.proto)
+    if f.app_proto:
+        r["app_proto"] = f.app_proto
     if f.icmp_ts is not None:
         r["icmp_type"], r["icmp_code"] = f.icmp_ts
     if f.icmp_tc is not None:
@@ -171,4 +173,29 @@ def alert_record(p: Packet, flow: Flow | None, pcap_cnt: int | None, pkt_src: st
         if _has_ports(flow.proto):
             r["flow"]["src_port"] = flow.sp
             r["flow"]["dest_port"] = flow.dp
+    return r
+
+
+def app_record(f: Flow, ts: float, body: dict[str, Any], pkt_src: str | None = None
+               ) -> dict[str, Any]:
+    """An app-layer EVE record (http, dns, tls, fileinfo) on the flow's 5-tuple, client
+    to server, as Suricata's transaction loggers write them."""
+    r: dict[str, Any] = {"timestamp": format_ts(ts), "flow_id": f.flow_id,
+                         "event_type": body["event_type"]}
+    if f.vlan:
+        r["vlan"] = list(f.vlan)
+    r["src_ip"] = format_ip(f.src)
+    if _has_ports(f.proto):
+        r["src_port"] = f.sp
+    r["dest_ip"] = format_ip(f.dst)
+    if _has_ports(f.proto):
+        r["dest_port"] = f.dp
+    r["proto"] = proto_name(f.proto)
+    if pkt_src is not None:
+        r["pkt_src"] = pkt_src
+    for k, v in body.items():
+        if k != "event_type":
+            r[k] = v
+    if f.app_proto and body["event_type"] in ("fileinfo", "anomaly"):
+        r["app_proto"] = f.app_proto
     return r

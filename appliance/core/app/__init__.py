@@ -1,0 +1,114 @@
+"""Application-layer protocol detection and parsers (sans-I/O: bytes in, events out).
+
+Every parser is one object per flow. Stream protocols take in-order byte chunks of
+any size per direction through ``feed(data, to_server)``; datagram protocols take one
+UDP payload through ``parse_datagram(data, to_server)``. ``close()`` is called at flow
+end. None of them raises on hostile input: malformed data becomes an ``AppEvent`` of
+kind ``"anomaly"`` named as Suricata names the event (``REQUEST_HEADER_INVALID``,
+``MALFORMED_DATA``, ...), so the engine can log it and apply policy.
+
+The registry is an explicit list (DESIGN.md principle 6); protocol names are
+Suricata's ``app_proto`` names so rule headers (``alert http ...``) and
+``app-layer-protocol`` use the same words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+# Event kinds a parser can return.
+ANOMALY: Final = "anomaly"
+TX_REQUEST: Final = "request"  # request line + headers of a transaction are parsed
+TX_RESPONSE: Final = "response"  # response line + headers are parsed
+TX_COMPLETE: Final = "tx_complete"  # both sides of a transaction are done
+FILE_CLOSED: Final = "file"  # a file (HTTP body) ended: complete or truncated
+DNS_QUERY: Final = "dns_query"
+DNS_ANSWER: Final = "dns_answer"
+TLS_HANDSHAKE: Final = "tls_handshake"  # a handshake message changed the TLS buffers
+TLS_ENCRYPTED: Final = "tls_encrypted"  # both sides sent ChangeCipherSpec: nothing left to parse
+
+
+@dataclass(frozen=True, slots=True)
+class AppEvent:
+    """Something a parser saw. ``tx_id`` is -1 when no transaction applies."""
+
+    kind: str
+    to_server: bool
+    name: str = ""
+    tx_id: int = -1
+    data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+def anomaly(name: str, to_server: bool, tx_id: int = -1) -> AppEvent:
+    return AppEvent(ANOMALY, to_server, name, tx_id)
+
+
+class StreamParser(Protocol):
+    """A parser for a byte stream (TCP): chunks arrive in order per direction."""
+
+    app_proto: str
+
+    def feed(self, data: bytes, to_server: bool) -> list[AppEvent]: ...
+
+    def close(self) -> list[AppEvent]: ...
+
+
+def _http() -> StreamParser:
+    from appliance.core.app.http import HttpParser
+
+    return HttpParser()
+
+
+def _tls() -> StreamParser:
+    from appliance.core.app.tls import TlsParser
+
+    return TlsParser()
+
+
+def _dns() -> StreamParser:
+    from appliance.core.app.dns import DnsParser
+
+    return DnsParser()
+
+
+# app_proto -> parser factory. Protocols that detection recognises but that have no
+# parser here (ssh, smtp, ftp...) are still recorded as the flow's app_proto.
+PARSERS: Final[list[tuple[str, Callable[[], StreamParser]]]] = [
+    ("http", _http),
+    ("tls", _tls),
+    ("dns", _dns),
+]
+
+# Every name detection may return, in Suricata's spelling.
+APP_PROTOS: Final = ("http", "tls", "dns", "ssh", "smtp", "ftp", "imap", "pop3")
+APP_PROTO_FAILED: Final = "failed"
+
+
+def new_parser(app_proto: str) -> StreamParser | None:
+    """A fresh parser for one flow, or None when the protocol has no parser."""
+    for name, factory in PARSERS:
+        if name == app_proto:
+            return factory()
+    return None
+
+
+__all__ = [
+    "ANOMALY",
+    "APP_PROTOS",
+    "APP_PROTO_FAILED",
+    "DNS_ANSWER",
+    "DNS_QUERY",
+    "FILE_CLOSED",
+    "PARSERS",
+    "TLS_ENCRYPTED",
+    "TLS_HANDSHAKE",
+    "TX_COMPLETE",
+    "TX_REQUEST",
+    "TX_RESPONSE",
+    "AppEvent",
+    "StreamParser",
+    "anomaly",
+    "new_parser",
+]

@@ -22,7 +22,7 @@ from appliance.core.flows import Flow
 from appliance.core.stream import FLOW_ESTABLISHED, TcpState
 from appliance.rules.compiler import BufferKey, CompiledRule, Program
 from appliance.rules.keywords import FlowInt, Threshold
-from appliance.rules.matcher import APP_GROUP, PrefilterSet, ip_group
+from appliance.rules.matcher import APP_GROUP, Prefilter, PrefilterSet, ip_group
 
 # Threshold/detection_filter entries kept at most: an attacker spraying source
 # addresses must not grow this table without bound; the oldest entries go first.
@@ -65,6 +65,16 @@ class SignatureEngine:
         self.stats = DetectStats()
         self._thresholds: OrderedDict[tuple[object, ...], _ThState] = OrderedDict()
         self._always = {k: tuple(v) for k, v in prefilters.always.items()}
+        # App-layer databases and always-lists by buffer name, for inspect_tx.
+        self._app_dbs: dict[str, list[tuple[BufferKey, Prefilter]]] = {}
+        self._app_always: dict[str, tuple[int, ...]] = {}
+        for (group, key), db in prefilters.dbs.items():
+            if group == APP_GROUP:
+                self._app_dbs.setdefault(key[0], []).append((key, db))
+        for (group, key), orders in prefilters.always.items():
+            if group == APP_GROUP:
+                self._app_always[key[0]] = tuple(sorted(
+                    set(self._app_always.get(key[0], ())) | set(orders)))
 
     # -- entry points ----------------------------------------------------------------
 
@@ -94,45 +104,33 @@ class SignatureEngine:
             hits.update(got)
         if not hits:
             return []
-        buffers = {_PKT_KEY: payload}
+        buffers = {_PKT_KEY: [payload]}
         return self._run(sorted(hits), p, flow, to_server, buffers, None, app=False)
 
     def inspect_tx(self, p: Packet, flow: Flow, to_server: bool, tx_id: int,
-                   raw_buffers: Mapping[str, bytes]) -> list[RuleMatch]:
-        """App-layer rules on one transaction's buffers (those available so far)."""
+                   raw_buffers: Mapping[str, bytes | list[bytes]]) -> list[RuleMatch]:
+        """App-layer rules on one transaction's buffers (those available so far). A list
+        value is a multi-buffer (dns.query, tls.certs): any element may match."""
         hits: set[int] = set()
-        buffers: dict[BufferKey, bytes] = {}
-        for (group, key), db in self.pf.dbs.items():
-            if group != APP_GROUP or key[0] not in raw_buffers:
-                continue
-            data = self._buffer(buffers, key, raw_buffers)
-            if data:
-                db.scan(data, hits)
-        for (group, key), rules in self._always.items():
-            if group == APP_GROUP and key[0] in raw_buffers:
-                hits.update(rules)
+        cache: dict[BufferKey, list[bytes]] = {}
+        for name in raw_buffers:
+            for key, db in self._app_dbs.get(name, ()):
+                for data in _elements(cache, key, raw_buffers):
+                    if data:
+                        db.scan(data, hits)
+            always = self._app_always.get(name)
+            if always:
+                hits.update(always)
         if not hits:
             return []
-        for name, data in raw_buffers.items():
-            buffers.setdefault((name, ()), data)
-        return self._run(sorted(hits), p, flow, to_server, buffers, raw_buffers, app=True,
+        return self._run(sorted(hits), p, flow, to_server, cache, raw_buffers, app=True,
                          tx_id=tx_id)
 
     # -- checks --------------------------------------------------------------------------
 
-    @staticmethod
-    def _buffer(cache: dict[BufferKey, bytes], key: BufferKey,
-                raw: Mapping[str, bytes]) -> bytes:
-        got = cache.get(key)
-        if got is None:
-            got = raw.get(key[0], b"")
-            if key[1]:
-                got = apply_transforms(got, key[1])
-            cache[key] = got
-        return got
-
     def _run(self, orders: list[int], p: Packet, flow: Flow | None, to_server: bool,
-             buffers: dict[BufferKey, bytes], raw: Mapping[str, bytes] | None, app: bool,
+             buffers: dict[BufferKey, list[bytes]],
+             raw: Mapping[str, bytes | list[bytes]] | None, app: bool,
              tx_id: int | None = None) -> list[RuleMatch]:
         out: list[RuleMatch] = []
         rules = self.rules
@@ -154,26 +152,26 @@ class SignatureEngine:
             ok = True
             for ch in r.chains:
                 if raw is None:
-                    data = buffers.get(ch.key)
-                    if data is None:
-                        if ch.key[0] != "pkt_data":
-                            ok = False
-                            break
-                        data = apply_transforms(buffers[_PKT_KEY], ch.key[1])
-                        buffers[ch.key] = data
+                    if ch.key[0] != "pkt_data":
+                        ok = False
+                        break
+                    elems = buffers.get(ch.key)
+                    if elems is None:
+                        elems = buffers[ch.key] = [
+                            apply_transforms(buffers[_PKT_KEY][0], ch.key[1])]
                 else:
                     if ch.key[0] not in raw:
                         ok = False
                         break
-                    data = self._buffer(buffers, ch.key, raw)
-                if not match_chain(ch, data, env):
+                    elems = _elements(buffers, ch.key, raw)
+                if not any(match_chain(ch, data, env) for data in elems):
                     ok = False
                     break
             if not ok:
                 continue
             if r.urilen is not None:
                 uri = (raw or {}).get("http.uri.raw" if r.urilen[1] else "http.uri")
-                if uri is None or not r.urilen[0].test(len(uri)):
+                if not isinstance(uri, bytes) or not r.urilen[0].test(len(uri)):
                     continue
             st.matches += 1
             if flow is not None:
@@ -333,6 +331,19 @@ class SignatureEngine:
             return s.count == th.count
         # detection_filter: alert on every match once the rate exceeds count
         return s.count > th.count
+
+
+def _elements(cache: dict[BufferKey, list[bytes]], key: BufferKey,
+              raw: Mapping[str, bytes | list[bytes]]) -> list[bytes]:
+    """A buffer's values (one, or several for a multi-buffer), transformed as the key
+    says, cached for the rest of this inspection."""
+    got = cache.get(key)
+    if got is None:
+        v = raw.get(key[0], b"")
+        vals = v if isinstance(v, list) else [v]
+        got = [apply_transforms(x, key[1]) for x in vals] if key[1] else vals
+        cache[key] = got
+    return got
 
 
 def _established(flow: Flow | None) -> bool:

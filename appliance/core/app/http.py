@@ -1,0 +1,1292 @@
+"""HTTP/1.x parser for reassembled TCP streams, tolerant like libhtp (Suricata 7).
+
+One ``HttpParser`` per flow. ``feed(data, to_server)`` takes in-order chunks of any
+size (1 byte or 64 KiB) and returns ``AppEvent``s; state lives in ``transactions``:
+a request and its response form one ``HttpTransaction``, matched in order so
+pipelined requests (RFC 9112 section 9.3.2) pair with their responses.
+
+Tolerance follows what servers and browsers accept (and what libhtp's "IDS"
+personality does): bare LF line endings, folded header lines (RFC 9112 section 5.2,
+obsolete but still parsed), duplicate headers joined with ", " (RFC 9110 section 5.3),
+leading blank lines before a request/response line, garbage chunk extensions.
+Anything odd becomes an anomaly with Suricata's HTTP event name (its
+``rules/http-events.rules``), never an exception.
+
+Sticky buffers per transaction follow Suricata 7 "HTTP Keywords" semantics; see
+``HttpTransaction.request_buffers`` / ``response_buffers``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from appliance.core.app import (
+    ANOMALY,
+    FILE_CLOSED,
+    TX_COMPLETE,
+    TX_REQUEST,
+    TX_RESPONSE,
+    AppEvent,
+)
+
+# --- limits -------------------------------------------------------------------------
+
+# libhtp's hard field limit (HTP_FIELD_LIMIT_HARD): a request/status/header line longer
+# than this is cut and REQUEST_FIELD_TOO_LONG / RESPONSE_FIELD_TOO_LONG raised. Real
+# header lines stay far below; cookies of a few KiB are the largest seen in practice.
+FIELD_LIMIT: Final = 18000
+# Suricata 7's libhtp "headers-limit" default: more header lines than this in one
+# message raise REQUEST_TOO_MANY_HEADERS and the extra lines are dropped. Bounds the
+# per-transaction header table against header floods.
+MAX_HEADERS: Final = 1024
+# Total bytes of header lines kept per message: MAX_HEADERS lines of FIELD_LIMIT would
+# be 18 MiB per transaction; real header blocks are a few KiB (servers such as nginx
+# refuse more than 32 KiB). Lines past this are dropped like those past MAX_HEADERS.
+MAX_HEADER_BYTES: Final = 256 * 1024
+# Bytes of raw header block kept for http.header.raw: MAX_HEADERS lines of typical
+# size; a flood of long lines is still parsed (bounded by MAX_HEADERS) but not copied.
+RAW_HEADERS_LIMIT: Final = 64 * 1024
+# libhtp raises *_HEADER_REPETITION only after this many repetitions of one header
+# (HTP_MAX_HEADERS_REPETITIONS); repeated Set-Cookie is normal.
+MAX_HEADER_REPETITIONS: Final = 64
+# Suricata's default suricata.yaml: libhtp.default-config.request-body-limit: 100kb.
+# Only this much of a request body is kept for http.request_body / file_data; the
+# rest is still hashed for the file but not buffered.
+REQUEST_BODY_LIMIT: Final = 100 * 1024
+# Same for responses: response-body-limit: 100kb (http.response_body, file_data).
+RESPONSE_BODY_LIMIT: Final = 100 * 1024
+# libhtp's compression bomb guard (HTP_COMPRESSION_BOMB_LIMIT 1 MiB and
+# HTP_COMPRESSION_BOMB_RATIO 2048): past 1 MiB of output, an output/input ratio above
+# 2048 means a bomb: decompression stops and COMPRESSION_BOMB is raised.
+COMPRESSION_BOMB_LIMIT: Final = 1024 * 1024
+COMPRESSION_BOMB_RATIO: Final = 2048
+# deflate cannot exceed ~1032:1 in one layer, so the ratio only catches nested bombs;
+# a single-layer bomb (1 GiB of zeros in 1 MiB) is cut by size instead. Past 16 MiB of
+# decompressed output hashing costs more than the inspection gains (only the first
+# RESPONSE_BODY_LIMIT bytes are inspected anyway): COMPRESSION_BOMB, file truncated.
+DECOMPRESSED_SIZE_LIMIT: Final = 16 * 1024 * 1024
+# Compressed bytes remembered until the first output: if decompression fails at once,
+# libhtp passes the body through raw, and so do we (whatever the chunking).
+DECOMPRESS_PASSTHROUGH_HEAD: Final = 4096
+# Output produced per zlib call: bounds the memory one call can allocate, so a 1 KiB
+# segment of a bomb never expands into a gigabyte before the guard is checked.
+DECOMPRESS_STEP: Final = 64 * 1024
+# response-body-decompress-layer-limit: 2 (Suricata default): "gzip, gzip, gzip" stops
+# being decoded after two layers with TOO_MANY_ENCODING_LAYERS.
+DECOMPRESS_LAYER_LIMIT: Final = 2
+# Requests waiting for a response (pipelining depth) plus finished transactions kept
+# for the engine; older finished ones are dropped so a long keep-alive flow with
+# thousands of requests keeps bounded state.
+MAX_TRANSACTIONS_KEPT: Final = 256
+# Bytes of a body kept to guess the file type (magic).
+MAGIC_BYTES: Final = 64
+
+# Old-style content modifiers and the sticky buffer each one stands for.
+LEGACY_MODIFIERS: Final = {
+    "http_uri": "http.uri",
+    "http_raw_uri": "http.uri.raw",
+    "http_method": "http.method",
+    "http_header": "http.header",
+    "http_raw_header": "http.header.raw",
+    "http_cookie": "http.cookie",
+    "http_user_agent": "http.user_agent",
+    "http_host": "http.host",
+    "http_raw_host": "http.host.raw",
+    "http_client_body": "http.request_body",
+    "http_server_body": "http.response_body",
+    "http_stat_code": "http.stat_code",
+    "http_stat_msg": "http.stat_msg",
+    "http_header_names": "http.header_names",
+    "http_accept": "http.accept",
+    "http_accept_enc": "http.accept_enc",
+    "http_accept_lang": "http.accept_lang",
+    "http_content_type": "http.content_type",
+    "http_content_len": "http.content_len",
+    "http_connection": "http.connection",
+    "http_referer": "http.referer",
+    "http_start": "http.start",
+    "http_protocol": "http.protocol",
+    "http_request_line": "http.request_line",
+    "http_response_line": "http.response_line",
+    "http_server": "http.server",
+    "http_location": "http.location",
+}
+
+# --- per-direction states -------------------------------------------------------------
+
+_LINE: Final = 0  # request/status line
+_HEADERS: Final = 1
+_BODY_CL: Final = 2  # Content-Length body
+_CHUNK_LEN: Final = 3
+_CHUNK_DATA: Final = 4
+_CHUNK_END: Final = 5  # CRLF after chunk data
+_TRAILERS: Final = 6
+_BODY_CLOSE: Final = 7  # body until the connection closes (responses)
+_TUNNEL: Final = 8  # CONNECT / 101 Switching Protocols: no more HTTP
+
+_TOKEN_RE: Final = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HEX_RE: Final = re.compile(rb"^[0-9A-Fa-f]+$")
+_PCT_RE: Final = re.compile(rb"%(?:[uU]([0-9A-Fa-f]{4})|([0-9A-Fa-f]{2}))")
+_SLASHES_RE: Final = re.compile(rb"/{2,}")
+_CD_FILENAME_RE: Final = re.compile(rb"""filename\*?\s*=\s*(?:"([^"]*)"|([^;\s]*))""", re.I)
+
+
+# --- URI normalisation (libhtp htp_normalize_parsed_uri, IDS personality) -------------
+
+
+def _pct_sub(m: re.Match[bytes]) -> bytes:
+    u = m.group(1)
+    if u is not None:
+        cp = int(u, 16)
+        # %u decoding, best-fit to one byte like libhtp: ASCII range stays, fullwidth
+        # forms U+FF01..U+FF5E map to ASCII (an IIS evasion), anything else is '?'.
+        if cp < 0x100:
+            return bytes((cp,))
+        if 0xFF01 <= cp <= 0xFF5E:
+            return bytes((cp - 0xFF00 + 0x20,))
+        return b"?"
+    return bytes((int(m.group(2), 16),))
+
+
+def remove_dot_segments(path: bytes) -> bytes:
+    """RFC 3986 section 5.2.4, as libhtp's htp_normalize_uri_path_inplace."""
+    if b"." not in path:
+        return path
+    out: list[bytes] = []
+    segs = path.split(b"/")
+    absolute = path.startswith(b"/")
+    if absolute:
+        segs = segs[1:]
+    last = len(segs) - 1
+    trailing = False
+    for i, s in enumerate(segs):
+        if s == b".":
+            trailing = i == last
+            continue
+        if s == b"..":
+            if out:
+                out.pop()
+            trailing = i == last
+            continue
+        out.append(s)
+        trailing = False
+    res = b"/".join(out)
+    if trailing and out:
+        res += b"/"
+    if absolute:
+        res = b"/" + res
+    return res
+
+
+def normalize_path(path: bytes) -> bytes:
+    """Decode %XX and %uXXXX, turn '\\' into '/', compress '//' and remove dot segments.
+
+    Matches the libhtp IDS personality Suricata uses by default: the path is decoded
+    once (double-decode-path: no), backslashes are separators, separators compressed.
+    Invalid %-encodings are kept as they are (HTP_URL_DECODE_PRESERVE_PERCENT).
+    """
+    if b"%" in path:
+        path = _PCT_RE.sub(_pct_sub, path)
+    if b"\\" in path:
+        path = path.replace(b"\\", b"/")
+    if b"//" in path:
+        path = _SLASHES_RE.sub(b"/", path)
+    return remove_dot_segments(path)
+
+
+@dataclass(slots=True)
+class ParsedUri:
+    raw: bytes
+    scheme: bytes = b""
+    authority: bytes = b""  # host[:port] from an absolute URI or CONNECT target
+    path: bytes = b""
+    query: bytes | None = None
+    fragment: bytes | None = None
+
+
+def parse_uri(raw: bytes, method: bytes) -> ParsedUri:
+    u = ParsedUri(raw)
+    rest = raw
+    if method.upper() == b"CONNECT" and not rest.startswith(b"/"):
+        # authority-form (RFC 9112 section 3.2.3)
+        u.authority = rest
+        return u
+    if not rest.startswith(b"/"):
+        i = rest.find(b"://")
+        if 0 < i < 16 and _TOKEN_RE.match(rest[:i]):
+            u.scheme = rest[:i].lower()
+            rest = rest[i + 3 :]
+            end = len(rest)
+            for sep in (b"/", b"?", b"#"):
+                j = rest.find(sep)
+                if j != -1 and j < end:
+                    end = j
+            u.authority = rest[:end]
+            at = u.authority.rfind(b"@")
+            if at != -1:
+                u.authority = u.authority[at + 1 :]
+            rest = rest[end:]
+    h = rest.find(b"#")
+    if h != -1:
+        u.fragment = rest[h + 1 :]
+        rest = rest[:h]
+    q = rest.find(b"?")
+    if q != -1:
+        u.query = rest[q + 1 :]
+        rest = rest[:q]
+    u.path = rest
+    return u
+
+
+def split_host_port(value: bytes) -> tuple[bytes, int | None]:
+    """Host header / authority -> (normalised hostname, port or None).
+
+    libhtp lowercases and drops trailing dots (htp_normalize_hostname_inplace);
+    an IPv6 literal keeps its brackets.
+    """
+    v = value.strip(b" \t")
+    port: int | None = None
+    if v.startswith(b"["):
+        e = v.find(b"]")
+        host = v[: e + 1] if e != -1 else v
+        rest = v[e + 1 :] if e != -1 else b""
+        if rest.startswith(b":") and rest[1:].isdigit():
+            port = int(rest[1:])
+    else:
+        c = v.rfind(b":")
+        if c != -1:
+            p = v[c + 1 :].strip(b" \t")
+            host = v[:c]
+            if p.isdigit() and len(p) <= 5:
+                port = int(p)
+        else:
+            host = v
+    return host.strip(b" \t").lower().rstrip(b"."), port
+
+
+# --- files ----------------------------------------------------------------------------
+
+_MAGIC: Final = (
+    (b"MZ", "PE32 executable (MS Windows)"),
+    (b"\x7fELF", "ELF executable"),
+    (b"%PDF-", "PDF document"),
+    (b"PK\x03\x04", "Zip archive data"),
+    (b"\x1f\x8b", "gzip compressed data"),
+    (b"\x89PNG\r\n\x1a\n", "PNG image data"),
+    (b"\xff\xd8\xff", "JPEG image data"),
+    (b"GIF87a", "GIF image data"),
+    (b"GIF89a", "GIF image data"),
+    (b"RIFF", "RIFF data"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "Composite Document File V2 Document"),
+    (b"Rar!\x1a\x07", "RAR archive data"),
+    (b"7z\xbc\xaf\x27\x1c", "7-zip archive data"),
+    (b"CWS", "Macromedia Flash data (compressed)"),
+    (b"FWS", "Macromedia Flash data"),
+    (b"\xca\xfe\xba\xbe", "compiled Java class data"),
+    (b"{\\rtf", "Rich Text Format data"),
+    (b"<?xml", "XML document text"),
+)
+
+
+def guess_magic(head: bytes) -> str:
+    """A libmagic-like description from the first bytes (a small, fixed table)."""
+    for sig, name in _MAGIC:
+        if head.startswith(sig):
+            return name
+    low = head.lstrip()[:16].lower()
+    if low.startswith((b"<!doctype html", b"<html", b"<head", b"<script")):
+        return "HTML document text"
+    if low.startswith((b"{", b"[")):
+        return "JSON data"
+    if not head:
+        return "empty"
+    if all(32 <= c < 127 or c in (9, 10, 13) for c in head):
+        return "ASCII text"
+    return "data"
+
+
+@dataclass(slots=True)
+class HttpFile:
+    """A body seen as a file: hashed as it streams, for the scan cache."""
+
+    filename: bytes
+    to_server: bool
+    tx_id: int
+    size: int = 0
+    state: str = "OPEN"  # Suricata's EVE names: OPEN, CLOSED, TRUNCATED
+    head: bytearray = field(default_factory=bytearray)
+    _sha: Any = field(default_factory=hashlib.sha256)
+
+    def update(self, data: bytes) -> None:
+        if not data:
+            return
+        self.size += len(data)
+        self._sha.update(data)
+        if len(self.head) < MAGIC_BYTES:
+            self.head += data[: MAGIC_BYTES - len(self.head)]
+
+    @property
+    def sha256(self) -> str:
+        return str(self._sha.hexdigest())
+
+    @property
+    def magic(self) -> str:
+        return guess_magic(bytes(self.head))
+
+    def eve(self) -> dict[str, Any]:
+        return {
+            "filename": self.filename.decode("utf-8", "replace"),
+            "magic": self.magic,
+            "gaps": False,
+            "state": self.state,
+            "sha256": self.sha256,
+            "stored": False,
+            "size": self.size,
+            "tx_id": self.tx_id,
+        }
+
+
+# --- decompression ----------------------------------------------------------------------
+
+
+class _Decoder:
+    """gzip/deflate layers for a response body with libhtp's bomb guard."""
+
+    __slots__ = ("_head", "_layers", "bytes_in", "bytes_out", "failed", "stopped")
+
+    def __init__(self, encodings: list[bytes]) -> None:
+        # Content-Encoding lists codings in the order applied (RFC 9110 section 8.4):
+        # decode from the last one. A deflate layer starts as None: its first two bytes
+        # decide between zlib-wrapped and raw deflate.
+        self._layers: list[list[Any]] = []
+        for enc in reversed(encodings):
+            gz = enc in (b"gzip", b"x-gzip")
+            self._layers.append([zlib.decompressobj(16 + zlib.MAX_WBITS) if gz else None,
+                                 b""])
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.failed = False
+        self.stopped = False
+        self._head = b""
+
+    def decode(self, data: bytes, events: list[str]) -> bytes:
+        """Decompressed output; on failure the data passes through (libhtp does too)."""
+        if self.stopped:
+            return b""
+        if self.failed:
+            return data
+        self.bytes_in += len(data)
+        if self.bytes_out == 0 and len(self._head) < DECOMPRESS_PASSTHROUGH_HEAD:
+            self._head += data
+        out = data
+        for layer in self._layers:
+            out = self._run(layer, out, events)
+            if self.failed:
+                return self._head if self.bytes_out == 0 and self._head else data
+        self.bytes_out += len(out)
+        if out:
+            self._head = b""
+        return out
+
+    def _run(self, layer: list[Any], data: bytes, events: list[str]) -> bytes:
+        d = layer[0]
+        if d is None:
+            # "deflate" should be zlib-wrapped (RFC 9110 section 8.4.1.2) but servers
+            # send raw deflate too; like libhtp and browsers, look at the zlib header
+            # (RFC 1950: CM=8 and the 16-bit check value divisible by 31).
+            head = layer[1] + data
+            if len(head) < 2:
+                layer[1] = head
+                return b""
+            zlib_hdr = head[0] & 0x0F == 8 and ((head[0] << 8) | head[1]) % 31 == 0
+            d = zlib.decompressobj(zlib.MAX_WBITS if zlib_hdr else -zlib.MAX_WBITS)
+            layer[0] = d
+            layer[1] = b""
+            data = head
+        parts: list[bytes] = []
+        produced = 0
+        buf = data
+        while buf:
+            try:
+                chunk = d.decompress(buf, DECOMPRESS_STEP)
+            except zlib.error:
+                events.append("GZIP_DECOMPRESSION_FAILED")
+                self.failed = True
+                return b""
+            parts.append(chunk)
+            produced += len(chunk)
+            total = self.bytes_out + produced
+            if total > DECOMPRESSED_SIZE_LIMIT or (
+                total > COMPRESSION_BOMB_LIMIT
+                and total > COMPRESSION_BOMB_RATIO * max(self.bytes_in, 1)
+            ):
+                events.append("COMPRESSION_BOMB")
+                self.stopped = True
+                break  # keep what came out up to the limit, then nothing more
+            if d.eof:
+                break
+            buf = d.unconsumed_tail
+        return b"".join(parts)
+
+
+# --- transactions ------------------------------------------------------------------------
+
+
+def _header_table(lines: list[bytes], to_server: bool, ev: list[str]) -> list[list[bytes]]:
+    """Raw header lines -> ordered [name, value] pairs, duplicates joined with ", "."""
+    side = "REQUEST" if to_server else "RESPONSE"
+    merged: list[list[bytes]] = []
+    index: dict[bytes, int] = {}
+    reps: dict[bytes, int] = {}
+    prev: list[bytes] | None = None
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            # obs-fold (RFC 9112 section 5.2): continuation of the previous value.
+            if prev is not None:
+                v = line.strip(b" \t")
+                prev[1] = prev[1] + b" " + v if prev[1] else v
+                continue
+            ev.append(f"INVALID_{side}_FIELD_FOLDING")
+        colon = line.find(b":")
+        if colon == -1:
+            # libhtp keeps such a line as a header name with an empty value.
+            ev.append(f"{side}_FIELD_MISSING_COLON")
+            name, value = line.strip(b" \t"), b""
+        else:
+            name, value = line[:colon], line[colon + 1 :].strip(b" \t")
+            stripped = name.strip(b" \t")
+            if stripped != name or not stripped or not _TOKEN_RE.match(stripped):
+                ev.append(f"{side}_HEADER_INVALID")
+            name = stripped
+        key = name.lower()
+        j = index.get(key)
+        if j is None:
+            index[key] = len(merged)
+            prev = [name, value]
+            merged.append(prev)
+        else:
+            prev = merged[j]
+            prev[1] = prev[1] + b", " + value
+            n = reps.get(key, 0) + 1
+            reps[key] = n
+            if n == MAX_HEADER_REPETITIONS + 1:
+                ev.append(f"{side}_HEADER_REPETITION")
+    return merged
+
+
+@dataclass(slots=True)
+class HttpTransaction:
+    """One request and its response with everything Suricata's HTTP keywords read."""
+
+    tx_id: int
+    # request
+    request_line: bytes = b""
+    method: bytes = b""
+    uri_raw: bytes = b""
+    uri: ParsedUri | None = None
+    request_protocol: bytes = b""
+    request_headers: list[list[bytes]] = field(default_factory=list)
+    request_headers_raw: bytearray = field(default_factory=bytearray)
+    request_body: bytearray = field(default_factory=bytearray)
+    request_body_len: int = 0
+    request_complete: bool = False
+    request_seen: bool = False
+    # response
+    response_line: bytes = b""
+    response_protocol: bytes = b""
+    status_raw: bytes = b""
+    status_msg: bytes = b""
+    response_headers: list[list[bytes]] = field(default_factory=list)
+    response_headers_raw: bytearray = field(default_factory=bytearray)
+    response_body: bytearray = field(default_factory=bytearray)
+    response_body_len: int = 0  # after dechunking, before decompression (EVE "length")
+    response_complete: bool = False
+    response_seen: bool = False
+    files: list[HttpFile] = field(default_factory=list)
+    anomalies: list[str] = field(default_factory=list)
+    logged: bool = False
+
+    # header access
+    def request_header(self, name: bytes) -> bytes | None:
+        return _get(self.request_headers, name)
+
+    def response_header(self, name: bytes) -> bytes | None:
+        return _get(self.response_headers, name)
+
+    @property
+    def status(self) -> int | None:
+        s = self.status_raw
+        if len(s) == 3 and s.isdigit():
+            return int(s)
+        return None
+
+    @property
+    def host_raw(self) -> bytes | None:
+        """http.host.raw: the Host header as sent, else the absolute URI's authority."""
+        h = self.request_header(b"host")
+        if h is not None:
+            return h
+        if self.uri is not None and self.uri.authority:
+            return self.uri.authority
+        return None
+
+    @property
+    def hostname(self) -> bytes | None:
+        """libhtp's request_hostname: the absolute URI's host wins over Host."""
+        if self.uri is not None and self.uri.authority:
+            return split_host_port(self.uri.authority)[0]
+        h = self.request_header(b"host")
+        if h is None:
+            return None
+        return split_host_port(h)[0]
+
+    @property
+    def port(self) -> int | None:
+        if self.uri is not None and self.uri.authority:
+            return split_host_port(self.uri.authority)[1]
+        h = self.request_header(b"host")
+        return None if h is None else split_host_port(h)[1]
+
+    @property
+    def uri_normalized(self) -> bytes:
+        """http.uri: decoded, normalised path; query kept raw (libhtp keeps it raw)."""
+        u = self.uri
+        if u is None:
+            return b""
+        if not u.path and u.authority and not u.scheme:
+            return u.raw  # CONNECT authority-form: nothing to normalise
+        out = normalize_path(u.path)
+        if u.query is not None:
+            out += b"?" + u.query
+        if u.fragment is not None:
+            out += b"#" + u.fragment
+        return out
+
+    def request_buffers(self) -> dict[str, bytes]:
+        """To-server sticky buffers (only the ones that exist in this transaction)."""
+        b: dict[str, bytes] = {}
+        if not self.request_seen:
+            return b
+        b["http.method"] = self.method
+        b["http.request_line"] = self.request_line
+        b["http.uri.raw"] = self.uri_raw
+        b["http.uri"] = self.uri_normalized
+        if self.request_protocol:
+            b["http.protocol"] = self.request_protocol
+        host = self.hostname
+        if host is not None:
+            b["http.host"] = host
+        hraw = self.host_raw
+        if hraw is not None:
+            b["http.host.raw"] = hraw
+        _common_header_buffers(b, self.request_headers, self.request_headers_raw,
+                               self.request_line, cookie=b"cookie")
+        for key, name in (
+            ("http.user_agent", b"user-agent"),
+            ("http.referer", b"referer"),
+            ("http.accept", b"accept"),
+            ("http.accept_enc", b"accept-encoding"),
+            ("http.accept_lang", b"accept-language"),
+        ):
+            v = self.request_header(name)
+            if v is not None:
+                b[key] = v
+        if self.request_body:
+            body = bytes(self.request_body)
+            b["http.request_body"] = body
+            b["file_data"] = body
+        return b
+
+    def response_buffers(self) -> dict[str, bytes]:
+        """To-client sticky buffers."""
+        b: dict[str, bytes] = {}
+        if not self.response_seen:
+            return b
+        b["http.response_line"] = self.response_line
+        b["http.protocol"] = self.response_protocol
+        b["http.stat_code"] = self.status_raw
+        b["http.stat_msg"] = self.status_msg
+        _common_header_buffers(b, self.response_headers, self.response_headers_raw,
+                               self.response_line, cookie=b"set-cookie")
+        for key, name in (("http.server", b"server"), ("http.location", b"location")):
+            v = self.response_header(name)
+            if v is not None:
+                b[key] = v
+        if self.response_body:
+            body = bytes(self.response_body)
+            b["http.response_body"] = body
+            b["file_data"] = body
+        return b
+
+    def eve(self) -> dict[str, Any]:
+        """The EVE ``http`` object, fields in Suricata 7's order."""
+        o: dict[str, Any] = {}
+        host = self.hostname
+        if host is not None and host:
+            o["hostname"] = _s(host)
+        port = self.port
+        if port is not None:
+            o["http_port"] = port
+        if self.request_seen:
+            o["url"] = _s(self.uri_raw)
+        else:
+            # libhtp's placeholder for a response that matched no request
+            o["http_port"] = 0
+            o["url"] = "/libhtp::request_uri_not_seen"
+        ua = self.request_header(b"user-agent")
+        if ua is not None:
+            o["http_user_agent"] = _s(ua)
+        ct = self.response_header(b"content-type")
+        if ct is not None:
+            o["http_content_type"] = _s(ct.split(b";", 1)[0].strip())
+        cr = self.response_header(b"content-range")
+        if cr is not None:
+            o["content_range"] = content_range(cr)
+        ref = self.request_header(b"referer")
+        if ref is not None:
+            o["http_refer"] = _s(ref)
+        if self.method:
+            o["http_method"] = _s(self.method)
+        proto = self.request_protocol or self.response_protocol
+        if proto:
+            o["protocol"] = _s(proto)
+        st = self.status
+        if st is not None:
+            o["status"] = st
+        loc = self.response_header(b"location")
+        if loc is not None:
+            o["redirect"] = _s(loc)
+        o["length"] = self.response_body_len
+        return o
+
+
+_RANGE_RE: Final = re.compile(rb"^\s*bytes\s+(\d{1,18})-(\d{1,18})/(\d{1,18}|\*)\s*$", re.I)
+
+
+def content_range(value: bytes) -> dict[str, Any]:
+    """EVE ``content_range`` (RFC 9110 section 14.4): raw, and start/end/size when the
+    value parses (Suricata omits what it cannot parse)."""
+    o: dict[str, Any] = {"raw": _s(value)}
+    m = _RANGE_RE.match(value)
+    if m:
+        o["start"] = int(m.group(1))
+        o["end"] = int(m.group(2))
+        if m.group(3) != b"*":
+            o["size"] = int(m.group(3))
+    return o
+
+
+def _s(b: bytes) -> str:
+    return b.decode("utf-8", "replace")
+
+
+def _get(headers: list[list[bytes]], name: bytes) -> bytes | None:
+    for n, v in headers:
+        if n.lower() == name:
+            return v
+    return None
+
+
+def _common_header_buffers(b: dict[str, bytes], headers: list[list[bytes]],
+                           raw: bytearray, first_line: bytes, cookie: bytes) -> None:
+    # http.header: "Name: value\r\n" per (merged) header, without Cookie (requests) or
+    # Set-Cookie (responses): those are only in http.cookie (Suricata's
+    # detect-http-header.c skips them). Values are trimmed (libhtp trims LWS).
+    parts: list[bytes] = []
+    names: list[bytes] = [b""]
+    start: list[bytes] = [first_line, b"\r\n"]
+    for n, v in headers:
+        line = n + b": " + v + b"\r\n"
+        start.append(line)
+        names.append(n)
+        if n.lower() != cookie:
+            parts.append(line)
+    b["http.header"] = b"".join(parts)
+    b["http.header.raw"] = bytes(raw)
+    # http.header_names: "\r\nName1\r\nName2\r\n\r\n" (Suricata docs).
+    names.append(b"\r\n")
+    b["http.header_names"] = b"\r\n".join(names)
+    start.append(b"\r\n")
+    b["http.start"] = b"".join(start)
+    for key, name in (
+        ("http.cookie", cookie),
+        ("http.content_type", b"content-type"),
+        ("http.content_len", b"content-length"),
+        ("http.connection", b"connection"),
+    ):
+        hv = _get(headers, name)
+        if hv is not None:
+            b[key] = hv
+
+
+# --- the parser ---------------------------------------------------------------------------
+
+
+class _Side:
+    """Parsing state of one direction."""
+
+    __slots__ = ("buf", "decoder", "file", "hdr_bytes", "hdr_lines", "line_start",
+                 "remaining", "skip_line", "state", "too_many", "tx")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.state = _LINE
+        self.tx: HttpTransaction | None = None
+        self.hdr_lines: list[bytes] = []
+        self.hdr_bytes = 0
+        self.too_many = False
+        self.remaining = 0
+        self.skip_line = False
+        self.line_start = 0
+        self.decoder: _Decoder | None = None
+        self.file: HttpFile | None = None
+
+
+class HttpParser:
+    """HTTP/1.x for one flow; see the module docstring."""
+
+    app_proto = "http"
+
+    def __init__(self) -> None:
+        self.transactions: list[HttpTransaction] = []
+        self._next_tx_id = 0
+        self._req = _Side()
+        self._resp = _Side()
+        self._resp_tx_index = 0  # index in transactions of the next tx to answer
+        self._broken = False
+
+    # public API -------------------------------------------------------------------------
+
+    def feed(self, data: bytes, to_server: bool) -> list[AppEvent]:
+        out: list[AppEvent] = []
+        if self._broken or not data:
+            return out
+        try:
+            if to_server:
+                self._feed_request(data, out)
+            else:
+                self._feed_response(data, out)
+        except Exception:  # principle 7: a parser bug must not kill the flow's verdict
+            self._broken = True
+            out.append(AppEvent(ANOMALY, to_server, "PARSER_ERROR"))
+        self._prune()
+        return out
+
+    def close(self) -> list[AppEvent]:
+        """Flow end: a body read until close is complete; everything else truncated."""
+        out: list[AppEvent] = []
+        try:
+            rs = self._resp
+            if rs.state == _BODY_CLOSE and rs.tx is not None:
+                self._end_response(rs.tx, out, truncated=False)
+            for side in (self._req, self._resp):
+                if side.file is not None:
+                    self._close_file(side, out, truncated=True)
+            for tx in self.transactions:
+                for f in tx.files:
+                    if f.state == "OPEN":
+                        f.state = "TRUNCATED"
+                        out.append(AppEvent(FILE_CLOSED, f.to_server, "", tx.tx_id,
+                                            {"file": f}))
+                if not tx.logged:
+                    tx.logged = True
+                    out.append(AppEvent(TX_COMPLETE, False, "", tx.tx_id, {"tx": tx}))
+        except Exception:
+            out.append(AppEvent(ANOMALY, False, "PARSER_ERROR"))
+        return out
+
+    def get_tx(self, tx_id: int) -> HttpTransaction | None:
+        for tx in self.transactions:
+            if tx.tx_id == tx_id:
+                return tx
+        return None
+
+    # helpers ----------------------------------------------------------------------------
+
+    def _prune(self) -> None:
+        txs = self.transactions
+        if len(txs) <= MAX_TRANSACTIONS_KEPT:
+            return
+        drop = 0
+        limit = len(txs) - MAX_TRANSACTIONS_KEPT
+        while drop < limit and drop < self._resp_tx_index and txs[drop].logged:
+            drop += 1
+        if drop:
+            del txs[:drop]
+            self._resp_tx_index -= drop
+
+    def _anom(self, out: list[AppEvent], name: str, to_server: bool,
+              tx: HttpTransaction | None) -> None:
+        tx_id = -1
+        if tx is not None:
+            tx_id = tx.tx_id
+            if len(tx.anomalies) < 32:
+                tx.anomalies.append(name)
+        out.append(AppEvent(ANOMALY, to_server, name, tx_id))
+
+    def _new_tx(self) -> HttpTransaction:
+        tx = HttpTransaction(self._next_tx_id)
+        self._next_tx_id += 1
+        self.transactions.append(tx)
+        return tx
+
+    def _read_line(self, side: _Side, pos: int, to_server: bool,
+                   out: list[AppEvent]) -> tuple[bytes | None, int]:
+        """Next line (without CR/LF) from pos, or None when more data is needed.
+
+        ``side.line_start`` is set to where the returned line starts in the buffer.
+        """
+        buf = side.buf
+        while True:
+            nl = buf.find(b"\n", pos)
+            if side.skip_line:
+                if nl == -1:
+                    return None, len(buf)
+                side.skip_line = False
+                pos = nl + 1
+                continue
+            if nl == -1:
+                if len(buf) - pos > FIELD_LIMIT:
+                    side.skip_line = True
+                    self._anom(out, ("REQUEST" if to_server else "RESPONSE")
+                               + "_FIELD_TOO_LONG", to_server, side.tx)
+                    return None, len(buf)
+                return None, pos
+            side.line_start = pos
+            end = nl
+            if end > pos and buf[end - 1] == 0x0D:
+                end -= 1
+            line = bytes(buf[pos:end])
+            if len(line) > FIELD_LIMIT:
+                self._anom(out, ("REQUEST" if to_server else "RESPONSE")
+                           + "_FIELD_TOO_LONG", to_server, side.tx)
+                line = line[:FIELD_LIMIT]
+            return line, nl + 1
+
+    # request side -----------------------------------------------------------------------
+
+    def _feed_request(self, data: bytes, out: list[AppEvent]) -> None:
+        side = self._req
+        if side.state == _TUNNEL:
+            return
+        side.buf += data
+        pos = 0
+        buf = side.buf
+        while pos < len(buf):
+            st = side.state
+            if st == _LINE:
+                line, pos = self._read_line(side, pos, True, out)
+                if line is None:
+                    break
+                if not line.strip():
+                    continue  # leading empty lines are ignored (libhtp, RFC 9112 2.2)
+                self._request_line(line, out)
+            elif st in (_HEADERS, _TRAILERS):
+                line, pos = self._read_line(side, pos, True, out)
+                if line is None:
+                    break
+                self._header_line(side, line, True, out)
+            elif st == _TUNNEL:
+                pos = len(buf)
+            else:
+                npos = self._body(side, pos, True, out)
+                if npos == pos and side.state == st:
+                    break  # need more data
+                pos = npos
+        if pos:
+            del buf[:pos]
+
+    def _request_line(self, line: bytes, out: list[AppEvent]) -> None:
+        side = self._req
+        tx = self._new_tx()
+        side.tx = tx
+        tx.request_seen = True
+        if line[:1] in (b" ", b"\t"):
+            self._anom(out, "REQUEST_LINE_LEADING_WHITESPACE", True, tx)
+            line = line.lstrip(b" \t")
+        tx.request_line = line
+        parts = line.split()
+        tx.method = parts[0] if parts else b""
+        if len(parts) >= 3 and parts[-1].upper().startswith(b"HTTP"):
+            # Method SP URI SP Protocol; a URI with spaces is accepted like servers do.
+            tx.request_protocol = parts[-1]
+            m_end = line.find(parts[0]) + len(parts[0])
+            p_start = line.rfind(parts[-1])
+            tx.uri_raw = line[m_end:p_start].strip(b" \t")
+            if b" " in tx.uri_raw:
+                self._anom(out, "URI_DELIM_NON_COMPLIANT", True, tx)
+        elif len(parts) == 2:
+            # HTTP/0.9 simple request: no headers, no body.
+            tx.uri_raw = parts[1]
+        elif len(parts) >= 3:
+            tx.uri_raw = parts[1]
+            tx.request_protocol = b" ".join(parts[2:])
+        if not parts or not _TOKEN_RE.match(tx.method) or len(parts) < 2:
+            self._anom(out, "REQUEST_LINE_INVALID", True, tx)
+        tx.uri = parse_uri(tx.uri_raw, tx.method)
+        if len(parts) <= 2:
+            if len(parts) == 2:
+                self._anom(out, "REQUEST_LINE_MISSING_PROTOCOL", True, tx)
+            tx.request_complete = True
+            out.append(AppEvent(TX_REQUEST, True, "", tx.tx_id, {"tx": tx}))
+            self._maybe_done(tx, out)
+            return
+        side.state = _HEADERS
+        side.hdr_lines = []
+        side.hdr_bytes = 0
+        side.too_many = False
+
+    def _header_line(self, side: _Side, line: bytes, to_server: bool,
+                     out: list[AppEvent]) -> None:
+        tx = side.tx
+        assert tx is not None
+        prefix = "REQUEST" if to_server else "RESPONSE"
+        raw = tx.request_headers_raw if to_server else tx.response_headers_raw
+        if side.state == _HEADERS and len(raw) < RAW_HEADERS_LIMIT:
+            raw += side.buf[side.line_start : side.line_start + len(line) + 2].split(
+                b"\n", 1)[0] + b"\n"
+        if line.strip(b" \t") and line:
+            side.hdr_bytes += len(line)
+            if len(side.hdr_lines) >= MAX_HEADERS or side.hdr_bytes > MAX_HEADER_BYTES:
+                if not side.too_many:
+                    side.too_many = True
+                    self._anom(out, f"{prefix}_TOO_MANY_HEADERS", to_server, tx)
+                return
+            side.hdr_lines.append(line)
+            return
+        # blank line: end of the header block (or of the trailers)
+        ev: list[str] = []
+        table = _header_table(side.hdr_lines, to_server, ev)
+        side.hdr_lines = []
+        for name in ev:
+            self._anom(out, name, to_server, tx)
+        if side.state == _TRAILERS:
+            # Trailer fields are added to the header table, like libhtp does.
+            headers = tx.request_headers if to_server else tx.response_headers
+            headers.extend(table)
+            if to_server:
+                self._end_request(tx, out)
+            else:
+                self._end_response(tx, out, truncated=False)
+            return
+        if to_server:
+            tx.request_headers = table
+            out.append(AppEvent(TX_REQUEST, True, "", tx.tx_id, {"tx": tx}))
+            self._request_body_start(tx, out)
+        else:
+            tx.response_headers = table
+            self._response_body_start(tx, out)
+
+    def _framing(self, headers: list[list[bytes]], to_server: bool,
+                 tx: HttpTransaction, out: list[AppEvent]) -> tuple[str, int]:
+        """('chunked'|'length'|'none'|'invalid', length) per RFC 9112 section 6.3."""
+        side = "REQUEST" if to_server else "RESPONSE"
+        te = _get(headers, b"transfer-encoding")
+        if te is not None:
+            if b"chunked" in te.lower():
+                return "chunked", 0
+            self._anom(out, f"INVALID_TRANSFER_ENCODING_VALUE_IN_{side}", to_server, tx)
+        cl = _get(headers, b"content-length")
+        if cl is not None:
+            vals = {v.strip(b" \t") for v in cl.split(b",")}
+            if len(vals) == 1:
+                v = vals.pop()
+                if v.isdigit() and len(v) <= 18:
+                    return "length", int(v)
+            self._anom(out, f"INVALID_CONTENT_LENGTH_FIELD_IN_{side}", to_server, tx)
+            return "invalid", 0
+        return "none", 0
+
+    def _request_body_start(self, tx: HttpTransaction, out: list[AppEvent]) -> None:
+        side = self._req
+        kind, length = self._framing(tx.request_headers, True, tx, out)
+        if tx.method.upper() == b"CONNECT":
+            # The request side waits: after a 2xx the flow is a tunnel (RFC 9110 9.3.6).
+            tx.request_complete = True
+            side.state = _LINE
+            self._maybe_done(tx, out)
+            return
+        if kind == "chunked":
+            side.state = _CHUNK_LEN
+            self._open_file(side, tx, True)
+        elif kind == "length" and length > 0:
+            side.state = _BODY_CL
+            side.remaining = length
+            self._open_file(side, tx, True)
+        else:
+            # A request without framing has no body (RFC 9112 section 6.3 item 7).
+            self._end_request(tx, out)
+
+    def _end_request(self, tx: HttpTransaction, out: list[AppEvent]) -> None:
+        side = self._req
+        self._close_file(side, out, truncated=False)
+        tx.request_complete = True
+        side.state = _LINE
+        side.tx = None
+        self._maybe_done(tx, out)
+
+    # response side ----------------------------------------------------------------------
+
+    def _feed_response(self, data: bytes, out: list[AppEvent]) -> None:
+        side = self._resp
+        if side.state == _TUNNEL:
+            return
+        side.buf += data
+        pos = 0
+        buf = side.buf
+        while pos < len(buf):
+            st = side.state
+            if st == _LINE:
+                line, npos = self._read_line(side, pos, False, out)
+                if line is None:
+                    pos = npos
+                    break
+                if not line.strip():
+                    pos = npos
+                    continue
+                if not line.lstrip().upper().startswith(b"HTTP"):
+                    # Not a status line: libhtp treats the data as a body read until
+                    # the connection closes (an HTTP/0.9-style response).
+                    tx = self._response_tx(out)
+                    tx.response_seen = True
+                    side.tx = tx
+                    side.state = _BODY_CLOSE
+                    self._open_file(side, tx, False)
+                    continue
+                pos = npos
+                self._status_line(line, out)
+            elif st in (_HEADERS, _TRAILERS):
+                line, pos = self._read_line(side, pos, False, out)
+                if line is None:
+                    break
+                self._header_line(side, line, False, out)
+            elif st == _TUNNEL:
+                pos = len(buf)
+            else:
+                npos = self._body(side, pos, False, out)
+                if npos == pos and side.state == st:
+                    break  # need more data
+                pos = npos
+        if pos:
+            del buf[:pos]
+
+    def _response_tx(self, out: list[AppEvent]) -> HttpTransaction:
+        if self._resp_tx_index < len(self.transactions):
+            return self.transactions[self._resp_tx_index]
+        # A response with no request left to answer (libhtp:
+        # "Unable to match response to request").
+        tx = self._new_tx()
+        tx.request_complete = True
+        self._resp_tx_index = len(self.transactions) - 1
+        self._anom(out, "UNABLE_TO_MATCH_RESPONSE_TO_REQUEST", False, tx)
+        return tx
+
+    def _status_line(self, line: bytes, out: list[AppEvent]) -> None:
+        side = self._resp
+        tx = self._response_tx(out)
+        side.tx = tx
+        tx.response_seen = True
+        line = line.lstrip(b" \t")
+        tx.response_line = line
+        parts = line.split(None, 2)
+        tx.response_protocol = parts[0] if parts else b""
+        tx.status_raw = parts[1] if len(parts) > 1 else b""
+        tx.status_msg = parts[2].strip(b" \t") if len(parts) > 2 else b""
+        # a new status line replaces an interim (1xx) one's headers
+        tx.response_headers = []
+        tx.response_headers_raw = bytearray()
+        if tx.status is None:
+            self._anom(out, "RESPONSE_INVALID_STATUS", False, tx)
+        side.state = _HEADERS
+        side.hdr_lines = []
+        side.hdr_bytes = 0
+        side.too_many = False
+
+    def _response_body_start(self, tx: HttpTransaction, out: list[AppEvent]) -> None:
+        side = self._resp
+        st = tx.status
+        out.append(AppEvent(TX_RESPONSE, False, "", tx.tx_id, {"tx": tx}))
+        if st is not None and 100 <= st < 200 and st != 101:
+            # Interim response (RFC 9110 section 15.2): the final one follows.
+            side.state = _LINE
+            return
+        if st == 101 or (tx.method.upper() == b"CONNECT" and st is not None
+                         and 200 <= st < 300):
+            # Switching protocols / CONNECT tunnel: the rest is not HTTP.
+            self._end_response(tx, out, truncated=False)
+            side.state = _TUNNEL
+            self._req.state = _TUNNEL
+            return
+        kind, length = self._framing(tx.response_headers, False, tx, out)
+        if tx.method.upper() == b"HEAD" or st in (204, 304):
+            # No body whatever the headers say (RFC 9110 sections 9.3.2, 15.3.5, 15.4.5).
+            self._end_response(tx, out, truncated=False)
+            return
+        ce = tx.response_header(b"content-encoding")
+        side.decoder = None
+        if ce is not None:
+            encs = [e.strip(b" \t").lower() for e in ce.split(b",") if e.strip(b" \t")]
+            encs = [e for e in encs if e != b"identity"]
+            if len(encs) > DECOMPRESS_LAYER_LIMIT:
+                self._anom(out, "TOO_MANY_ENCODING_LAYERS", False, tx)
+                encs = encs[-DECOMPRESS_LAYER_LIMIT:]
+            if encs and all(e in (b"gzip", b"x-gzip", b"deflate", b"x-deflate")
+                            for e in encs):
+                side.decoder = _Decoder(encs)
+            elif encs:
+                self._anom(out, "ABNORMAL_CE_HEADER", False, tx)
+        if kind == "chunked":
+            side.state = _CHUNK_LEN
+        elif kind == "length":
+            if length == 0:
+                self._end_response(tx, out, truncated=False)
+                return
+            side.state = _BODY_CL
+            side.remaining = length
+        else:
+            side.state = _BODY_CLOSE
+        self._open_file(side, tx, False)
+
+    def _end_response(self, tx: HttpTransaction, out: list[AppEvent], truncated: bool) -> None:
+        side = self._resp
+        self._close_file(side, out, truncated=truncated)
+        side.decoder = None
+        tx.response_complete = True
+        side.state = _LINE
+        side.tx = None
+        if self._resp_tx_index < len(self.transactions) and \
+                self.transactions[self._resp_tx_index] is tx:
+            self._resp_tx_index += 1
+        self._maybe_done(tx, out)
+
+    def _maybe_done(self, tx: HttpTransaction, out: list[AppEvent]) -> None:
+        if tx.request_complete and tx.response_complete and not tx.logged:
+            tx.logged = True
+            out.append(AppEvent(TX_COMPLETE, False, "", tx.tx_id, {"tx": tx}))
+
+    # bodies ------------------------------------------------------------------------------
+
+    def _open_file(self, side: _Side, tx: HttpTransaction, to_server: bool) -> None:
+        name = b""
+        hdr = tx.request_header if to_server else tx.response_header
+        cd = hdr(b"content-disposition")
+        if cd is not None:
+            m = _CD_FILENAME_RE.search(cd)
+            if m:
+                name = m.group(1) if m.group(1) is not None else (m.group(2) or b"")
+        if not name and tx.uri is not None:
+            name = normalize_path(tx.uri.path)
+        side.file = HttpFile(name, to_server, tx.tx_id)
+        tx.files.append(side.file)
+
+    def _close_file(self, side: _Side, out: list[AppEvent], truncated: bool) -> None:
+        f = side.file
+        side.file = None
+        if f is None:
+            return
+        tx = side.tx
+        if f.size == 0:
+            # no data, no file (Suricata opens files on the first body byte)
+            if tx is not None and f in tx.files:
+                tx.files.remove(f)
+            return
+        f.state = "TRUNCATED" if truncated else "CLOSED"
+        out.append(AppEvent(FILE_CLOSED, f.to_server, "", f.tx_id, {"file": f}))
+
+    def _body_data(self, side: _Side, data: bytes, to_server: bool,
+                   out: list[AppEvent]) -> None:
+        tx = side.tx
+        if tx is None or not data:
+            return
+        if to_server:
+            tx.request_body_len += len(data)
+            room = REQUEST_BODY_LIMIT - len(tx.request_body)
+            if room > 0:
+                tx.request_body += data[:room]
+        else:
+            tx.response_body_len += len(data)
+            if side.decoder is not None:
+                ev: list[str] = []
+                data = side.decoder.decode(data, ev)
+                for name in ev:
+                    self._anom(out, name, False, tx)
+                    if name == "COMPRESSION_BOMB" and side.file is not None:
+                        # The file can no longer be hashed completely.
+                        f = side.file
+                        f.state = "TRUNCATED"
+                        side.file = None
+                        out.append(AppEvent(FILE_CLOSED, False, "", tx.tx_id, {"file": f}))
+            room = RESPONSE_BODY_LIMIT - len(tx.response_body)
+            if room > 0 and data:
+                tx.response_body += data[:room]
+        if side.file is not None:
+            side.file.update(data)
+
+    def _body(self, side: _Side, pos: int, to_server: bool, out: list[AppEvent]) -> int:
+        """Consume body bytes from side.buf[pos:]; return the new position."""
+        buf = side.buf
+        st = side.state
+        tx = side.tx
+        prefix = "REQUEST" if to_server else "RESPONSE"
+        if tx is None:
+            side.state = _LINE
+            return pos
+        if st == _BODY_CL or st == _CHUNK_DATA:
+            n = min(side.remaining, len(buf) - pos)
+            self._body_data(side, bytes(buf[pos : pos + n]), to_server, out)
+            side.remaining -= n
+            pos += n
+            if side.remaining == 0:
+                if st == _CHUNK_DATA:
+                    side.state = _CHUNK_END
+                elif to_server:
+                    self._end_request(tx, out)
+                else:
+                    self._end_response(tx, out, truncated=False)
+            return pos
+        if st == _BODY_CLOSE:
+            self._body_data(side, bytes(buf[pos:]), to_server, out)
+            return len(buf)
+        if st == _CHUNK_END:
+            line, npos = self._read_line(side, pos, to_server, out)
+            if line is None:
+                return npos
+            side.state = _CHUNK_LEN
+            if line.strip(b" \t"):
+                # data after the chunk: treat this line as the next chunk length
+                return pos
+            return npos
+        if st == _CHUNK_LEN:
+            line, npos = self._read_line(side, pos, to_server, out)
+            if line is None:
+                return npos
+            spec = line
+            semi = spec.find(b";")
+            if semi != -1:
+                spec = spec[:semi]
+                if to_server:
+                    self._anom(out, "REQUEST_CHUNK_EXTENSION", True, tx)
+            spec = spec.strip(b" \t")
+            if not spec:
+                return npos  # stray empty line between chunks: tolerated like libhtp
+            if not _HEX_RE.match(spec) or len(spec) > 15:
+                self._anom(out, f"INVALID_{prefix}_CHUNK_LEN", to_server, tx)
+                # libhtp gives up on chunking and treats the rest as plain body.
+                side.state = _BODY_CLOSE
+                return pos
+            size = int(spec, 16)
+            if size == 0:
+                side.state = _TRAILERS
+                side.hdr_lines = []
+                side.hdr_bytes = 0
+                side.too_many = False
+                return npos
+            side.state = _CHUNK_DATA
+            side.remaining = size
+            return npos
+        side.state = _LINE
+        return pos

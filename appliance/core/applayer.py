@@ -1,0 +1,199 @@
+"""Application layer in the engine: detection, parsers, inspection points, EVE records.
+
+Per flow: a ProtoDetector until the protocol is known, then that protocol's parser.
+TCP flows are fed the in-order bytes reassembly delivers; UDP flows their payloads.
+What the parsers report becomes:
+- inspection points: a transaction's sticky buffers, in the direction that progressed
+  (request buffers to the server; request and response buffers to the client, the
+  response's winning where both have one, as Suricata's per-direction buffers do);
+- EVE records: `http` when a transaction completes, `dns` per query/answer, `tls` once
+  the handshake is done, `fileinfo` per file, `anomaly` (type applayer) per parser event;
+- `encrypted`: nothing left to inspect in a TLS flow (inline, the engine may bypass it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from appliance.core.app import (
+    ANOMALY,
+    APP_PROTO_FAILED,
+    DNS_ANSWER,
+    DNS_QUERY,
+    FILE_CLOSED,
+    TLS_ENCRYPTED,
+    TLS_HANDSHAKE,
+    TX_COMPLETE,
+    TX_REQUEST,
+    TX_RESPONSE,
+    AppEvent,
+    new_parser,
+)
+from appliance.core.app.detect import ProtoDetector, detect_udp
+from appliance.core.decode import PROTO_TCP, PROTO_UDP, Packet
+from appliance.core.flows import Flow
+
+# Parser names of buffers -> the rule language's canonical names (rules/parser.py).
+_RENAME: Final = {"file_data": "file.data"}
+Buffers = dict[str, bytes | list[bytes]]
+
+
+@dataclass
+class Inspection:
+    """Buffers of one transaction to run app-layer rules on."""
+
+    to_server: bool
+    tx_id: int
+    buffers: Buffers
+
+
+@dataclass
+class AppResult:
+    inspections: list[Inspection] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)  # EVE bodies, see below
+    anomalies: list[tuple[str, bool, int]] = field(default_factory=list)
+    encrypted: bool = False
+    files: list[Any] = field(default_factory=list)
+
+
+class AppState:
+    """Per-flow app-layer state (lives on the Flow as `flow.app`)."""
+
+    __slots__ = ("detector", "parser", "tls_logged")
+
+    def __init__(self, flow: Flow) -> None:
+        self.detector: ProtoDetector | None = ProtoDetector(flow.sp, flow.dp)
+        self.parser: Any = None
+        self.tls_logged = False
+
+
+def _buffers(tx: Any, to_server: bool) -> Buffers:
+    req = tx.request_buffers()
+    b: Buffers = dict(req)
+    if not to_server:
+        b.update(tx.response_buffers())
+    for old, new in _RENAME.items():
+        if old in b:
+            b[new] = b.pop(old)
+    return b
+
+
+def feed_tcp(flow: Flow, data: bytes, to_server: bool, res: AppResult) -> None:
+    """In-order stream bytes of one direction."""
+    st: AppState | None = flow.app
+    if st is None:
+        st = flow.app = AppState(flow)
+    if st.parser is None:
+        det = st.detector
+        if det is None:
+            return
+        kept = len(det.early(to_server))
+        proto = det.feed(data, to_server)
+        if proto is None:
+            return
+        st.detector = None
+        flow.app_proto = proto
+        if proto == APP_PROTO_FAILED:
+            return
+        st.parser = new_parser(proto)
+        if st.parser is None:
+            return
+        # The detector kept the first bytes of each direction: replay them to the parser.
+        for side in (True, False):
+            if side == to_server:
+                continue
+            early = det.early(side)
+            if early:
+                _events(flow, st, st.parser.feed(early, side), res)
+        # This direction: what the detector kept, plus what did not fit in it.
+        early = det.early(to_server)
+        rest = data[len(early) - kept:] if len(early) - kept < len(data) else b""
+        _events(flow, st, st.parser.feed(early + rest, to_server), res)
+        return
+    _events(flow, st, st.parser.feed(data, to_server), res)
+
+
+def feed_udp(flow: Flow, p: Packet, to_server: bool, res: AppResult) -> None:
+    st: AppState | None = flow.app
+    if st is None:
+        st = flow.app = AppState(flow)
+        st.detector = None
+        proto = detect_udp(p.payload, p.sp, p.dp) if p.payload else None
+        flow.app_proto = proto or APP_PROTO_FAILED
+        if proto is not None:
+            st.parser = new_parser(proto)
+    parser = st.parser
+    if parser is None or not p.payload:
+        return
+    parse = getattr(parser, "parse_datagram", None)
+    if parse is None:
+        return
+    _events(flow, st, parse(p.payload, to_server), res)
+
+
+def close(flow: Flow, res: AppResult) -> None:
+    """Flow end: the parser's last words (truncated files, unmatched transactions)."""
+    st: AppState | None = flow.app
+    if st is not None and st.parser is not None:
+        _events(flow, st, st.parser.close(), res)
+        _tls_record(flow, st, res)
+
+
+def _events(flow: Flow, st: AppState, events: list[AppEvent], res: AppResult) -> None:
+    for ev in events:
+        k = ev.kind
+        if k == ANOMALY:
+            res.anomalies.append((ev.name, ev.to_server, ev.tx_id))
+        elif k == TX_REQUEST or k == TX_RESPONSE:
+            tx = ev.data.get("tx")
+            if tx is not None:
+                res.inspections.append(Inspection(ev.to_server, tx.tx_id,
+                                                  _buffers(tx, ev.to_server)))
+        elif k == TX_COMPLETE:
+            tx = ev.data.get("tx")
+            if tx is not None:
+                res.inspections.append(Inspection(False, tx.tx_id, _buffers(tx, False)))
+                res.records.append({"event_type": "http", "tx_id": tx.tx_id,
+                                    "http": tx.eve()})
+        elif k == FILE_CLOSED:
+            f = ev.data.get("file")
+            if f is not None:
+                res.files.append(f)
+                tx = st.parser.get_tx(f.tx_id) if hasattr(st.parser, "get_tx") else None
+                if tx is not None:
+                    res.inspections.append(Inspection(f.to_server, tx.tx_id,
+                                                      _buffers(tx, f.to_server)))
+                rec: dict[str, Any] = {"event_type": "fileinfo", "tx_id": f.tx_id,
+                                       "fileinfo": f.eve()}
+                if tx is not None:
+                    rec["http"] = tx.eve()
+                res.records.append(rec)
+        elif k == DNS_QUERY or k == DNS_ANSWER:
+            tx = ev.data.get("tx")
+            if tx is not None:
+                # dns.query is a request buffer (Suricata 7 inspects it to the server
+                # only): an answer repeating the question must not match it again.
+                bufs: Buffers = dict(tx.buffers()) if k == DNS_QUERY else {}
+                if bufs:
+                    res.inspections.append(Inspection(ev.to_server, tx.tx_id, bufs))
+                for d in tx.eve():
+                    res.records.append({"event_type": "dns", "tx_id": tx.tx_id, "dns": d})
+        elif k == TLS_HANDSHAKE:
+            res.inspections.append(Inspection(ev.to_server, 0, dict(st.parser.buffers())))
+        elif k == TLS_ENCRYPTED:
+            res.encrypted = True
+            _tls_record(flow, st, res)
+
+
+def _tls_record(flow: Flow, st: AppState, res: AppResult) -> None:
+    if flow.app_proto == "tls" and not st.tls_logged and st.parser is not None:
+        eve = st.parser.eve()
+        if eve:
+            st.tls_logged = True
+            res.records.append({"event_type": "tls", "tls": eve})
+
+
+def wants(flow: Flow, proto: int) -> bool:
+    """Whether this flow's protocol has anything for the app layer."""
+    return proto == PROTO_TCP or proto == PROTO_UDP

@@ -51,8 +51,12 @@ def test_etopen_loads_at_least_99_percent(etopen: LoadedRules) -> None:
 
 def test_ndpi_alerts_against_suricata(etopen: LoadedRules, eve_validator: Any) -> None:
     eve = replay(etopen, shared_pcap("ndpi-mixed.pcap"))
+    # Signature alerts (gid 1); the appliance's own heuristics (gid 9001) come on top.
     ours = {(a["alert"]["signature_id"], a["src_ip"], a["dest_ip"])
-            for a in eve.of_type("alert")}
+            for a in eve.of_type("alert") if a["alert"]["gid"] == 1}
+    heur = sorted({a["alert"]["signature_id"] for a in eve.of_type("alert")
+                   if a["alert"]["gid"] == 9001})
+    print(f"heuristic sids on ndpi-mixed (not compared): {heur}")
     theirs = set()
     for line in (SHARED_DATA / "oracle/ndpi-mixed/alerts.tsv").read_text().splitlines():
         _ts, sid, src, _sp, dst, _dp, _proto = line.split("\t")

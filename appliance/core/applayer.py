@@ -55,6 +55,10 @@ class AppResult:
     anomalies: list[tuple[str, bool, int]] = field(default_factory=list)
     encrypted: bool = False
     files: list[Any] = field(default_factory=list)
+    # For the heuristics: DNS questions asked (name, qtype) and HTTP statuses answered.
+    dns_questions: list[tuple[bytes, int]] = field(default_factory=list)
+    http_statuses: list[int] = field(default_factory=list)
+    proto_decided: bool = False  # this call decided the flow's app_proto
 
 
 class AppState:
@@ -94,6 +98,7 @@ def feed_tcp(flow: Flow, data: bytes, to_server: bool, res: AppResult) -> None:
             return
         st.detector = None
         flow.app_proto = proto
+        res.proto_decided = True
         if proto == APP_PROTO_FAILED:
             return
         st.parser = new_parser(proto)
@@ -121,6 +126,7 @@ def feed_udp(flow: Flow, p: Packet, to_server: bool, res: AppResult) -> None:
         st.detector = None
         proto = detect_udp(p.payload, p.sp, p.dp) if p.payload else None
         flow.app_proto = proto or APP_PROTO_FAILED
+        res.proto_decided = True
         if proto is not None:
             st.parser = new_parser(proto)
     parser = st.parser
@@ -147,6 +153,8 @@ def _events(flow: Flow, st: AppState, events: list[AppEvent], res: AppResult) ->
             res.anomalies.append((ev.name, ev.to_server, ev.tx_id))
         elif k == TX_REQUEST or k == TX_RESPONSE:
             tx = ev.data.get("tx")
+            if tx is not None and k == TX_RESPONSE and tx.status is not None:
+                res.http_statuses.append(tx.status)
             if tx is not None:
                 res.inspections.append(Inspection(ev.to_server, tx.tx_id,
                                                   _buffers(tx, ev.to_server)))
@@ -175,6 +183,8 @@ def _events(flow: Flow, st: AppState, events: list[AppEvent], res: AppResult) ->
                 # dns.query is a request buffer (Suricata 7 inspects it to the server
                 # only): an answer repeating the question must not match it again.
                 bufs: Buffers = dict(tx.buffers()) if k == DNS_QUERY else {}
+                if k == DNS_QUERY:
+                    res.dns_questions.extend((q.name, q.qtype) for q in tx.questions)
                 if bufs:
                     res.inspections.append(Inspection(ev.to_server, tx.tx_id, bufs))
                 for d in tx.eve():

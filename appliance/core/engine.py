@@ -26,6 +26,7 @@ from appliance.core.decode import (
     Packet,
 )
 from appliance.core.defrag import DefragConfig, Defragmenter
+from appliance.core.detect.heuristics import HeuristicHit, HeuristicsConfig, HeuristicsEngine
 from appliance.core.detect.signatures import RuleMatch, SignatureEngine
 from appliance.core.events import Event, PacketIn, Shutdown, Tick
 from appliance.core.flows import Flow, FlowConfig, FlowTable
@@ -34,16 +35,16 @@ from appliance.core.policy import (
     POLICY_SID_EGRESS,
     POLICY_SID_INGRESS,
     Policy,
+    heuristic_action,
     on_detection,
 )
-from appliance.core.policy import (
-    explain as _explain,
-)
+from appliance.core.policy import explain as _explain
 from appliance.core.records import (
     alert_record,
     anomaly_record,
     app_record,
     flow_record,
+    heuristic_record,
     stats_record,
 )
 from appliance.core.stream import FLOW_ESTABLISHED, FLOW_NEW, StreamUpdate, is_stream_starter
@@ -74,6 +75,8 @@ class EngineConfig:
     app_layer: bool = True
     log_app_anomalies: bool = True
     log_app_records: bool = True
+    # Behaviour detectors (core/detect/heuristics.py); None: off.
+    heuristics: HeuristicsConfig | None = field(default_factory=HeuristicsConfig)
     # Where packets come from, for EVE's pkt_src ("wire/pcap" in replay and live alike,
     # as Suricata writes for captured packets).
     pkt_src: str = "wire/pcap"
@@ -119,6 +122,8 @@ class Engine:
         self.defrag = Defragmenter(self.config.defrag)
         self.stats = EngineStats()
         self.anomalies = 0
+        self.heuristics = (HeuristicsEngine(self.config.heuristics)
+                           if self.config.heuristics is not None else None)
 
     # -- the one entry point ---------------------------------------------------------
 
@@ -158,6 +163,8 @@ class Engine:
                     app = None
                     if flow is not None and flow.action is None and self.config.app_layer:
                         app = self._app(p, flow, to_server, upd)
+                    if self.heuristics is not None:
+                        self._heuristics(p, flow, to_server, app, out)
                     if self.detector is not None or (flow is not None and flow.action):
                         kind = self._detect(p, flow, to_server, ev.id, out)
                     if app is not None and flow is not None:
@@ -312,6 +319,36 @@ class Engine:
         self.alerts += 1
         out.append(Log(rec))
 
+    def _heuristics(self, p: Packet, flow: Flow | None, to_server: bool,
+                    app: AppResult | None, out: list[Command]) -> None:
+        h = self.heuristics
+        assert h is not None
+        new = flow is not None and flow.ts_pkts + flow.tc_pkts == 1
+        hits = h.on_packet(p, flow, to_server, new)
+        if app is not None and flow is not None:
+            if app.proto_decided:
+                hits += h.on_app_proto(flow, p.ts)
+            for qname, qtype in app.dns_questions:
+                hits += h.on_dns_query(p, flow, qname, qtype)
+            for status in app.http_statuses:
+                hits += h.on_http_status(p, flow, status)
+        for hit in hits:
+            self._heuristic_alert(hit, flow, out)
+
+    def _heuristic_alert(self, hit: HeuristicHit, flow: Flow | None,
+                         out: list[Command]) -> None:
+        """A heuristic hit is an alert; the policy may act on it: block an outside
+        offender (whose role asks for actions), or quarantine an offending guest."""
+        self.alerts += 1
+        rec = heuristic_record(hit, flow, "allowed")
+        out.append(Log(rec))
+        pol = self.policy
+        if pol is None:
+            return
+        req = heuristic_action(pol, hit, rec)
+        if req is not None:
+            out.append(req)
+
     def _app(self, p: Packet, flow: Flow, to_server: bool,
              upd: StreamUpdate | None) -> AppResult | None:
         """Feed the app layer what this packet delivered (stream bytes or a datagram)."""
@@ -417,9 +454,15 @@ class Engine:
     def _ended_flows(self, now: float) -> list[Command]:
         out: list[Command] = []
         for f in self.flows.drain():
-            self._app_close(f, now, out)
-            out.append(Log(flow_record(f, now)))
+            self._flow_end(f, now, out)
         return out
+
+    def _flow_end(self, f: Flow, now: float, out: list[Command]) -> None:
+        self._app_close(f, now, out)
+        if self.heuristics is not None:
+            for hit in self.heuristics.on_flow_end(f):
+                self._heuristic_alert(hit, f, out)
+        out.append(Log(flow_record(f, now)))
 
     def _app_close(self, f: Flow, now: float, out: list[Command]) -> None:
         if f.app is None or not self.config.app_layer:
@@ -437,8 +480,7 @@ class Engine:
         now = ev.ts if ev.ts is not None else (self.stats.last_ts or 0.0)
         out: list[Command] = []
         for f in self.flows.shutdown():
-            self._app_close(f, now, out)
-            out.append(Log(flow_record(f, now)))
+            self._flow_end(f, now, out)
         out.append(Log(self.stats_record(now)))
         return out
 

@@ -237,3 +237,34 @@ def on_detection(policy: Policy | None, role: Role, flow: Flow, p: Packet, sever
         f"role {role.name} asks to {od.action} {target}")
     return ActionRequest(od.action, target, port, f"sid {sid}: {alert['alert']['signature']}",
                          sid, od.duration, True, alert)
+
+
+def heuristic_action(policy: Policy, hit: Any, alert: dict[str, Any]) -> ActionRequest | None:
+    """What a heuristic hit asks for. An offender outside the guests is blocked when the
+    victim guest's role takes actions at all (a scan from outside blocks the scanner);
+    an offending guest is handled by its own role (quarantine, redirect), since its port,
+    not its address, identifies it. Never an allowlisted host, never below the role's
+    severity threshold."""
+    offender = policy.guest_by_addr(hit.offender)
+    if offender is not None:
+        role = policy.role(offender.role)
+        od = role.on_detection
+        if od.action not in ("quarantine", "redirect") or hit.severity > od.min_severity:
+            return None
+        if policy.allowlisted(hit.offender):
+            return None
+        port = next(iter(sorted(offender.ports)), None)
+        return ActionRequest(od.action, offender.name, port,
+                             f"heuristic sid {hit.sid}: {hit.msg}", hit.sid, od.duration,
+                             True, alert)
+    victim = policy.guest_by_addr(hit.victim)
+    if victim is None or policy.allowlisted(hit.offender):
+        return None
+    od = policy.role(victim.role).on_detection
+    if od.action == "none" or hit.severity > max(od.min_severity, 2):
+        return None
+    # Blocking an outside address only affects that address and expires; a spoofed
+    # scan can at worst block the spoofed address for a while, never cut off a guest.
+    return ActionRequest("block", str(ipaddress.ip_address(hit.offender)), None,
+                         f"heuristic sid {hit.sid}: {hit.msg}", hit.sid, od.duration,
+                         True, alert)

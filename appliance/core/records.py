@@ -199,3 +199,23 @@ def app_record(f: Flow, ts: float, body: dict[str, Any], pkt_src: str | None = N
     if f.app_proto and body["event_type"] in ("fileinfo", "anomaly"):
         r["app_proto"] = f.app_proto
     return r
+
+
+def heuristic_record(hit: Any, flow: Flow | None, action: str) -> dict[str, Any]:
+    """EVE `alert` for a heuristic detection (gid 9001): offender -> victim."""
+    r: dict[str, Any] = {"timestamp": format_ts(hit.ts)}
+    if flow is not None:
+        r["flow_id"] = flow.flow_id
+    r["event_type"] = "alert"
+    r["src_ip"] = format_ip(hit.offender)
+    r["dest_ip"] = format_ip(hit.victim)
+    if hit.victim_port and hit.proto in (6, 17):
+        r["dest_port"] = hit.victim_port
+    if hit.proto:
+        r["proto"] = proto_name(hit.proto)
+    r["alert"] = {
+        "action": action, "gid": hit.gid, "signature_id": hit.sid, "rev": hit.rev,
+        "signature": hit.msg, "category": hit.category, "severity": hit.severity,
+        "metadata": dict(hit.evidence),
+    }
+    return r

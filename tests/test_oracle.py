@@ -101,3 +101,31 @@ def test_flows_match_suricata_one_to_one_mostly(replayed: tuple[str, RecordingEv
     )
     print(f"{name}: {same}/{len(theirs)} flows identical in tuple, start and packet counts")
     assert same >= 0.97 * len(theirs)
+
+
+def test_app_layer_coverage_of_suricatas_http_dns_tls() -> None:
+    """What the app layer logs on ndpi-mixed covers >= 95% of Suricata's HTTP hostnames
+    and URIs, DNS query names and TLS SNIs (the app-layer issue's yardstick)."""
+    ours = replay(shared_pcap("ndpi-mixed.pcap")).records
+    theirs = oracle("ndpi-mixed")
+
+    def http(recs: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        return {(r["http"].get("hostname", ""), r["http"].get("url", "")) for r in recs
+                if r["event_type"] == "http"}
+
+    def dns(recs: list[dict[str, Any]]) -> set[str]:
+        out = set()
+        for r in recs:
+            if r["event_type"] == "dns" and r["dns"].get("type") == "query":
+                out.add(r["dns"].get("rrname", ""))
+        return out
+
+    def sni(recs: list[dict[str, Any]]) -> set[str]:
+        return {r["tls"]["sni"] for r in recs if r["event_type"] == "tls" and "sni" in r["tls"]}
+
+    for name, f in (("http", http), ("dns", dns), ("tls sni", sni)):
+        mine, want = f(ours), f(theirs)
+        cover = len(mine & want) / len(want)
+        print(f"ndpi-mixed {name}: {len(mine & want)}/{len(want)} of Suricata's ({cover:.1%}),"
+              f" {len(mine - want)} more")
+        assert cover >= 0.95, (name, sorted(want - mine)[:10])

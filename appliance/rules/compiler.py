@@ -91,7 +91,7 @@ BUFFER_APP: Final = {
     "tls.sni": "tls", "tls.cert_subject": "tls", "tls.cert_issuer": "tls",
     "tls.cert_serial": "tls", "tls.cert_fingerprint": "tls", "tls.certs": "tls",
     "ja3.hash": "tls", "ja3.string": "tls", "ja3s.hash": "tls", "ja3s.string": "tls",
-    "tls.subjectaltname": "tls",
+    "tls.subjectaltname": "tls", "tls.version": "tls",
     "ssh.proto": "ssh", "ssh.software": "ssh",
 }
 PACKET_BUFFERS: Final = frozenset({"pkt_data"})
@@ -175,6 +175,9 @@ class CompiledRule:
     urilen: tuple[NumCheck, bool] | None = None  # (check, raw)
     stream_size: StreamSize | None = None
     app_layer_protocol: tuple[str, bool] | None = None  # (proto, negated)
+    # tls.version / ssl_version: the accepted EVE names of the negotiated version, and
+    # whether the list is negated.
+    tls_versions: tuple[frozenset[bytes], bool] | None = None
     flowbit_checks: tuple[Flowbit, ...] = ()
     flowbit_sets: tuple[Flowbit, ...] = ()
     flowints: tuple[FlowInt, ...] = ()
@@ -385,6 +388,8 @@ def compile_rule(rule: Rule, order: int,
             v = (value or "").strip()
             neg = v.startswith("!")
             cr.app_layer_protocol = (APP_ALIASES.get(v.lstrip("!"), v.lstrip("!")), neg)
+        elif kw in ("tls.version", "ssl_version"):
+            cr.tls_versions = _tls_versions(kw, value)
         elif kw == "threshold":
             cr.threshold = parse_threshold(kw, value)
         elif kw == "detection_filter":
@@ -396,7 +401,35 @@ def compile_rule(rule: Rule, order: int,
         elif kw in NO_EFFECT:
             pass
     cr.flowints = tuple(flowints)
+    if cr.tls_versions is not None:
+        # The version is checked on the TLS buffers: an empty chain on a "tls.version"
+        # pseudo-buffer makes the rule an app-layer rule that needs the ServerHello.
+        cr.chains = (*cr.chains, Chain(("tls.version", ()), ()))
+        cr.app = True
+        if cr.app_proto is None:
+            cr.app_proto = "tls"
     return cr
+
+
+# Suricata's version words (detect-tls-version.c, detect-ssl-version.c) -> the TLS
+# parser's names for the negotiated version.
+_TLS_NAMES: Final = {
+    "1.0": b"TLSv1", "tls1.0": b"TLSv1", "tls1": b"TLSv1", "1.1": b"TLS 1.1",
+    "tls1.1": b"TLS 1.1", "1.2": b"TLS 1.2", "tls1.2": b"TLS 1.2", "1.3": b"TLS 1.3",
+    "tls1.3": b"TLS 1.3", "sslv2": b"SSLv2", "sslv3": b"SSLv3", "3.0": b"SSLv3",
+}
+
+
+def _tls_versions(kw: str, value: str | None) -> tuple[frozenset[bytes], bool]:
+    text = (value or "").strip().lower()
+    negated = text.startswith("!")
+    names = set()
+    for word in text.lstrip("!").split(","):
+        w = word.strip().lstrip("!")
+        if w not in _TLS_NAMES:
+            raise CompileError(f"'{kw}': unknown version {word.strip()!r}")
+        names.add(_TLS_NAMES[w])
+    return frozenset(names), negated
 
 
 def _ip_proto(value: str | None) -> NumCheck:

@@ -206,3 +206,24 @@ def test_bidirectional_rule_matches_both_ways() -> None:
     r = Run('alert udp 10.9.9.9 any <> $HOME_NET any (msg:"bi"; content:"q"; sid:1;)')
     assert r.sids(udp(b"q", src="10.9.9.9", dst=CLIENT)) == [1]
     assert r.sids(udp(b"q", src=CLIENT, dst="10.9.9.9")) == [1]
+
+
+def test_tls_version_keyword_checks_the_negotiated_version() -> None:
+    loaded = detection_from_text([
+        'alert tls any any -> any any (msg:"tls12"; tls.version:1.2; sid:1;)',
+        'alert tls any any -> any any (msg:"not ssl"; ssl_version:!sslv2,sslv3; sid:2;)',
+    ])
+    assert not loaded.program.failures
+    eng = loaded.engine
+    pkt = Ether() / IP(src=SERVER, dst=CLIENT) / TCP(sport=443, dport=40000, flags="PA")
+    from appliance.core.decode import Decoder
+    from appliance.core.flows import FlowTable
+
+    p = Decoder().decode(bytes(pkt), LINKTYPE_ETHERNET, 1.0)
+    flow, _ = FlowTable().lookup(p)
+    flow.app_proto = "tls"
+    got = eng.inspect_tx(p, flow, False, 0, {"tls.version": b"TLS 1.2"})
+    assert sorted(m.rule.rule.sid for m in got) == [1, 2]
+    flow.tx_alerted = set()
+    got = eng.inspect_tx(p, flow, False, 1, {"tls.version": b"SSLv3"})
+    assert [m.rule.rule.sid for m in got] == []

@@ -169,6 +169,11 @@ class SignatureEngine:
                     break
             if not ok:
                 continue
+            if r.tls_versions is not None:
+                got = (raw or {}).get("tls.version")
+                names, negated = r.tls_versions
+                if not isinstance(got, bytes) or (got in names) == negated:
+                    continue
             if r.urilen is not None:
                 uri = (raw or {}).get("http.uri.raw" if r.urilen[1] else "http.uri")
                 if not isinstance(uri, bytes) or not r.urilen[0].test(len(uri)):

@@ -523,5 +523,15 @@ def main() -> None:
             print(f"{p.name:24} {p.stat().st_size:6} bytes")
 
 
-if __name__ == "__main__":
+def build_all() -> None:
+    """Every bundled capture: these, the evasion suite and the heuristics' positives."""
+    import runpy
+
     main()
+    here = Path(__file__).resolve().parent
+    for script in ("build_evasion.py", "build_heuristics.py"):
+        runpy.run_path(str(here / script), run_name="__main__")
+
+
+if __name__ == "__main__":
+    build_all()

@@ -184,6 +184,9 @@ def _events(flow: Flow, st: AppState, events: list[AppEvent], res: AppResult) ->
                 # only): an answer repeating the question must not match it again.
                 bufs: Buffers = dict(tx.buffers()) if k == DNS_QUERY else {}
                 if k == DNS_QUERY:
+                    # dns.opcode / dns.rrtype keywords read these (as text numbers).
+                    bufs["dns.opcode"] = str(tx.opcode).encode()
+                    bufs["dns.rrtype"] = [str(t).encode() for t in tx.rrtypes]
                     res.dns_questions.extend((q.name, q.qtype) for q in tx.questions)
                 if bufs:
                     res.inspections.append(Inspection(ev.to_server, tx.tx_id, bufs))

@@ -91,7 +91,7 @@ BUFFER_APP: Final = {
     "tls.sni": "tls", "tls.cert_subject": "tls", "tls.cert_issuer": "tls",
     "tls.cert_serial": "tls", "tls.cert_fingerprint": "tls", "tls.certs": "tls",
     "ja3.hash": "tls", "ja3.string": "tls", "ja3s.hash": "tls", "ja3s.string": "tls",
-    "tls.subjectaltname": "tls", "tls.version": "tls",
+    "tls.subjectaltname": "tls", "tls.version": "tls", "dns.opcode": "dns",
     "ssh.proto": "ssh", "ssh.software": "ssh",
 }
 PACKET_BUFFERS: Final = frozenset({"pkt_data"})
@@ -178,6 +178,8 @@ class CompiledRule:
     # tls.version / ssl_version: the accepted EVE names of the negotiated version, and
     # whether the list is negated.
     tls_versions: tuple[frozenset[bytes], bool] | None = None
+    dns_opcode: NumCheck | None = None  # dns.opcode (Suricata 7)
+    dns_rrtype: NumCheck | None = None  # dns.rrtype: any question's type
     flowbit_checks: tuple[Flowbit, ...] = ()
     flowbit_sets: tuple[Flowbit, ...] = ()
     flowints: tuple[FlowInt, ...] = ()
@@ -388,6 +390,10 @@ def compile_rule(rule: Rule, order: int,
             v = (value or "").strip()
             neg = v.startswith("!")
             cr.app_layer_protocol = (APP_ALIASES.get(v.lstrip("!"), v.lstrip("!")), neg)
+        elif kw == "dns.opcode":
+            cr.dns_opcode = parse_num(kw, value)
+        elif kw == "dns.rrtype":
+            cr.dns_rrtype = parse_num(kw, _rrtype_number(value))
         elif kw in ("tls.version", "ssl_version"):
             cr.tls_versions = _tls_versions(kw, value)
         elif kw == "threshold":
@@ -401,6 +407,12 @@ def compile_rule(rule: Rule, order: int,
         elif kw in NO_EFFECT:
             pass
     cr.flowints = tuple(flowints)
+    if cr.dns_opcode is not None or cr.dns_rrtype is not None:
+        # Checked on the DNS transaction (see signatures.py): an app-layer rule.
+        cr.chains = (*cr.chains, Chain(("dns.opcode", ()), ()))
+        cr.app = True
+        if cr.app_proto is None:
+            cr.app_proto = "dns"
     if cr.tls_versions is not None:
         # The version is checked on the TLS buffers: an empty chain on a "tls.version"
         # pseudo-buffer makes the rule an app-layer rule that needs the ServerHello.
@@ -409,6 +421,20 @@ def compile_rule(rule: Rule, order: int,
         if cr.app_proto is None:
             cr.app_proto = "tls"
     return cr
+
+
+_RRTYPES: Final = {"a": 1, "ns": 2, "cname": 5, "soa": 6, "null": 10, "ptr": 12, "mx": 15,
+                   "txt": 16, "aaaa": 28, "srv": 33, "any": 255, "https": 65, "svcb": 64}
+
+
+def _rrtype_number(value: str | None) -> str | None:
+    """dns.rrtype takes a number or a type name (Suricata 8 accepts both)."""
+    v = (value or "").strip()
+    neg = v.startswith("!")
+    name = v.lstrip("!").strip().lower()
+    if name in _RRTYPES:
+        return ("!" if neg else "") + str(_RRTYPES[name])
+    return value
 
 
 # Suricata's version words (detect-tls-version.c, detect-ssl-version.c) -> the TLS

@@ -25,7 +25,7 @@ UNSUPPORTED: Final = frozenset({
     "stream-event", "engine-event", "ftpbounce", "rpc", "ipopts", "entropy",
     "ftpdata_command", "ssl_state", "tls_cert_notbefore", "tls_cert_notafter",
     "tls_cert_expired", "tls_cert_valid", "ssh.protoversion", "ssh.softwareversion",
-    "dns.opcode", "dce_iface", "dce_opnum", "krb5_msg_type", "krb5_err_code",
+    "dce_iface", "dce_opnum", "krb5_msg_type", "krb5_err_code",
     "nfs_procedure", "nfs.version", "snmp.version", "snmp.pdu_type", "modbus",
     "dnp3_func", "dnp3_ind", "dnp3_obj", "enip_command", "cip_service", "http2.frametype",
     "http2.errorcode", "http2.priority", "http2.window", "http2.size_update",

@@ -168,6 +168,7 @@ GENERIC_KEYWORDS = frozenset(
         "urilen", "ftpbounce", "ftpdata_command", "tls.version", "ssl_version", "ssl_state",
         "tls_cert_notbefore", "tls_cert_notafter", "tls_cert_expired", "tls_cert_valid",
         "tls.store", "tls_store", "ssh.protoversion", "ssh.softwareversion", "dns.opcode",
+        "dns.rrtype",
         "dce_iface", "dce_opnum", "krb5_msg_type", "krb5_err_code", "nfs_procedure",
         "nfs.version", "snmp.version", "snmp.pdu_type", "modbus", "dnp3_func", "dnp3_ind",
         "dnp3_obj", "enip_command", "cip_service", "http2.frametype", "http2.errorcode",

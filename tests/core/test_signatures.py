@@ -227,3 +227,26 @@ def test_tls_version_keyword_checks_the_negotiated_version() -> None:
     flow.tx_alerted = set()
     got = eng.inspect_tx(p, flow, False, 1, {"tls.version": b"SSLv3"})
     assert [m.rule.rule.sid for m in got] == []
+
+
+def test_dns_opcode_and_rrtype_keywords() -> None:
+    loaded = detection_from_text([
+        'alert dns any any -> any any (msg:"txt"; dns.rrtype:TXT; sid:1;)',
+        'alert dns any any -> any any (msg:"notify"; dns.opcode:4; sid:2;)',
+        'alert dns any any -> any any (msg:"q"; dns.query; content:"evil"; dns.opcode:!4; '
+        'sid:3;)',
+    ])
+    assert not loaded.program.failures, loaded.program.failures
+    eng = loaded.engine
+    from appliance.core.decode import Decoder
+    from appliance.core.flows import FlowTable
+
+    p = Decoder().decode(bytes(udp(b"x", dp=53)), LINKTYPE_ETHERNET, 1.0)
+    flow, _ = FlowTable().lookup(p)
+    flow.app_proto = "dns"
+    got = eng.inspect_tx(p, flow, True, 0, {"dns.query": [b"evil.example"],
+                                             "dns.opcode": b"0", "dns.rrtype": [b"16"]})
+    assert sorted(m.rule.rule.sid for m in got) == [1, 3]
+    got = eng.inspect_tx(p, flow, True, 1, {"dns.query": [b"evil.example"],
+                                             "dns.opcode": b"4", "dns.rrtype": [b"1"]})
+    assert sorted(m.rule.rule.sid for m in got) == [2]

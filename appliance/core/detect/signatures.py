@@ -169,6 +169,16 @@ class SignatureEngine:
                     break
             if not ok:
                 continue
+            if r.dns_opcode is not None or r.dns_rrtype is not None:
+                op = (raw or {}).get("dns.opcode")
+                types = (raw or {}).get("dns.rrtype")
+                if r.dns_opcode is not None and (
+                        not isinstance(op, bytes) or not r.dns_opcode.test(int(op or b"0"))):
+                    continue
+                if r.dns_rrtype is not None and (
+                        not isinstance(types, list)
+                        or not any(r.dns_rrtype.test(int(t or b"0")) for t in types)):
+                    continue
             if r.tls_versions is not None:
                 got = (raw or {}).get("tls.version")
                 names, negated = r.tls_versions

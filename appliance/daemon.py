@@ -52,6 +52,17 @@ class RunOptions:
     control: str | None = None  # the control socket's path; None: no control socket
 
 
+def _die_with_parent() -> None:
+    """prctl(PR_SET_PDEATHSIG, SIGKILL): the kernel kills us when the supervisor dies."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass  # not Linux: the supervisor's own cleanup still stops us on SIGTERM
+
+
 @dataclass
 class Detection:
     detector: SignatureEngine | None
@@ -61,8 +72,10 @@ class Detection:
 
 def _worker_main(queue_num: int, config: Config, det: Detection, opts: RunOptions,
                  beat: Synchronized[float], actions: Any) -> None:
-    # New session so a Ctrl-C in the terminal reaches the supervisor, which stops us.
+    # New session so a Ctrl-C in the terminal reaches the supervisor, which stops us;
+    # and die with the supervisor (even SIGKILLed), so no orphan keeps our queue bound.
     os.setsid()
+    _die_with_parent()
     eve = EveWriter(opts.eve, append=True) if opts.eve else None
     engine = Engine(config.engine, det.detector, det.policy, det.role_detectors)
 

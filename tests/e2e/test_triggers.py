@@ -71,3 +71,34 @@ def test_attack_quarantines_desktop_until_expiry(lab: Lab, start_appliance: Any,
     finally:
         sink.terminate()
         sink.wait(timeout=5)
+
+
+def test_quarantine_survives_a_killed_daemon_and_expires_on_time(
+        lab: Lab, start_appliance: Any, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    pol = tmp_path / "policy.yaml"
+    pol.write_text(POLICY.replace("duration: 4s", "duration: 8s"))
+    app = start_appliance("--policy", str(pol))
+    assert reachable(lab, "http://203.0.113.10/")
+    assert curl(lab, "http://203.0.113.10/../../etc/passwd") == "rc28"
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and "quarantine desktop for" not in app.log.read_text():
+        time.sleep(0.1)
+    t_quarantined = time.monotonic()
+    assert "quarantine desktop for 8 s" in app.log.read_text()
+    os.kill(app.proc.pid, signal.SIGKILL)  # no cleanup at all; workers die with it
+    app.proc.wait(timeout=5)
+    again = start_appliance("--policy", str(pol))
+    # Still enforced after the restart (restored from the state database) ...
+    assert curl(lab, "http://203.0.113.10/") != "200"
+    # ... and released when the original 8 s are over, not 8 s after the restart.
+    while time.monotonic() - t_quarantined < 8.5:
+        time.sleep(0.2)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and "released quarantine desktop" not in \
+            again.log.read_text():
+        time.sleep(0.1)
+    assert "released quarantine desktop" in again.log.read_text(), again.log.read_text()
+    assert reachable(lab, "http://203.0.113.10/")

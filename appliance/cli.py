@@ -6,7 +6,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -14,6 +14,7 @@ from appliance import __version__
 from appliance.cli_control import control_commands
 from appliance.cli_policy import policy as policy_group
 from appliance.cli_rules import rules as rules_group
+from appliance.cli_rules_manage import manage_commands
 from appliance.config import Config, load_config
 from appliance.core.detect.signatures import SignatureEngine
 from appliance.core.engine import Engine
@@ -46,6 +47,8 @@ def main() -> None:
     """Inline network security appliance for VM hosts."""
 
 
+for _cmd in manage_commands():
+    rules_group.add_command(_cmd)
 main.add_command(rules_group)
 main.add_command(policy_group)
 for _cmd in control_commands():
@@ -142,6 +145,7 @@ class _Loaded:
     detector: SignatureEngine | None
     policy: Policy | None = None
     role_detectors: dict[str, SignatureEngine] | None = None
+    loaded: LoadedRules | None = None
 
 
 def _load_all(rules: tuple[str, ...], cfg_path: str | None, policy_path: str | None,
@@ -149,7 +153,7 @@ def _load_all(rules: tuple[str, ...], cfg_path: str | None, policy_path: str | N
     """Config, rules and policy; per-role detection when a policy is given."""
     cfg, detector, loaded = _load(rules, cfg_path, quiet)
     if policy_path is None:
-        return _Loaded(cfg, detector)
+        return _Loaded(cfg, detector, loaded=loaded)
     try:
         pol = load_policy(policy_path)
     except ApplianceError as e:
@@ -158,7 +162,7 @@ def _load_all(rules: tuple[str, ...], cfg_path: str | None, policy_path: str | N
     if not quiet:
         click.echo(f"policy: {pol.source}: {len(pol.guests)} guests, roles "
                    f"{', '.join(sorted(pol.roles))}", err=True)
-    return _Loaded(cfg, detector, pol, roles)
+    return _Loaded(cfg, detector, pol, roles, loaded)
 
 
 def _load(rules: tuple[str, ...], cfg_path: str | None,
@@ -209,11 +213,24 @@ def run(bridge: str, rules: tuple[str, ...], config_path: str | None, eve: str |
     ld = _load_all(rules, config_path, policy_path)
     cfg = replace(ld.config, engine=replace(ld.config.engine, mode="ips",
                                             log_pcap_cnt=False))
+    variables = variables_from(ld.config.address_groups, ld.config.port_groups)
     sup = Supervisor(cfg, ld.detector,
                      RunOptions(bridge, queues, fail_open, eve, state_dir=state_dir,
                                 control=control_path),
                      log=lambda m: click.echo(f"appliance: {m}", err=True),
-                     policy=ld.policy, role_detectors=ld.role_detectors)
+                     policy=ld.policy, role_detectors=ld.role_detectors,
+                     reload_args=(variables, default_cache_dir()))
+    if rules:
+        from appliance.daemon import Detection
+        from appliance.reload import SupervisorReloader
+
+        def on_loaded(prep: Any) -> None:
+            # Workers restarted from now on fork with the new rules.
+            sup.detection = Detection(prep.loaded.engine, ld.policy, prep.roles or None)
+
+        sup.reloader = SupervisorReloader(rules, variables, default_cache_dir(),
+                                          ld.policy, current=ld.loaded, on_loaded=on_loaded,
+                                          log=sup.log)
     try:
         sys.exit(sup.run())
     except ApplianceError as e:

@@ -71,7 +71,8 @@ class Detection:
 
 
 def _worker_main(queue_num: int, config: Config, det: Detection, opts: RunOptions,
-                 beat: Synchronized[float], actions: Any) -> None:
+                 beat: Synchronized[float], actions: Any, reload_conn: Any,
+                 reload_args: tuple[Any, Any]) -> None:
     # New session so a Ctrl-C in the terminal reaches the supervisor, which stops us;
     # and die with the supervisor (even SIGKILLed), so no orphan keeps our queue bound.
     os.setsid()
@@ -85,18 +86,34 @@ def _worker_main(queue_num: int, config: Config, det: Detection, opts: RunOption
     def on_action(req: ActionRequest) -> None:
         actions.put(req)  # to the supervisor, which owns the action backend
 
-    QueueWorker(queue_num, engine, eve, opts.fail_open, heartbeat,
-                on_action=on_action).run()
+    def report(counters: dict[str, Any]) -> None:
+        actions.put(("stats", counters))  # the same channel: the supervisor sorts them
+
+    reloader = None
+    if reload_conn is not None:
+        from appliance.reload import WorkerReloader
+
+        variables, cache_dir = reload_args
+        reloader = WorkerReloader(reload_conn, variables, cache_dir, det.policy)
+    QueueWorker(queue_num, engine, eve, opts.fail_open, heartbeat, on_action=on_action,
+                reloader=reloader, report=report).run()
 
 
 class Supervisor:
     def __init__(self, config: Config, detector: SignatureEngine | None, opts: RunOptions,
                  log: Callable[[str], None] = print, policy: Policy | None = None,
                  role_detectors: Mapping[str, SignatureEngine] | None = None,
-                 on_action: Callable[[ActionRequest], None] | None = None) -> None:
+                 on_action: Callable[[ActionRequest], None] | None = None,
+                 reloader: Any = None, reload_args: tuple[Any, Any] = (None, None)
+                 ) -> None:
         self.config = config
         self.detection = Detection(detector, policy, role_detectors)
         self.on_action = on_action
+        # appliance.reload.SupervisorReloader: `appliance rules reload` swaps the ruleset
+        # in every worker without restarting it (flows and flowbits are kept).
+        self.reloader = reloader
+        self.reload_args = reload_args  # (variables, cache_dir) for the workers' loads
+        self.worker_stats: dict[int, dict[str, Any]] = {}
         self.opts = opts
         self.log = log
         self.chains = Chains(opts.bridge, opts.queues, opts.fail_open)
@@ -125,9 +142,10 @@ class Supervisor:
         if beat is None:
             beat = self.beats[q] = self.ctx.Value("d", time.monotonic(), lock=False)
         beat.value = time.monotonic()
+        conn = self.reloader.attach(q) if self.reloader is not None else None
         p = self.ctx.Process(target=_worker_main, name=f"appliance-q{q}",
                              args=(q, self.config, self.detection, self.opts, beat,
-                                   self.action_q),
+                                   self.action_q, conn, self.reload_args),
                              daemon=False)
         p.start()
         self.workers[q] = p
@@ -156,6 +174,8 @@ class Supervisor:
             handlers: dict[str, Any] = {"status": lambda _a: self.status()}
             if self.manager is not None:
                 handlers.update(control_handlers(self.manager))
+            if self.reloader is not None:
+                handlers["rules.reload"] = self.reloader.handle
             self.control = ControlServer(self.opts.control, handlers).start()
 
     def _actions_policy(self) -> Any:
@@ -182,7 +202,20 @@ class Supervisor:
                              sinkhole_port=sink_port, sinkhole_ips=tuple(sink_ips))
 
     def status(self) -> dict[str, Any]:
+        totals: dict[str, Any] = {"packets": 0, "alerts": 0, "errors": 0,
+                                  "flows_active": 0, "verdicts": {}}
+        talkers: dict[str, int] = {}
+        for ws in self.worker_stats.values():
+            for k in ("packets", "alerts", "errors", "flows_active"):
+                totals[k] += int(ws.get(k, 0))
+            for k, v in ws.get("verdicts", {}).items():
+                totals["verdicts"][k] = totals["verdicts"].get(k, 0) + int(v)
+            for addr, b in ws.get("top_talkers", []):
+                talkers[addr] = talkers.get(addr, 0) + int(b)
+        totals["bypassed"] = totals["verdicts"].get("bypass", 0)
+        totals["top_talkers"] = sorted(talkers.items(), key=lambda kv: -kv[1])[:5]
         return {
+            "traffic": totals,
             "bridge": self.opts.bridge,
             "mode": "fail-open" if self.opts.fail_open else "fail-closed",
             "workers": {str(q): {"pid": p.pid, "alive": p.is_alive()}
@@ -257,6 +290,9 @@ class Supervisor:
     def _drain_actions(self) -> None:
         while not self.action_q.empty():
             req = self.action_q.get()
+            if isinstance(req, tuple) and req and req[0] == "stats":
+                self.worker_stats[int(req[1].get("queue", 0))] = req[1]
+                continue
             self.action_requests += 1
             if self.on_action is not None:
                 self.on_action(req)

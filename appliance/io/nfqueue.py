@@ -37,6 +37,8 @@ TICK_INTERVAL = 1.0
 COPY_RANGE = 0xFFFF
 # Queue length in the kernel before packets are dropped (or bypassed when fail-open).
 MAX_QUEUE_LEN = 4096
+# Flows looked at to find the top talkers for status (bounded work once a second).
+TOP_TALKER_SCAN = 50_000
 
 
 @dataclass
@@ -72,8 +74,12 @@ class QueueWorker:
     def __init__(self, queue_num: int, engine: Engine, eve: EveSink | None,
                  fail_open: bool, heartbeat: Callable[[], None] | None = None,
                  bypass_mark: int = BYPASS_MARK,
-                 on_action: Callable[[ActionRequest], None] | None = None) -> None:
+                 on_action: Callable[[ActionRequest], None] | None = None,
+                 reloader: Any = None,
+                 report: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.on_action = on_action
+        self.reloader = reloader  # appliance.reload.WorkerReloader (hot rule reload)
+        self.report = report  # called about once a second with this worker's counters
         self.queue_num = queue_num
         self.engine = engine
         self.eve = eve
@@ -176,27 +182,60 @@ class QueueWorker:
         q = NetfilterQueue()
         q.bind(self.queue_num, self.handle, max_len=MAX_QUEUE_LEN, range=COPY_RANGE)
         fd = q.get_fd()
+        watch: list[int] = [fd]
+        if self.reloader is not None:
+            watch.append(self.reloader.fileno())
         last_tick = time.monotonic()
         try:
             while not self._stop:
                 if self.heartbeat is not None:
                     self.heartbeat()
                 try:
-                    ready, _, _ = select.select([fd], [], [], IDLE_WAKE)
+                    ready, _, _ = select.select(watch, [], [], IDLE_WAKE)
                 except InterruptedError:
                     continue
-                if ready:
+                if fd in ready:
                     q.run(block=False)
+                if self.reloader is not None:
+                    if len(watch) > 1 and watch[1] in ready:
+                        self.reloader.on_message()  # starts the load in a thread
+                    # A ready ruleset is swapped in here, between two packets.
+                    self.reloader.poll(self.engine)
                 now = time.monotonic()
                 if now - last_tick >= TICK_INTERVAL:
                     last_tick = now
                     self._feed(Tick(time.time()))
+                    if self.report is not None:
+                        self.report(self.counters())
         finally:
             q.unbind()
             self._feed(Shutdown(time.time()))
             if self.eve is not None:
                 self.eve.close()
             self._inject.close()
+
+    def counters(self) -> dict[str, Any]:
+        """This worker's figures for `appliance status` (and metrics)."""
+        e = self.engine
+        talkers: dict[bytes, int] = {}
+        for n, f in enumerate(e.flows.flows.values()):
+            if n >= TOP_TALKER_SCAN:
+                break
+            talkers[f.src] = talkers.get(f.src, 0) + f.ts_bytes + f.tc_bytes
+        top = sorted(talkers.items(), key=lambda kv: -kv[1])[:5]
+        from appliance.core.records import format_ip
+
+        return {
+            "queue": self.queue_num,
+            "packets": self.stats.packets,
+            "errors": self.stats.errors,
+            "verdicts": dict(self.stats.verdicts),
+            "alerts": e.alerts,
+            "anomalies": e.anomalies,
+            "flows_active": len(e.flows),
+            "rejects_sent": self.stats.rejects_sent,
+            "top_talkers": [[format_ip(a), b] for a, b in top],
+        }
 
     def _feed(self, ev: Tick | Shutdown) -> None:
         try:

@@ -9,9 +9,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMPS := $(VENV)/.stamps
 APT_PACKAGES := iptables iproute2 ipset libnetfilter-queue-dev libnfnetlink-dev gcc \
-	python3-dev python3-venv tcpdump kmod procps curl iputils-ping dnsutils iperf3
+	python3-dev python3-venv tcpdump kmod procps curl iputils-ping dnsutils iperf3 \
+	redis-server systemd vagrant
 
-.PHONY: all setup test demo lint typecheck bench pcaps clean
+.PHONY: all setup test demo lint typecheck bench pcaps dist clean
 
 all: test
 
@@ -58,6 +59,9 @@ bench: setup
 
 pcaps: setup
 	$(BIN)/python pcaps/build.py
+
+dist: setup
+	$(BIN)/python -m build
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

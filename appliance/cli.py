@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 import click
 
 from appliance import __version__
+from appliance.cli_cache import cache as cache_group
 from appliance.cli_control import control_commands
 from appliance.cli_policy import policy as policy_group
 from appliance.cli_rules import rules as rules_group
@@ -51,6 +52,7 @@ for _cmd in manage_commands():
     rules_group.add_command(_cmd)
 main.add_command(rules_group)
 main.add_command(policy_group)
+main.add_command(cache_group)
 for _cmd in control_commands():
     main.add_command(_cmd)
 

@@ -27,6 +27,8 @@ from appliance.policy_file import load_policy
 from appliance.rules.loader import LoadedRules, load_detection, role_detectors, variables_from
 from appliance.runtime import Runtime
 
+BUNDLED_YARA = Path(__file__).resolve().parents[1] / "rules" / "yara"
+
 
 def default_cache_dir() -> Path:
     """Where compiled prefilter databases are cached (keyed by their patterns' hash)."""
@@ -65,6 +67,11 @@ for _cmd in control_commands():
               help="Inline semantics: drop/reject rules block (EVE action 'blocked').")
 @click.option("--policy", "policy_path", type=click.Path(), default=None,
               help="Guest roles (YAML); without it every guest has the default role.")
+@click.option("--yara", "yara_dir", type=click.Path(), default=None,
+              help="Scan downloads with these YARA rules (scan cache: --scan-cache).")
+@click.option("--scan-cache", default=None, metavar="PATH|URL",
+              help="Scan cache for --yara: a SQLite path or redis:// URL [a temporary "
+                   "file].")
 @click.option("--config", "config_path", type=click.Path(), default=None,
               help="YAML config file.")
 @click.option("--eve", "eve", default=None, metavar="PATH|-",
@@ -72,8 +79,8 @@ for _cmd in control_commands():
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.argument("pcaps", nargs=-1, required=True, type=click.Path())
 def replay(rules: tuple[str, ...], ips: bool, policy_path: str | None,
-           config_path: str | None, eve: str | None, quiet: bool,
-           pcaps: tuple[str, ...]) -> None:
+           yara_dir: str | None, scan_cache: str | None, config_path: str | None,
+           eve: str | None, quiet: bool, pcaps: tuple[str, ...]) -> None:
     """Replay PCAP files through the same engine the live path uses."""
     ld = _load_all(rules, config_path, policy_path, quiet)
     cfg = ld.config
@@ -88,8 +95,22 @@ def replay(rules: tuple[str, ...], ips: bool, policy_path: str | None,
         except ApplianceError as e:
             _fail(str(e))
     engine_cfg = replace(cfg.engine, mode="ips") if ips else cfg.engine
+    scan = None
+    if yara_dir is not None:
+        import tempfile
+
+        from appliance.filescan import build_scan
+
+        target = scan_cache or str(Path(tempfile.mkdtemp(prefix="appliance-scan-")) /
+                                   "scancache.db")
+        try:
+            # Replay waits for every verdict, so the same capture gives the same output.
+            scan, _svc = build_scan(target, yara_dir, hold=60.0)
+        except Exception as e:  # a bad YARA dir or cache target: one line, exit 2
+            _fail(f"file scanning: {e}")
+        engine_cfg = replace(engine_cfg, scan_files=True)
     engine = Engine(engine_cfg, ld.detector, ld.policy, ld.role_detectors)
-    rt = Runtime(engine, writer)
+    rt = Runtime(engine, writer, scan=scan)
     show_progress = not quiet and sys.stderr.isatty()
     t0 = time.perf_counter()
     cut: list[str] = []
@@ -206,9 +227,14 @@ def _load(rules: tuple[str, ...], cfg_path: str | None,
               help="Where actions (quarantine, block...) persist and are audited.")
 @click.option("--control", "control_path", default="/run/appliance/control.sock",
               show_default=True, help="The control socket (root only).")
+@click.option("--yara", "yara_dir", type=click.Path(), default=str(BUNDLED_YARA),
+              show_default=True, help="YARA rules for files seen in traffic.")
+@click.option("--scan-cache", default=None, metavar="PATH|URL",
+              help="Scan cache: a SQLite path or redis:// URL [STATE_DIR/scancache.db].")
+@click.option("--no-scan", is_flag=True, help="Do not scan files seen in traffic.")
 def run(bridge: str, rules: tuple[str, ...], config_path: str | None, eve: str | None,
         queues: int, fail_open: bool, policy_path: str | None, state_dir: str,
-        control_path: str) -> None:
+        control_path: str, yara_dir: str, scan_cache: str | None, no_scan: bool) -> None:
     """Inspect BRIDGE inline through NFQUEUE until SIGTERM or Ctrl-C."""
     from appliance.daemon import RunOptions, Supervisor
 
@@ -218,7 +244,10 @@ def run(bridge: str, rules: tuple[str, ...], config_path: str | None, eve: str |
     variables = variables_from(ld.config.address_groups, ld.config.port_groups)
     sup = Supervisor(cfg, ld.detector,
                      RunOptions(bridge, queues, fail_open, eve, state_dir=state_dir,
-                                control=control_path),
+                                control=control_path,
+                                yara_dir=None if no_scan else yara_dir,
+                                scan_cache=scan_cache or str(Path(state_dir) /
+                                                             "scancache.db")),
                      log=lambda m: click.echo(f"appliance: {m}", err=True),
                      policy=ld.policy, role_detectors=ld.role_detectors,
                      reload_args=(variables, default_cache_dir()))

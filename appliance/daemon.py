@@ -50,6 +50,11 @@ class RunOptions:
     # Where actions persist (SQLite) and are audited (JSON lines); None: no actions.
     state_dir: str | None = None
     control: str | None = None  # the control socket's path; None: no control socket
+    # Files in traffic: YARA rules dir and the scan cache (SQLite path or redis:// URL);
+    # no yara_dir: no file scanning.
+    yara_dir: str | None = None
+    scan_cache: str | None = None
+    scan_hold: float = 0.3
 
 
 def _die_with_parent() -> None:
@@ -78,7 +83,17 @@ def _worker_main(queue_num: int, config: Config, det: Detection, opts: RunOption
     os.setsid()
     _die_with_parent()
     eve = EveWriter(opts.eve, append=True) if opts.eve else None
-    engine = Engine(config.engine, det.detector, det.policy, det.role_detectors)
+    scan = None
+    engine_cfg = config.engine
+    if opts.yara_dir and opts.scan_cache:
+        from dataclasses import replace
+
+        from appliance.filescan import build_scan
+
+        # Built here, after fork: the service's threads would not survive one.
+        scan, _svc = build_scan(opts.scan_cache, opts.yara_dir, opts.scan_hold)
+        engine_cfg = replace(engine_cfg, scan_files=True)
+    engine = Engine(engine_cfg, det.detector, det.policy, det.role_detectors)
 
     def heartbeat() -> None:
         beat.value = time.monotonic()
@@ -96,7 +111,7 @@ def _worker_main(queue_num: int, config: Config, det: Detection, opts: RunOption
         variables, cache_dir = reload_args
         reloader = WorkerReloader(reload_conn, variables, cache_dir, det.policy)
     QueueWorker(queue_num, engine, eve, opts.fail_open, heartbeat, on_action=on_action,
-                reloader=reloader, report=report).run()
+                reloader=reloader, report=report, scan=scan).run()
 
 
 class Supervisor:

@@ -16,12 +16,31 @@ from typing import Final
 V4: Final = "203.0.113.10"
 V6: Final = "2001:db8:113::10"
 PAGE: Final = b"<html><body><h1>Hello from the lab internet</h1></body></html>\n"
+# The EICAR antivirus test file (a harmless string every scanner flags), assembled so
+# that this source file itself is not flagged by scanners on the machine.
+EICAR: Final = (b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!"
+                + b"$H+H*")
+# A benign download every guest fetches the same (for the shared scan cache).
+SHARED_FILE: Final = b"".join(b"line %06d of the lab's shared file\n" % i for i in range(2000))
 
 
 class Handler(BaseHTTPRequestHandler):
     server_version = "lab-httpd/1.0"
 
+    def _send(self, body: bytes, ctype: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_GET(self) -> None:
+        if self.path == "/files/eicar.com":
+            self._send(EICAR, "application/x-msdos-program")
+            return
+        if self.path == "/files/shared.txt":
+            self._send(SHARED_FILE, "text/plain")
+            return
         # /bulk/N: N bytes as a download (the bundled pass rule bypasses these);
         # /text/N: N bytes of text (inspected throughout).
         if self.path.startswith(("/bulk/", "/text/")):

@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from appliance.core.commands import ActionRequest, Command, Log, Verdict
+from appliance.core.commands import ActionRequest, Command, Log, ScanRequest, Verdict
 from appliance.core.engine import Engine
 from appliance.core.events import Event, PacketIn, Shutdown
+from appliance.filescan import Scan, resolve
 from appliance.io.eve import EveSink
 
 
@@ -37,15 +38,19 @@ class RunSummary:
 
 class Runtime:
     def __init__(self, engine: Engine, eve: EveSink | None = None,
-                 verdicts: VerdictSink | None = None, actions: ActionSink | None = None) -> None:
+                 verdicts: VerdictSink | None = None, actions: ActionSink | None = None,
+                 scan: Scan | None = None) -> None:
         self.engine = engine
         self.eve = eve
         self.verdicts = verdicts
         self.actions = actions
+        self.scan = scan  # answers ScanRequests (appliance.filescan); None: "unknown"
         self.summary = RunSummary()
 
     def execute(self, commands: list[Command]) -> None:
         s = self.summary
+        if any(isinstance(c, ScanRequest) for c in commands):
+            commands = resolve(self.engine, commands, self.scan)
         for c in commands:
             if type(c) is Verdict:
                 s.verdicts += 1

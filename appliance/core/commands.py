@@ -45,4 +45,27 @@ class ActionRequest:
     alert: dict[str, Any] | None = None
 
 
-Command = Verdict | Log | ActionRequest
+@dataclass(frozen=True, slots=True)
+class ScanRequest:
+    """A finished file to decide on (scan cache, then scanners). The runtime answers with
+    a FileScanned event carrying the same token."""
+
+    token: int
+    packet_id: int
+    sha256: str
+    data: bytes | None  # None when the body was not kept whole: only a cached verdict
+    size: int
+    guest: str | None
+    filename: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """The packet that completed a file waits for the file's verdict: instead of its
+    Verdict now, the engine gives it on FileScanned (or the runtime's timeout)."""
+
+    packet_id: int
+    token: int
+
+
+Command = Verdict | Log | ActionRequest | ScanRequest | Hold

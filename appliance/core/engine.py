@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from appliance.core import applayer
 from appliance.core.applayer import AppResult
-from appliance.core.commands import Command, Log, Verdict, VerdictKind
+from appliance.core.commands import Command, Hold, Log, ScanRequest, Verdict, VerdictKind
 from appliance.core.decode import (
     PROTO_ESP,
     PROTO_ICMP,
@@ -28,7 +28,7 @@ from appliance.core.decode import (
 from appliance.core.defrag import DefragConfig, Defragmenter
 from appliance.core.detect.heuristics import HeuristicHit, HeuristicsConfig, HeuristicsEngine
 from appliance.core.detect.signatures import RuleMatch, SignatureEngine
-from appliance.core.events import Event, PacketIn, Shutdown, Tick
+from appliance.core.events import Event, FileScanned, PacketIn, Shutdown, Tick
 from appliance.core.flows import Flow, FlowConfig, FlowTable
 from appliance.core.policy import (
     POLICY_GID,
@@ -59,6 +59,10 @@ FLOW_PROTOS: Final = frozenset({PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6, 
 _SEVERITY: Final = {VerdictKind.BYPASS: 0, VerdictKind.ACCEPT: 1, VerdictKind.DROP: 2,
                     VerdictKind.REJECT: 3}
 
+# The appliance's own alert for a malicious file (EVE gid/sid; stable).
+FILE_GID: Final = 9003
+FILE_SID_MALICIOUS: Final = 9003001
+
 NON_SURICATA_EVENTS: Final = frozenset({"decoder.malformed", "decoder.unsupported_linktype"})
 
 
@@ -75,6 +79,10 @@ class EngineConfig:
     app_layer: bool = True
     log_app_anomalies: bool = True
     log_app_records: bool = True
+    # Files seen in traffic are decided on (scan cache, scanners): the runtime must have a
+    # scanner. Downloads up to this size are handed over whole; larger ones by hash only.
+    scan_files: bool = False
+    scan_max_bytes: int = 32 * 1024 * 1024
     # Behaviour detectors (core/detect/heuristics.py); None: off.
     heuristics: HeuristicsConfig | None = field(default_factory=HeuristicsConfig)
     # Where packets come from, for EVE's pkt_src ("wire/pcap" in replay and live alike,
@@ -124,6 +132,11 @@ class Engine:
         self.anomalies = 0
         self.heuristics = (HeuristicsEngine(self.config.heuristics)
                            if self.config.heuristics is not None else None)
+        # Files waiting for a verdict: token -> (packet, its verdict so far, flow, name).
+        self._pending: dict[int, tuple[Packet, int, VerdictKind, Flow, str, str]] = {}
+        self._next_token = 1
+        self._hold: int | None = None
+        self._held: set[int] = set()
 
     # -- the one entry point ---------------------------------------------------------
 
@@ -137,6 +150,8 @@ class Engine:
             return self._ended_flows(event.ts)
         if isinstance(event, Shutdown):
             return self._shutdown(event)
+        if isinstance(event, FileScanned):
+            return self._file_scanned(event)
         raise TypeError(f"unknown event {type(event).__name__}")
 
     # -- packets ----------------------------------------------------------------------
@@ -151,6 +166,7 @@ class Engine:
         out: list[Command] = []
         kind = VerdictKind.ACCEPT
         self._reject_how = ""
+        self._hold = None
         try:
             p = self.decoder.decode(ev.data, ev.linktype, ts)
             flow: Flow | None = None
@@ -193,10 +209,80 @@ class Engine:
             st.errors += 1
         if kind is VerdictKind.BYPASS and not self.config.bypass:
             kind = VerdictKind.ACCEPT
+        if self._hold is not None and kind in (VerdictKind.ACCEPT, VerdictKind.BYPASS):
+            # The packet completing a download waits for the file's verdict. (With
+            # several files done by one packet, the last one's answer gives the Verdict,
+            # after the others': resolve() answers them in order.)
+            pk, _k, _v, fl, sha, name = self._pending[self._hold]
+            self._pending[self._hold] = (pk, ev.id, kind, fl, sha, name)
+            self._held.add(self._hold)
+            out.append(Hold(ev.id, self._hold))
+            return out
         st.verdicts[kind.value] += 1
         out.append(Verdict(ev.id, kind, self._reject_how) if self._reject_how
                    else Verdict(ev.id, kind))
         return out
+
+    def _file_scanned(self, ev: FileScanned) -> list[Command]:
+        """The verdict on a held file: the held packet's Verdict, an alert and, by the
+        guest's role, an action when the file is malicious."""
+        got = self._pending.pop(ev.token, None)
+        if got is None:
+            return []
+        held = ev.token in self._held
+        self._held.discard(ev.token)
+        p, packet_id, kind, flow, sha, name = got
+        out: list[Command] = []
+        if ev.verdict == "malicious":
+            ips = self.config.mode == "ips"
+            sigs = ", ".join(ev.signatures) or "unknown signature"
+            rec = alert_record(
+                p, flow, packet_id if self.config.log_pcap_cnt else None,
+                self.config.pkt_src, action="blocked" if ips else "allowed",
+                gid=FILE_GID, sid=FILE_SID_MALICIOUS, rev=1,
+                signature=f"APPLIANCE FILE malicious download ({sigs})",
+                category="A Network Trojan was detected", severity=1,
+                metadata={"sha256": [sha], "filename": [name], "signatures":
+                          list(ev.signatures) or ["unknown"], "verdict_source": [ev.source]},
+                tx_id=None, to_server=False)
+            self.alerts += 1
+            flow.alerted = True
+            if self.policy is not None:
+                role = self.policy.role(flow.role)
+                _explain(rec, flow, "drop", "drop")
+                req = on_detection(self.policy, role, flow, p, 1, FILE_SID_MALICIOUS, rec)
+                if req is not None:
+                    out.append(req)
+            out.append(Log(rec))
+            if ips:
+                flow.action = "drop"  # the rest of the transfer too: it never completes
+        if not held:
+            return out  # another file of the same packet gives its Verdict
+        if self.config.mode == "ips" and flow.action == "drop":
+            kind = VerdictKind.DROP
+        self.stats.verdicts[kind.value] += 1
+        out.append(Verdict(packet_id, kind))
+        return out
+
+    def _scan_files(self, p: Packet, flow: Flow, res: AppResult, pkt_id: int,
+                    out: list[Command]) -> None:
+        """Downloads that finished with this packet go to the scan cache/scanners."""
+        if self.policy is not None and not self.policy.role(flow.role).scan_files:
+            return
+        for f in res.files:
+            if f.to_server or f.state != "CLOSED":
+                continue
+            tx = flow.app.parser.get_tx(f.tx_id) if flow.app is not None and \
+                flow.app.parser is not None else None
+            body = bytes(tx.response_body) if tx is not None else b""
+            data = body if len(body) == f.size and f.size <= self.config.scan_max_bytes \
+                else None
+            token = self._next_token
+            self._next_token += 1
+            name = f.filename.decode("utf-8", "replace")
+            self._pending[token] = (p, pkt_id, VerdictKind.ACCEPT, flow, f.sha256, name)
+            out.append(ScanRequest(token, pkt_id, f.sha256, data, f.size, flow.guest, name))
+            self._hold = token
 
     def _fragment(self, p: Packet, out: list[Command], pkt_id: int) -> Flow | None:
         """Feed a fragment to defrag; a completed datagram is decoded and goes through
@@ -392,6 +478,8 @@ class Engine:
         if cfg.log_app_records:
             for body in res.records:
                 out.append(Log(app_record(flow, p.ts, body)))
+        if cfg.scan_files and res.files:
+            self._scan_files(p, flow, res, pkt_id, out)
         if res.encrypted and flow.action is None and cfg.bypass and cfg.mode == "ips":
             flow.action = "bypass"  # TLS after the handshake: nothing left to inspect
         return kind

@@ -48,4 +48,16 @@ class Shutdown:
     ts: float | None = None
 
 
-Event = PacketIn | Tick | Shutdown
+@dataclass(frozen=True, slots=True)
+class FileScanned:
+    """The answer to a ScanRequest: verdict clean, malicious or unknown (timeout, too
+    large, busy); `source` says how (cache, scan, limit, timeout)."""
+
+    token: int
+    verdict: str
+    signatures: tuple[str, ...] = ()
+    source: str = ""
+    ts: float | None = None
+
+
+Event = PacketIn | Tick | Shutdown | FileScanned

@@ -20,11 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.core.commands import ActionRequest, Log, Verdict, VerdictKind
+from appliance.core.commands import ActionRequest, Log, ScanRequest, Verdict, VerdictKind
 from appliance.core.decode import Decoder
 from appliance.core.engine import Engine
 from appliance.core.events import LINKTYPE_RAW, PacketIn, Shutdown, Tick
 from appliance.core.reject import reject_packets
+from appliance.filescan import resolve
 from appliance.io.eve import EveSink
 from appliance.io.netfilter import BYPASS_MARK
 
@@ -76,7 +77,9 @@ class QueueWorker:
                  bypass_mark: int = BYPASS_MARK,
                  on_action: Callable[[ActionRequest], None] | None = None,
                  reloader: Any = None,
-                 report: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 report: Callable[[dict[str, Any]], None] | None = None,
+                 scan: Any = None) -> None:
+        self.scan = scan  # appliance.filescan: answers a held download's ScanRequest
         self.on_action = on_action
         self.reloader = reloader  # appliance.reload.WorkerReloader (hot rule reload)
         self.report = report  # called about once a second with this worker's counters
@@ -123,6 +126,10 @@ class QueueWorker:
             if hw:
                 self._learn(data, hw[:6])
             cmds = self.engine.handle(ev)
+            if any(isinstance(c, ScanRequest) for c in cmds):
+                # The packet completing a download is held (we are still in its
+                # callback) until the file's verdict, bounded by the scan's hold time.
+                cmds = resolve(self.engine, cmds, self.scan)
             for c in cmds:
                 if type(c) is Verdict:
                     verdict = c

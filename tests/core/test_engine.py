@@ -53,3 +53,46 @@ def test_decode_anomaly_is_logged_with_suricata_name(eve_validator: Any) -> None
     assert rec["pcap_cnt"] == 9
     assert rec["timestamp"] == "1970-01-01T00:00:01.500000+0000"
     assert not list(eve_validator.iter_errors(rec))
+
+
+def test_download_is_held_until_its_verdict_and_dropped_when_malicious() -> None:
+    """The packet completing a file gets no Verdict until FileScanned; one Verdict in all."""
+    from scapy.layers.inet import IP, TCP, Ether
+
+    from appliance.core.commands import Hold, ScanRequest
+    from appliance.core.engine import EngineConfig
+    from appliance.filescan import resolve
+
+    c, s = "10.203.0.10", "203.0.113.10"
+    req = b"GET /x.exe HTTP/1.1\r\nHost: x\r\n\r\n"
+    body = b"MZ-not-really-malware"
+    hdr = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    pkts = [
+        Ether() / IP(src=c, dst=s) / TCP(sport=4000, dport=80, flags="S", seq=0),
+        Ether() / IP(src=s, dst=c) / TCP(sport=80, dport=4000, flags="SA", seq=0, ack=1),
+        Ether() / IP(src=c, dst=s) / TCP(sport=4000, dport=80, flags="A", seq=1, ack=1),
+        Ether() / IP(src=c, dst=s) / TCP(sport=4000, dport=80, flags="PA", seq=1, ack=1) / req,
+        Ether() / IP(src=s, dst=c) / TCP(sport=80, dport=4000, flags="PA", seq=1,
+                                         ack=1 + len(req)) / (hdr + body),
+    ]
+    asked: list[ScanRequest] = []
+
+    def scan(r: ScanRequest) -> tuple[str, tuple[str, ...], str]:
+        asked.append(r)
+        return "malicious", ("yara:test:Fake",), "scan"
+
+    engine = Engine(EngineConfig(mode="ips", scan_files=True))
+    verdicts: dict[int, list[VerdictKind]] = {}
+    for n, pkt in enumerate(pkts, 1):
+        cmds = engine.handle(PacketIn(n, 1.0 + n, bytes(pkt), LINKTYPE_ETHERNET))
+        if n == len(pkts):
+            assert any(isinstance(x, Hold) for x in cmds)
+            assert not any(isinstance(x, Verdict) for x in cmds)
+        for x in resolve(engine, cmds, scan):
+            if isinstance(x, Verdict):
+                verdicts.setdefault(x.packet_id, []).append(x.kind)
+    assert verdicts == {1: [VerdictKind.ACCEPT], 2: [VerdictKind.ACCEPT],
+                        3: [VerdictKind.ACCEPT], 4: [VerdictKind.ACCEPT],
+                        5: [VerdictKind.DROP]}
+    (r,) = asked
+    assert r.data == body and r.size == len(body) and r.packet_id == 5

@@ -232,9 +232,15 @@ def _load(rules: tuple[str, ...], cfg_path: str | None,
 @click.option("--scan-cache", default=None, metavar="PATH|URL",
               help="Scan cache: a SQLite path or redis:// URL [STATE_DIR/scancache.db].")
 @click.option("--no-scan", is_flag=True, help="Do not scan files seen in traffic.")
+@click.option("--metrics", default=None, metavar="ADDR:PORT",
+              help="Serve Prometheus metrics here (off by default; loopback).")
+@click.option("--user", default="appliance", show_default=True,
+              help="Started as root, run as this user with only CAP_NET_ADMIN and "
+                   "CAP_NET_RAW (if the user exists); '' to stay root.")
 def run(bridge: str, rules: tuple[str, ...], config_path: str | None, eve: str | None,
         queues: int, fail_open: bool, policy_path: str | None, state_dir: str,
-        control_path: str, yara_dir: str, scan_cache: str | None, no_scan: bool) -> None:
+        control_path: str, yara_dir: str, scan_cache: str | None, no_scan: bool,
+        metrics: str | None, user: str) -> None:
     """Inspect BRIDGE inline through NFQUEUE until SIGTERM or Ctrl-C."""
     from appliance.daemon import RunOptions, Supervisor
 
@@ -247,7 +253,8 @@ def run(bridge: str, rules: tuple[str, ...], config_path: str | None, eve: str |
                                 control=control_path,
                                 yara_dir=None if no_scan else yara_dir,
                                 scan_cache=scan_cache or str(Path(state_dir) /
-                                                             "scancache.db")),
+                                                             "scancache.db"),
+                                user=user or None, metrics=metrics),
                      log=lambda m: click.echo(f"appliance: {m}", err=True),
                      policy=ld.policy, role_detectors=ld.role_detectors,
                      reload_args=(variables, default_cache_dir()))

@@ -55,6 +55,46 @@ class RunOptions:
     yara_dir: str | None = None
     scan_cache: str | None = None
     scan_hold: float = 0.3
+    # Started as root, drop to this user keeping only CAP_NET_ADMIN and CAP_NET_RAW
+    # (when the user exists); None: stay as started.
+    user: str | None = None
+    metrics: str | None = None  # "ADDR:PORT" for the Prometheus endpoint; None: off
+
+
+def python_unreadable_by(user: str) -> str | None:
+    """The first directory of this Python installation (or this package) that `user`
+    cannot traverse, or None when everything is reachable. Checked from the mode bits:
+    owner, group or other execute permission as they apply to the user."""
+    import pwd
+    import sys
+    import sysconfig
+
+    pw = pwd.getpwnam(user)
+    groups = {pw.pw_gid}
+    for target in (sysconfig.get_paths()["stdlib"], sys.prefix,
+                   str(Path(__file__).resolve().parent)):
+        p = Path(target).resolve()
+        for d in [*reversed(p.parents), p]:
+            try:
+                st = d.stat()
+            except OSError:
+                return str(d)
+            if st.st_uid == pw.pw_uid:
+                ok = bool(st.st_mode & 0o100)
+            elif st.st_gid in groups:
+                ok = bool(st.st_mode & 0o010)
+            else:
+                ok = bool(st.st_mode & 0o001)
+            if not ok:
+                return str(d)
+    return None
+
+
+def chown_for_file(user: str, path: Path) -> None:
+    import pwd
+
+    pw = pwd.getpwnam(user)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
 def _die_with_parent() -> None:
@@ -141,12 +181,16 @@ class Supervisor:
         self.watchdog_kills = 0
         self.manager: Any = None
         self.control: Any = None
+        self.metrics: Any = None
         self._stop = False
 
     def check(self) -> None:
-        if os.geteuid() != 0:
-            raise ApplianceError("appliance run needs root (or CAP_NET_ADMIN): it installs "
-                                 "iptables chains and binds NFQUEUE")
+        from appliance.privileges import DAEMON_CAPS, has_caps
+
+        if os.geteuid() != 0 and not has_caps(DAEMON_CAPS):
+            raise ApplianceError("appliance run needs root, or CAP_NET_ADMIN and CAP_NET_RAW "
+                                 "(the systemd unit gives them): it installs iptables "
+                                 "chains and binds NFQUEUE")
         if not Path(f"/sys/class/net/{self.opts.bridge}/bridge").exists():
             raise ApplianceError(f"{self.opts.bridge}: no such bridge in this network "
                                  "namespace")
@@ -191,7 +235,9 @@ class Supervisor:
                 handlers.update(control_handlers(self.manager))
             if self.reloader is not None:
                 handlers["rules.reload"] = self.reloader.handle
-            self.control = ControlServer(self.opts.control, handlers).start()
+            # Root clients, and our own user after a privilege drop.
+            self.control = ControlServer(self.opts.control, handlers,
+                                         allowed_uids=(0, os.getuid())).start()
 
     def _actions_policy(self) -> Any:
         """What the action manager may do, from the guest policy: never act on the
@@ -252,8 +298,54 @@ class Supervisor:
                                    first_duration=req.duration)
         self.log(f"{req.kind} {req.target}: {res.reason}")
 
+    def _drop_privileges(self) -> None:
+        """As root with a daemon user configured: give it the state, control and EVE
+        paths, then become it with only the two capabilities, before any thread starts
+        or worker forks (capabilities are per thread; children inherit them)."""
+        import pwd
+
+        from appliance.privileges import DAEMON_CAPS, chown_for, drop_privileges
+
+        user = self.opts.user
+        if user is None or os.geteuid() != 0:
+            return
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            self.log(f"user {user!r} does not exist: running as root (create it to run "
+                     "with least privilege)")
+            return
+        blocked = python_unreadable_by(user)
+        if blocked is not None:
+            self.log(f"staying root: {blocked} is not readable by {user}, and Python "
+                     "imports modules from it later (install the appliance with a system "
+                     "Python, as deploy/provision.sh does)")
+            return
+        # Modules imported lazily after the drop must be loaded while we can read them.
+        import asyncio  # noqa: F401 - pyroute2 needs it at action time
+        import concurrent.futures.thread  # noqa: F401
+        import multiprocessing.popen_fork  # noqa: F401
+        import sqlite3  # noqa: F401
+
+        paths: list[str | Path] = []
+        if self.opts.state_dir:
+            paths.append(self.opts.state_dir)
+        if self.opts.control:
+            paths.append(Path(self.opts.control).parent)
+        if self.opts.eve:
+            paths.append(Path(self.opts.eve).parent)
+        chown_for(user, *paths)
+        if self.opts.state_dir:
+            for f in Path(self.opts.state_dir).iterdir():
+                chown_for_file(user, f)
+        if self.opts.eve and Path(self.opts.eve).exists():
+            chown_for_file(user, Path(self.opts.eve))
+        drop_privileges(user, list(DAEMON_CAPS))
+        self.log(f"running as {user} with {', '.join(DAEMON_CAPS)} only")
+
     def run(self, until: Callable[[], bool] | None = None) -> int:
         self.check()
+        self._drop_privileges()
         self.chains.install()
         self._start_actions()
         last_tick = time.monotonic()
@@ -262,12 +354,21 @@ class Supervisor:
         try:
             for q in range(self.opts.queues):
                 self._start(q)
+            if self.opts.metrics:
+                from appliance.metrics import Metrics, parse_listen
+
+                addr, port = parse_listen(self.opts.metrics)
+                self.metrics = Metrics()
+                self.metrics.serve(addr, port)
+                self.log(f"metrics on http://{addr}:{port}/metrics")
             self.log(f"inline on {self.opts.bridge}: {self.opts.queues} worker(s), "
                      f"{'fail-open' if self.opts.fail_open else 'fail-closed'}")
             while not self._stop and (until is None or not until()):
                 time.sleep(POLL)
                 self._watch()
                 self._drain_actions()
+                if time.monotonic() - last_tick >= 1.0 and self.metrics is not None:
+                    self.metrics.update_from_status(self.status())
                 if self.manager is not None and time.monotonic() - last_tick >= 1.0:
                     last_tick = time.monotonic()
                     for r in self.manager.tick():
@@ -284,6 +385,8 @@ class Supervisor:
             self.chains.remove()
             if self.control is not None:
                 self.control.stop()
+            if self.metrics is not None:
+                self.metrics.stop()
             if self.manager is not None:
                 # Active actions stay in force while the daemon is down (the next start
                 # restores them from SQLite and releases what expired meanwhile); with
@@ -306,7 +409,16 @@ class Supervisor:
         while not self.action_q.empty():
             req = self.action_q.get()
             if isinstance(req, tuple) and req and req[0] == "stats":
-                self.worker_stats[int(req[1].get("queue", 0))] = req[1]
+                ws = req[1]
+                q = int(ws.get("queue", 0))
+                self.worker_stats[q] = ws
+                if self.metrics is not None and q in self.workers:
+                    self.metrics.update_worker(q, self.workers[q].pid, {
+                        "packets": ws.get("packets", 0), "errors": ws.get("errors", 0),
+                        "verdicts": ws.get("verdicts", {}),
+                        "alerts": ws.get("alerts_by_severity", {}),
+                        "bypassed": ws.get("verdicts", {}).get("bypass", 0),
+                        "memcap": ws.get("memcap", {})})
                 continue
             self.action_requests += 1
             if self.on_action is not None:

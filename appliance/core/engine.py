@@ -120,6 +120,7 @@ class Engine:
         self.policy = policy
         self.role_detectors = dict(role_detectors or {})
         self.alerts = 0
+        self.alerts_by_severity: dict[int, int] = {}
         self._reject_how = ""
         self.decoder = Decoder()
         flow_cfg = self.config.flow
@@ -350,6 +351,8 @@ class Engine:
                     kind = VerdictKind.DROP
             if m.alert:
                 self.alerts += 1
+                sev = r.severity
+                self.alerts_by_severity[sev] = self.alerts_by_severity.get(sev, 0) + 1
                 if flow is not None:
                     flow.alerted = True
                 rule = r.rule

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from appliance.core.detect.heuristics import HeuristicsConfig, with_overrides
 from appliance.core.engine import EngineConfig
 from appliance.core.flows import PC_DEFAULT, PC_ICMP, PC_TCP, PC_UDP, FlowConfig, Timeouts
 from appliance.core.stream import POLICIES
@@ -87,7 +88,8 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def config_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Config:
-    _check_keys(doc, {"vars", "flow", "flow-timeouts", "stream", "anomaly"}, source)
+    _check_keys(doc, {"vars", "flow", "flow-timeouts", "stream", "anomaly", "heuristics"},
+                source)
     flow = FlowConfig()
     fl = _mapping(doc.get("flow"), f"{source}: flow")
     _check_keys(fl, {"memcap", "emergency-recovery"}, f"{source}: flow")
@@ -175,6 +177,17 @@ def config_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Config:
         if not isinstance(anomaly["decode"], bool):
             raise ConfigError(f"{source}: anomaly.decode: expected true or false")
         eng = replace(eng, log_decode_anomalies=anomaly["decode"])
+    heur = _mapping(doc.get("heuristics"), f"{source}: heuristics")
+    if heur.get("enabled") is False:
+        eng = replace(eng, heuristics=None)
+    elif heur:
+        base = eng.heuristics or HeuristicsConfig()
+        try:
+            eng = replace(eng, heuristics=with_overrides(
+                base, {k: _mapping(v, f"{source}: heuristics.{k}")
+                       for k, v in heur.items() if k != "enabled"}))
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{source}: heuristics: {e}") from None
     vars_ = _mapping(doc.get("vars"), f"{source}: vars")
     _check_keys(vars_, {"address-groups", "port-groups"}, f"{source}: vars")
     addr = {str(k): str(v) for k, v in _mapping(vars_.get("address-groups"),

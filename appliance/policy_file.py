@@ -194,6 +194,13 @@ def _role(d: _Doc, name: str, node: yaml.Node) -> Role:
     heur = {k: {pk: d.number(pv, f"{f}.heuristics.{k}.{pk}")
                 for pk, pv in d.mapping(v, f"{f}.heuristics.{k}").items()}
             for k, v in d.mapping(m.get("heuristics"), f"{f}.heuristics").items()}
+    if heur:
+        from appliance.core.detect.heuristics import HeuristicsConfig, with_overrides
+
+        try:
+            with_overrides(HeuristicsConfig(), heur)
+        except (ValueError, TypeError) as e:
+            raise d.err(m.get("heuristics"), f"{f}.heuristics", str(e)) from None
     return Role(
         name=name,
         description=d.scalar(m["description"], f"{f}.description") if "description" in m

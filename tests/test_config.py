@@ -81,3 +81,15 @@ def test_stream_section(tmp_path: Path) -> None:
         config_from_dict({"stream": {"host-os-policy": {"beos": ["1.2.3.0/24"]}}})
     with pytest.raises(ConfigError, match="bad CIDR"):
         config_from_dict({"stream": {"host-os-policy": {"linux": ["1.2.3.0/33"]}}})
+
+
+def test_heuristics_thresholds_from_config() -> None:
+    cfg = config_from_dict({"heuristics": {"scan": {"vertical_ports": 50},
+                                           "beacon": {"enabled": False}}})
+    h = cfg.engine.heuristics
+    assert h is not None and h.scan.vertical_ports == 50 and h.beacon.enabled is False
+    assert config_from_dict({"heuristics": {"enabled": False}}).engine.heuristics is None
+    with pytest.raises(ConfigError, match="unknown heuristic 'scna'"):
+        config_from_dict({"heuristics": {"scna": {"x": 1}}})
+    with pytest.raises(ConfigError, match="has no setting 'ports'"):
+        config_from_dict({"heuristics": {"scan": {"ports": 1}}})

@@ -26,7 +26,12 @@ from appliance.core.decode import (
     Packet,
 )
 from appliance.core.defrag import DefragConfig, Defragmenter
-from appliance.core.detect.heuristics import HeuristicHit, HeuristicsConfig, HeuristicsEngine
+from appliance.core.detect.heuristics import (
+    HeuristicHit,
+    HeuristicsConfig,
+    HeuristicsEngine,
+    with_overrides,
+)
 from appliance.core.detect.signatures import RuleMatch, SignatureEngine
 from appliance.core.events import Event, FileScanned, PacketIn, Shutdown, Tick
 from appliance.core.flows import Flow, FlowConfig, FlowTable
@@ -133,6 +138,15 @@ class Engine:
         self.anomalies = 0
         self.heuristics = (HeuristicsEngine(self.config.heuristics)
                            if self.config.heuristics is not None else None)
+        # Roles with their own thresholds get their own detectors (state included): the
+        # role of the flow's guest picks them.
+        self.role_heuristics: dict[str, HeuristicsEngine] = {}
+        if self.heuristics is not None and policy is not None:
+            for name, role in policy.roles.items():
+                if role.heuristics:
+                    self.role_heuristics[name] = HeuristicsEngine(
+                        with_overrides(self.config.heuristics or HeuristicsConfig(),
+                                       role.heuristics))
         # Files waiting for a verdict: token -> (packet, its verdict so far, flow, name).
         self._pending: dict[int, tuple[Packet, int, VerdictKind, Flow, str, str]] = {}
         self._next_token = 1
@@ -412,6 +426,8 @@ class Engine:
                     app: AppResult | None, out: list[Command]) -> None:
         h = self.heuristics
         assert h is not None
+        if flow is not None and self.role_heuristics:
+            h = self.role_heuristics.get(flow.role, h)
         new = flow is not None and flow.ts_pkts + flow.tc_pkts == 1
         hits = h.on_packet(p, flow, to_server, new)
         if app is not None and flow is not None:
@@ -551,7 +567,8 @@ class Engine:
     def _flow_end(self, f: Flow, now: float, out: list[Command]) -> None:
         self._app_close(f, now, out)
         if self.heuristics is not None:
-            for hit in self.heuristics.on_flow_end(f):
+            h = self.role_heuristics.get(f.role, self.heuristics)
+            for hit in h.on_flow_end(f):
                 self._heuristic_alert(hit, f, out)
         out.append(Log(flow_record(f, now)))
 

@@ -121,3 +121,20 @@ def test_midstream_pickup_does_not_judge_allowlists() -> None:
                           TCP(sport=80, dport=40300, flags="PA", seq=5, ack=5) / b"data",
                           "gateway", "desktop")
     assert kind is VerdictKind.ACCEPT and alerts(cmds) == []
+
+
+def test_role_heuristic_thresholds_pick_the_role_detectors() -> None:
+    from appliance.core.engine import Engine, EngineConfig
+    from appliance.policy_file import policy_from_text
+
+    pol = policy_from_text("roles:\n  quiet:\n    heuristics: {scan: {vertical_ports: 3}}\n"
+                           "guests:\n  - {name: q, role: quiet, addresses: [10.9.0.1/32]}\n")
+    e = Engine(EngineConfig(), policy=pol)
+    assert e.role_heuristics["quiet"].config.scan.vertical_ports == 3
+    assert e.heuristics is not None and e.heuristics.config.scan.vertical_ports == 20
+    import pytest
+
+    from appliance.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r":3: roles.r.heuristics"):
+        policy_from_text("roles:\n  r:\n    heuristics: {nope: {a: 1}}\n", "p.yaml")

@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import ClassVar, Final, Generic, TypeVar
+from typing import Any, ClassVar, Final, Generic, TypeVar
 
 from appliance.core.decode import (
     PROTO_ICMP,
@@ -1076,3 +1076,30 @@ __all__ = [
     "shannon_entropy",
     "split_base_domain",
 ]
+
+
+def with_overrides(base: HeuristicsConfig,
+                   overrides: Mapping[str, Mapping[str, float | bool]]) -> HeuristicsConfig:
+    """`base` with some thresholds changed: {detector: {field: value}}, detectors named as
+    HeuristicsConfig's fields (scan, flood, brute, dns, beacon, mismatch). Unknown names
+    raise ValueError naming them (the config and policy loaders report it)."""
+    import dataclasses
+
+    changes: dict[str, Any] = {}
+    for det, params in overrides.items():
+        sub: Any = getattr(base, det, None)
+        if sub is None or not dataclasses.is_dataclass(sub) or det == "suppress_max_entries":
+            names = [f.name for f in dataclasses.fields(base) if f.name != "suppress_max_entries"]
+            raise ValueError(f"unknown heuristic {det!r} (one of {', '.join(names)})")
+        inst: Any = sub  # a detector's config dataclass (is_dataclass narrowed the type)
+        fields = {f.name: f for f in dataclasses.fields(inst)}
+        upd: dict[str, Any] = {}
+        for k, v in params.items():
+            if k not in fields:
+                raise ValueError(f"heuristic {det!r} has no setting {k!r} "
+                                 f"(settings: {', '.join(sorted(fields))})")
+            cur = getattr(inst, k)
+            upd[k] = bool(v) if isinstance(cur, bool) else type(cur)(v) \
+                if isinstance(cur, int | float) else v
+        changes[det] = dataclasses.replace(inst, **upd)
+    return dataclasses.replace(base, **changes)

@@ -62,13 +62,11 @@ def _tcp_object(f: Flow) -> dict[str, Any]:
     return o
 
 
-def flow_record(f: Flow, now: float) -> dict[str, Any]:
-    """The EVE `flow` event for a flow that ended at packet time `now`."""
-    r: dict[str, Any] = {
-        "timestamp": format_ts(now),
-        "flow_id": f.flow_id,
-        "event_type": "flow",
-    }
+def _flow_head(f: Flow, ts: float, event_type: str) -> dict[str, Any]:
+    """The head of a flow-level EVE event: time, flow id, the flow's 5-tuple client to
+    server (Suricata's order of keys)."""
+    r: dict[str, Any] = {"timestamp": format_ts(ts), "flow_id": f.flow_id,
+                         "event_type": event_type}
     if f.vlan:
         r["vlan"] = list(f.vlan)
     r["src_ip"] = format_ip(f.src)
@@ -78,6 +76,12 @@ def flow_record(f: Flow, now: float) -> dict[str, Any]:
     if _has_ports(f.proto):
         r["dest_port"] = f.dp
     r["proto"] = proto_name(f.proto)
+    return r
+
+
+def flow_record(f: Flow, now: float) -> dict[str, Any]:
+    """The EVE `flow` event for a flow that ended at packet time `now`."""
+    r = _flow_head(f, now, "flow")
     if f.app_proto:
         r["app_proto"] = f.app_proto
     if f.icmp_ts is not None:
@@ -180,17 +184,7 @@ def app_record(f: Flow, ts: float, body: dict[str, Any], pkt_src: str | None = N
                ) -> dict[str, Any]:
     """An app-layer EVE record (http, dns, tls, fileinfo) on the flow's 5-tuple, client
     to server, as Suricata's transaction loggers write them."""
-    r: dict[str, Any] = {"timestamp": format_ts(ts), "flow_id": f.flow_id,
-                         "event_type": body["event_type"]}
-    if f.vlan:
-        r["vlan"] = list(f.vlan)
-    r["src_ip"] = format_ip(f.src)
-    if _has_ports(f.proto):
-        r["src_port"] = f.sp
-    r["dest_ip"] = format_ip(f.dst)
-    if _has_ports(f.proto):
-        r["dest_port"] = f.dp
-    r["proto"] = proto_name(f.proto)
+    r = _flow_head(f, ts, body["event_type"])
     if pkt_src is not None:
         r["pkt_src"] = pkt_src
     for k, v in body.items():

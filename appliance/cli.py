@@ -140,6 +140,61 @@ def replay(rules: tuple[str, ...], ips: bool, policy_path: str | None,
                    "contained (packets still got verdicts)", err=True)
 
 
+@main.command()
+@click.option("--rules", "rules", multiple=True, type=click.Path(), help="Rules (repeatable).")
+@click.option("--policy", "policy_path", type=click.Path(), default=None, help="Guest roles.")
+@click.option("--config", "config_path", type=click.Path(), default=None)
+@click.option("--ips", is_flag=True, help="Inline semantics (drops block).")
+@click.option("--packet", "packet_no", type=int, default=None,
+              help="Only this packet (pcap record number).")
+@click.option("--flow", "flow_id", type=int, default=None, help="Only this EVE flow_id.")
+@click.argument("pcap", type=click.Path())
+def explain(rules: tuple[str, ...], policy_path: str | None, config_path: str | None,
+            ips: bool, packet_no: int | None, flow_id: int | None, pcap: str) -> None:
+    """Why each packet of PCAP got its verdict: guest, role, rules matched, actions."""
+    from appliance.core.commands import ActionRequest, Log, Verdict
+
+    ld = _load_all(rules, config_path, policy_path, quiet=True)
+    cfg = replace(ld.config.engine, mode="ips") if ips else ld.config.engine
+    engine = Engine(cfg, ld.detector, ld.policy, ld.role_detectors)
+    try:
+        reader = PcapReader(pcap)
+    except ApplianceError as e:
+        _fail(str(e))
+    shown = 0
+    with reader:
+        for ev in reader:
+            cmds = engine.handle(ev)
+            alerts = [c.record for c in cmds if isinstance(c, Log)
+                      and c.record.get("event_type") == "alert"]
+            actions = [c for c in cmds if isinstance(c, ActionRequest)]
+            verdict = next((c.kind.value for c in cmds if isinstance(c, Verdict)), "held")
+            if packet_no is not None and ev.id != packet_no:
+                continue
+            if flow_id is not None and not any(a.get("flow_id") == flow_id for a in alerts):
+                continue
+            if not alerts and not actions and packet_no is None:
+                continue  # nothing to explain: accepted with no rule matched
+            shown += 1
+            click.echo(f"packet {ev.id}: verdict {verdict}")
+            for a in alerts:
+                al = a["alert"]
+                meta = al.get("metadata", {})
+                click.echo(f"  {a.get('src_ip')}:{a.get('src_port', '')} -> "
+                           f"{a.get('dest_ip')}:{a.get('dest_port', '')} {a.get('proto', '')}"
+                           f"  guest {meta.get('guest', ['-'])[0]}, role "
+                           f"{meta.get('role', ['-'])[0]}")
+                click.echo(f"    [{al['action']}] {al['gid']}:{al['signature_id']}:"
+                           f"{al['rev']} {al['signature']}")
+                for why in meta.get("explain", []):
+                    click.echo(f"      why: {why}")
+            for r in actions:
+                click.echo(f"    action: {r.kind} {r.target} for {r.duration:.0f} s "
+                           f"({r.reason})")
+    if shown == 0:
+        click.echo("nothing to explain: no packet matched a rule or asked for an action")
+
+
 def _run_with_progress(rt: Runtime, reader: PcapReader) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -85,3 +85,21 @@ def test_policy_check_cli_against_etopen(tmp_path: object) -> None:
     assert "3 guests" in r.output
     bad = CliRunner().invoke(main, ["policy", "check", "/nonexistent.yaml"])
     assert bad.exit_code == 2
+
+
+def test_explain_names_guest_role_rule_and_why(tmp_path: object) -> None:
+    from pathlib import Path
+
+    tmp = Path(str(tmp_path))
+    rules = tmp / "t.rules"
+    rules.write_text('alert http any any -> any any (msg:"explain me"; http.method; '
+                     'content:"GET"; classtype:trojan-activity; sid:4242; rev:1;)\n')
+    pol = tmp / "p.yaml"
+    pol.write_text("guests:\n  - {name: ws, role: desktop, addresses: [192.0.2.10/32]}\n")
+    r = CliRunner().invoke(main, ["explain", "--ips", "--rules", str(rules), "--policy",
+                                  str(pol), str(REPO / "pcaps" / "linktype-eth.pcap")])
+    assert r.exit_code == 0, r.output
+    assert "guest ws, role desktop" in r.output
+    assert "[blocked] 1:4242:1 explain me" in r.output
+    assert "why: rule action alert; role desktop turns it into drop" in r.output
+    assert "verdict drop" in r.output

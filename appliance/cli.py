@@ -313,6 +313,9 @@ def run(bridge: str, rules: tuple[str, ...], config_path: str | None, eve: str |
                      log=lambda m: click.echo(f"appliance: {m}", err=True),
                      policy=ld.policy, role_detectors=ld.role_detectors,
                      reload_args=(variables, default_cache_dir()))
+    sup.policy_path = policy_path
+    sup.loaded_rules = ld.loaded
+    sup.cache_dir = default_cache_dir()
     if rules:
         from appliance.daemon import Detection
         from appliance.reload import SupervisorReloader

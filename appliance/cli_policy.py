@@ -66,3 +66,27 @@ def check(file: Path, rules: tuple[Path, ...]) -> None:
             click.echo(f"  problem: {p}", err=True)
         if problems:
             raise SystemExit(1)
+
+
+@policy.command("reload")
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+@click.option("--socket", "socket_path", envvar="APPLIANCE_CONTROL",
+              default="/run/appliance/control.sock", show_default=True,
+              help="The daemon's control socket.")
+def reload(file: Path | None, socket_path: str) -> None:
+    """Load FILE (or the daemon's policy file again) in the running daemon; a policy
+    with errors is refused and the previous one stays."""
+    from appliance.io.control import ControlUnavailable, control_call
+
+    try:
+        reply = control_call(socket_path, "policy.reload", timeout=120,
+                             **({"file": str(file.resolve())} if file else {}))
+    except ControlUnavailable as e:
+        click.echo(f"appliance: error: {e}", err=True)
+        raise SystemExit(2) from None
+    if not reply.get("ok"):
+        click.echo(f"appliance: error: {reply.get('error')}", err=True)
+        raise SystemExit(1)
+    res = reply.get("result") or {}
+    click.echo(f"policy {res.get('path')}: {res.get('guests')} guests, roles "
+               f"{', '.join(res.get('roles', []))}")

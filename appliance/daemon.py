@@ -167,6 +167,11 @@ class Supervisor:
         # appliance.reload.SupervisorReloader: `appliance rules reload` swaps the ruleset
         # in every worker without restarting it (flows and flowbits are kept).
         self.reloader = reloader
+        # For `appliance policy reload`: the policy file, the loaded rules it selects from.
+        self.policy_path: str | None = None
+        self.loaded_rules: Any = None
+        self.cache_dir: Any = None
+        self._restart_all = False
         self.reload_args = reload_args  # (variables, cache_dir) for the workers' loads
         self.worker_stats: dict[int, dict[str, Any]] = {}
         self.opts = opts
@@ -235,6 +240,7 @@ class Supervisor:
                 handlers.update(control_handlers(self.manager))
             if self.reloader is not None:
                 handlers["rules.reload"] = self.reloader.handle
+            handlers["policy.reload"] = self.reload_policy
             # Root clients, and our own user after a privilege drop.
             self.control = ControlServer(self.opts.control, handlers,
                                          allowed_uids=(0, os.getuid())).start()
@@ -261,6 +267,33 @@ class Supervisor:
                 sink_ips = [str(n.network_address) for n in g.networks if n.num_addresses == 1]
         return ActionsPolicy(allowlist=tuple(str(n) for n in pol.allowlist), guests=guests,
                              sinkhole_port=sink_port, sinkhole_ips=tuple(sink_ips))
+
+    def reload_policy(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control handler: load and check a policy file; on success the workers restart
+        with it (their flows start over; actions and their state are kept). On failure
+        nothing changes and the reply says why, with the file's line."""
+        from appliance.io.control import Refused
+        from appliance.policy_file import load_policy
+        from appliance.rules.loader import role_detectors
+
+        path = args.get("file") or self.policy_path
+        if not isinstance(path, str) or not path:
+            raise Refused("no policy file: give one (the daemon was started without)")
+        try:
+            pol = load_policy(path)
+        except ApplianceError as e:
+            raise Refused(f"policy not reloaded, the previous one stays: {e}") from None
+        roles = None
+        if self.loaded_rules is not None:
+            roles = role_detectors(self.loaded_rules, pol, self.cache_dir)
+        self.detection = Detection(self.detection.detector, pol, roles)
+        self.policy_path = path
+        if self.manager is not None:
+            self.manager.policy = self._actions_policy()
+        self._restart_all = True  # done by the supervisor loop, not this thread
+        self.log(f"policy reloaded from {path}: {len(pol.guests)} guests, roles "
+                 f"{', '.join(sorted(pol.roles))}; restarting workers")
+        return {"path": path, "guests": len(pol.guests), "roles": sorted(pol.roles)}
 
     def status(self) -> dict[str, Any]:
         totals: dict[str, Any] = {"packets": 0, "alerts": 0, "errors": 0,
@@ -365,6 +398,10 @@ class Supervisor:
                      f"{'fail-open' if self.opts.fail_open else 'fail-closed'}")
             while not self._stop and (until is None or not until()):
                 time.sleep(POLL)
+                if self._restart_all:
+                    self._restart_all = False
+                    for wp in self.workers.values():
+                        wp.terminate()  # _watch restarts each from the new detection
                 self._watch()
                 self._drain_actions()
                 if time.monotonic() - last_tick >= 1.0 and self.metrics is not None:

@@ -31,8 +31,8 @@ RULES = REPO / "rules"
 SERVER = "203.0.113.10"
 
 
-def _curl(lab: Lab, url: str, timeout: int = 3) -> tuple[int, str]:
-    cp = lab.run_in("desktop", "curl", "-s", "-g", "--path-as-is", "-m", str(timeout), "-o",
+def _curl(lab: Lab, url: str, timeout: int = 3, guest: str = "desktop") -> tuple[int, str]:
+    cp = lab.run_in(guest, "curl", "-s", "-g", "--path-as-is", "-m", str(timeout), "-o",
                     "/dev/null", "-w", "%{http_code}", url, timeout=timeout + 5)
     return cp.returncode, cp.stdout.strip()
 
@@ -41,7 +41,7 @@ def _outcome(rc: int, code: str) -> str:
     if rc == 0:
         return f"passed (HTTP {code})"
     if rc == 28:
-        return "dropped (no answer: the request never reached the server)"
+        return "dropped (no answer: it never reached the server)"
     if rc in (52, 56):
         return "reset (the appliance sent a TCP RST)"
     return f"failed (curl exit {rc})"
@@ -92,14 +92,16 @@ def inline_demo() -> int:
         print("The appliance is inline on the lab bridge (NFQUEUE, fail-closed); the "
               "desktop guest has the desktop role.\n")
 
-        def step(what: str, url: str, retries: int = 1) -> None:
-            rc, code = _curl(lab, url)
+        def step(what: str, url: str, retries: int = 1, guest: str = "desktop") -> None:
+            rc, code = _curl(lab, url, guest=guest)
             for _ in range(retries - 1):
                 if rc == 0:
                     break
-                rc, code = _curl(lab, url)
+                rc, code = _curl(lab, url, guest=guest)
             print(f"  {what:44s} {url:38s} -> {_outcome(rc, code)}")
 
+        step("proxy (caching-proxy role) fetches a page", f"http://{SERVER}/", guest="proxy")
+        step("proxy opens SSH to the internet", f"telnet://{SERVER}:22", guest="proxy")
         step("desktop fetches a page", f"http://{SERVER}/")
         step("desktop fetches a page over IPv6", "http://[2001:db8:113::10]/")
         step("desktop sends a command-injection probe", f"http://{SERVER}/cgi;/bin/sh")

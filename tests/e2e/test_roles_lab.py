@@ -73,3 +73,48 @@ def test_proxy_egress_allowlist_and_unknown_guest(lab: Lab, start_appliance: Any
         by_sid.setdefault(a["alert"]["signature_id"], a)
     assert by_sid[9002001]["alert"]["metadata"]["role"] == ["caching-proxy"]
     assert by_sid[9000001]["alert"]["metadata"]["role"] == ["default"]
+
+
+def test_policy_reload_keeps_the_old_one_on_errors(lab: Lab, start_appliance: Any,
+                                                   tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    strict = """
+roles:
+  strict:
+    description: drops web attacks, takes no action against the guest (for the test)
+    overrides: [{action: drop, classtypes: [web-application-attack]}]
+  watch-only:
+    description: alert-only
+    overrides: [{action: alert, classtypes: [web-application-attack]}]
+guests:
+  - {name: desktop, role: strict, ports: [desktop], addresses: [10.203.0.10/32]}
+"""
+    pol = tmp_path / "policy.yaml"
+    pol.write_text(strict)  # the desktop's exploit is dropped
+    app = start_appliance("--policy", str(pol))
+    attack = "http://203.0.113.10/../../etc/passwd"
+    assert curl(lab, "desktop", attack) == "rc28"
+
+    def reload(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "appliance.cli", "policy", "reload",
+                               str(path), "--socket", str(lab.state / "control.sock")],
+                              capture_output=True, text=True, timeout=120)
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("guests:\n  - {name: desktop, role: nosuch}\n")
+    r = reload(bad)
+    assert r.returncode == 1 and "bad.yaml:2" in r.stderr and "previous one stays" in r.stderr
+    assert curl(lab, "desktop", attack) == "rc28"  # still the old policy
+    alert_only = tmp_path / "alert-only.yaml"
+    alert_only.write_text(strict.replace("role: strict", "role: watch-only"))
+    r = reload(alert_only)
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if curl(lab, "desktop", attack, timeout=1) == "200":
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the new policy did not take effect: " + app.log.read_text())

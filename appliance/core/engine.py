@@ -33,7 +33,14 @@ from appliance.core.detect.heuristics import (
     with_overrides,
 )
 from appliance.core.detect.signatures import RuleMatch, SignatureEngine
-from appliance.core.events import Event, FileScanned, PacketIn, Shutdown, Tick
+from appliance.core.events import (
+    LINKTYPE_ETHERNET,
+    Event,
+    FileScanned,
+    PacketIn,
+    Shutdown,
+    Tick,
+)
 from appliance.core.flows import Flow, FlowConfig, FlowTable
 from appliance.core.policy import (
     POLICY_GID,
@@ -390,7 +397,10 @@ class Engine:
         the conversation (egress for the guest's own flows, ingress for flows to it)."""
         pol = self.policy
         assert pol is not None
-        guest, client = pol.resolve(p.src, p.dst, ev.in_port, ev.out_port)
+        mac = ev.hw_src
+        if mac is None and ev.linktype == LINKTYPE_ETHERNET and len(ev.data) >= 12:
+            mac = ev.data[6:12]  # replay: the Ethernet source
+        guest, client = pol.resolve(p.src, p.dst, ev.in_port, ev.out_port, mac)
         if guest is None:
             return
         flow.guest = guest.name

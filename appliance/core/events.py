@@ -32,6 +32,9 @@ class PacketIn(NamedTuple):
     in_port: str | None = None
     out_port: str | None = None
     mark: int = 0
+    # Source MAC when the link header is gone (NFQUEUE hands over IP packets; it gives
+    # the hardware source address separately). Replay reads it from the Ethernet header.
+    hw_src: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -164,6 +164,14 @@ class Policy:
                     return g
         return None
 
+    def guest_by_mac(self, mac: bytes | None) -> Guest | None:
+        if mac:
+            text = ":".join(f"{b:02x}" for b in mac[:6])
+            for g in self.guests:
+                if text in g.macs:
+                    return g
+        return None
+
     def guest_by_addr(self, addr: bytes) -> Guest | None:
         if not addr:
             return None
@@ -174,9 +182,13 @@ class Policy:
         return None
 
     def resolve(self, src: bytes, dst: bytes, in_port: str | None,
-                out_port: str | None) -> tuple[Guest | None, bool]:
-        """The guest a new flow belongs to, and whether it is the client side."""
-        g = self.guest_by_port(in_port) or self.guest_by_addr(src)
+                out_port: str | None, src_mac: bytes | None = None
+                ) -> tuple[Guest | None, bool]:
+        """The guest a new flow belongs to, and whether it is the client side: by the
+        bridge port it came in on, its source MAC, then its source address; else the
+        same for the destination (port it leaves by, address)."""
+        g = (self.guest_by_port(in_port) or self.guest_by_mac(src_mac)
+             or self.guest_by_addr(src))
         if g is not None:
             return g, True
         g = self.guest_by_port(out_port) or self.guest_by_addr(dst)

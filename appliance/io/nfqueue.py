@@ -122,7 +122,7 @@ class QueueWorker:
             hw = pkt.get_hw()
             ev = PacketIn(pkt.id, time.time(), data, LINKTYPE_RAW,
                           self._ifname(pkt.physindev), self._ifname(pkt.physoutdev),
-                          pkt.get_mark())
+                          pkt.get_mark(), hw[:6] if hw else None)
             if hw:
                 self._learn(data, hw[:6])
             cmds = self.engine.handle(ev)

@@ -138,3 +138,18 @@ def test_role_heuristic_thresholds_pick_the_role_detectors() -> None:
 
     with pytest.raises(ConfigError, match=r":3: roles.r.heuristics"):
         policy_from_text("roles:\n  r:\n    heuristics: {nope: {a: 1}}\n", "p.yaml")
+
+
+def test_guest_found_by_mac_address() -> None:
+    from appliance.core.engine import Engine, EngineConfig
+    from appliance.policy_file import policy_from_text
+
+    pol = policy_from_text("guests:\n  - {name: lap, role: caching-proxy, "
+                           "macs: ['02:00:00:00:00:42']}\n")
+    e = Engine(EngineConfig(mode="ips"), policy=pol)
+    pkt = Ether(src="02:00:00:00:00:42") / IP(src="10.9.9.9", dst=SERVER) / \
+        TCP(sport=40500, dport=22, flags="S")
+    cmds = e.handle(PacketIn(1, 1.0, bytes(pkt), LINKTYPE_ETHERNET))
+    (v,) = [c for c in cmds if isinstance(c, Verdict)]
+    assert v.kind is VerdictKind.DROP  # the proxy role may not open SSH
+    assert alerts(cmds)[0]["alert"]["metadata"]["guest"] == ["lap"]

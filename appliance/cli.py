@@ -148,11 +148,24 @@ def replay(rules: tuple[str, ...], ips: bool, policy_path: str | None,
 @click.option("--packet", "packet_no", type=int, default=None,
               help="Only this packet (pcap record number).")
 @click.option("--flow", "flow_id", type=int, default=None, help="Only this EVE flow_id.")
-@click.argument("pcap", type=click.Path())
+@click.option("--live", is_flag=True,
+              help="Ask the running daemon about its latest alerts instead of a capture.")
+@click.option("--address", default=None, help="With --live: only alerts of this address.")
+@click.option("--socket", "socket_path", default="/run/appliance/control.sock",
+              show_default=True, help="With --live: the daemon's control socket.")
+@click.argument("pcap", type=click.Path(), required=False)
 def explain(rules: tuple[str, ...], policy_path: str | None, config_path: str | None,
-            ips: bool, packet_no: int | None, flow_id: int | None, pcap: str) -> None:
-    """Why each packet of PCAP got its verdict: guest, role, rules matched, actions."""
+            ips: bool, packet_no: int | None, flow_id: int | None, live: bool,
+            address: str | None, socket_path: str, pcap: str | None) -> None:
+    """Why each packet of PCAP got its verdict: guest, role, rules matched, actions.
+    With --live, the same for the running daemon's latest alerts."""
     from appliance.core.commands import ActionRequest, Log, Verdict
+
+    if live:
+        _explain_live(socket_path, flow_id, address)
+        return
+    if pcap is None:
+        _fail("explain needs a PCAP, or --live")
 
     ld = _load_all(rules, config_path, policy_path, quiet=True)
     cfg = replace(ld.config.engine, mode="ips") if ips else ld.config.engine
@@ -178,21 +191,46 @@ def explain(rules: tuple[str, ...], policy_path: str | None, config_path: str | 
             shown += 1
             click.echo(f"packet {ev.id}: verdict {verdict}")
             for a in alerts:
-                al = a["alert"]
-                meta = al.get("metadata", {})
-                click.echo(f"  {a.get('src_ip')}:{a.get('src_port', '')} -> "
-                           f"{a.get('dest_ip')}:{a.get('dest_port', '')} {a.get('proto', '')}"
-                           f"  guest {meta.get('guest', ['-'])[0]}, role "
-                           f"{meta.get('role', ['-'])[0]}")
-                click.echo(f"    [{al['action']}] {al['gid']}:{al['signature_id']}:"
-                           f"{al['rev']} {al['signature']}")
-                for why in meta.get("explain", []):
-                    click.echo(f"      why: {why}")
+                _explain_alert(a)
             for r in actions:
                 click.echo(f"    action: {r.kind} {r.target} for {r.duration:.0f} s "
                            f"({r.reason})")
     if shown == 0:
         click.echo("nothing to explain: no packet matched a rule or asked for an action")
+
+
+def _explain_alert(a: dict[str, Any]) -> None:
+    al = a["alert"]
+    meta = al.get("metadata", {})
+    click.echo(f"  {a.get('src_ip')}:{a.get('src_port', '')} -> "
+               f"{a.get('dest_ip')}:{a.get('dest_port', '')} {a.get('proto', '')}"
+               f"  guest {meta.get('guest', ['-'])[0]}, role {meta.get('role', ['-'])[0]}")
+    click.echo(f"    [{al['action']}] {al['gid']}:{al['signature_id']}:{al['rev']} "
+               f"{al['signature']}")
+    for why in meta.get("explain", []):
+        click.echo(f"      why: {why}")
+
+
+def _explain_live(socket_path: str, flow_id: int | None, address: str | None) -> None:
+    from appliance.io.control import ControlError, control_call
+
+    args: dict[str, Any] = {}
+    if flow_id is not None:
+        args["flow_id"] = flow_id
+    if address is not None:
+        args["address"] = address
+    try:
+        reply = control_call(socket_path, "explain", **args)
+    except ControlError as e:
+        _fail(str(e))
+    if not reply.get("ok"):
+        _fail(str(reply.get("error")))
+    alerts = (reply.get("result") or {}).get("alerts", [])
+    if not alerts:
+        click.echo("nothing to explain: no recent alert matches")
+    for a in alerts:
+        click.echo(f"{a.get('timestamp')} flow {a.get('flow_id')}:")
+        _explain_alert(a)
 
 
 def _run_with_progress(rt: Runtime, reader: PcapReader) -> None:

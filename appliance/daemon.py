@@ -241,6 +241,7 @@ class Supervisor:
             if self.reloader is not None:
                 handlers["rules.reload"] = self.reloader.handle
             handlers["policy.reload"] = self.reload_policy
+            handlers["explain"] = self.explain
             # Root clients, and our own user after a privilege drop.
             self.control = ControlServer(self.opts.control, handlers,
                                          allowed_uids=(0, os.getuid())).start()
@@ -267,6 +268,22 @@ class Supervisor:
                 sink_ips = [str(n.network_address) for n in g.networks if n.num_addresses == 1]
         return ActionsPolicy(allowlist=tuple(str(n) for n in pol.allowlist), guests=guests,
                              sinkhole_port=sink_port, sinkhole_ips=tuple(sink_ips))
+
+    def explain(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Control handler: the workers' latest alerts, each with its guest, role and why
+        (optionally those of one flow_id or one address)."""
+        flow = args.get("flow_id")
+        addr = args.get("address")
+        out = []
+        for ws in self.worker_stats.values():
+            for a in ws.get("recent_alerts", []):
+                if flow is not None and a.get("flow_id") != flow:
+                    continue
+                if addr is not None and addr not in (a.get("src_ip"), a.get("dest_ip")):
+                    continue
+                out.append(a)
+        out.sort(key=lambda a: str(a.get("timestamp", "")))
+        return {"alerts": out[-200:]}
 
     def reload_policy(self, args: dict[str, Any]) -> dict[str, Any]:
         """Control handler: load and check a policy file; on success the workers restart

@@ -40,6 +40,8 @@ COPY_RANGE = 0xFFFF
 MAX_QUEUE_LEN = 4096
 # Flows looked at to find the top talkers for status (bounded work once a second).
 TOP_TALKER_SCAN = 50_000
+# Alerts each worker keeps for `appliance explain --live` (a ring: the latest win).
+RECENT_ALERTS = 50
 
 
 @dataclass
@@ -82,6 +84,10 @@ class QueueWorker:
         self.scan = scan  # appliance.filescan: answers a held download's ScanRequest
         self.on_action = on_action
         self.reloader = reloader  # appliance.reload.WorkerReloader (hot rule reload)
+        # The last alerts with their explanations, for `appliance explain --live`.
+        from collections import deque
+
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_ALERTS)
         self.report = report  # called about once a second with this worker's counters
         self.queue_num = queue_num
         self.engine = engine
@@ -133,8 +139,11 @@ class QueueWorker:
             for c in cmds:
                 if type(c) is Verdict:
                     verdict = c
-                elif isinstance(c, Log) and self.eve is not None:
-                    self.eve.write(c.record)
+                elif isinstance(c, Log):
+                    if self.eve is not None:
+                        self.eve.write(c.record)
+                    if c.record.get("event_type") == "alert":
+                        self.recent.append(c.record)
                 elif isinstance(c, ActionRequest) and self.on_action is not None:
                     self.on_action(c)
             if verdict is not None:
@@ -245,6 +254,7 @@ class QueueWorker:
             "flows_active": len(e.flows),
             "rejects_sent": self.stats.rejects_sent,
             "top_talkers": [[format_ip(a), b] for a, b in top],
+            "recent_alerts": list(self.recent),
         }
 
     def _feed(self, ev: Tick | Shutdown) -> None:

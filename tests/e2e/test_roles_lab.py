@@ -118,3 +118,25 @@ guests:
         time.sleep(0.2)
     else:
         raise AssertionError("the new policy did not take effect: " + app.log.read_text())
+
+
+def test_explain_live_through_the_control_socket(lab: Lab, start_appliance: Any,
+                                                 tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    pol = tmp_path / "policy.yaml"
+    pol.write_text(POLICY)
+    start_appliance("--policy", str(pol))
+    assert curl(lab, "proxy", "http://203.0.113.10/../../etc/passwd") == "200"
+    out = ""
+    deadline = time.monotonic() + 5  # workers report once a second
+    while time.monotonic() < deadline and "9000001" not in out:
+        time.sleep(0.5)
+        out = subprocess.run([sys.executable, "-m", "appliance.cli", "explain", "--live",
+                              "--address", "10.203.0.20", "--socket",
+                              str(lab.state / "control.sock")],
+                             capture_output=True, text=True, timeout=30).stdout
+    assert "guest proxy, role watch-only" in out, out
+    assert "[allowed] 1:9000001:1" in out
+    assert "role watch-only turns it into alert" in out

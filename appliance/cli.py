@@ -274,6 +274,13 @@ def _load_all(rules: tuple[str, ...], cfg_path: str | None, policy_path: str | N
         pol = load_policy(policy_path)
     except ApplianceError as e:
         _fail(str(e))
+    if loaded is not None:
+        from appliance.cli_policy import unknown_rule_sets
+        from appliance.rules.store import rule_files
+
+        bad = unknown_rule_sets(pol, [p.name for p in rule_files([Path(r) for r in rules])])
+        if bad:
+            _fail(bad[0])
     roles = role_detectors(loaded, pol, default_cache_dir()) if loaded is not None else None
     if not quiet:
         click.echo(f"policy: {pol.source}: {len(pol.guests)} guests, roles "

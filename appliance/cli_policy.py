@@ -27,7 +27,7 @@ def check_against_rules(pol: Policy, rules: tuple[Path, ...]) -> list[str]:
     rs = load_rules(rules)
     classtypes = set(rs.classifications)
     sids = {r.sid for r in rs.rules}
-    problems = []
+    problems = unknown_rule_sets(pol, [Path(f).name for f in rs.files])
     for role in pol.roles.values():
         sel = role.rules
         for ct in sorted(sel.classtypes | sel.exclude_classtypes |
@@ -39,6 +39,18 @@ def check_against_rules(pol: Policy, rules: tuple[Path, ...]) -> list[str]:
             if sid not in sids:
                 problems.append(f"role {role.name}: sid {sid} is not in the ruleset")
     return problems
+
+
+def unknown_rule_sets(pol: Policy, file_names: list[str]) -> list[str]:
+    """Rule files a role selects that the loaded ruleset does not have (file:line)."""
+    have = set(file_names)
+    out = []
+    for role in pol.roles.values():
+        for name in sorted(role.rules.files - have):
+            where = role.where.get("rules.files", pol.source)
+            out.append(f"{where}: roles.{role.name}.rules.files: unknown rule set {name!r} "
+                       "(not among the loaded rule files)")
+    return out
 
 
 @policy.command("check")

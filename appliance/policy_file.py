@@ -139,12 +139,14 @@ def _services(d: _Doc, node: yaml.Node | None, field: str) -> tuple[Service, ...
     out = []
     for i, n in enumerate(d.seq(node, field)):
         f = f"{field}[{i}]"
-        m = d.mapping(n, f, {"proto", "ports", "networks"})
+        m = d.mapping(n, f, {"proto", "ports", "networks", "app-proto"})
         proto = d.scalar(m["proto"], f"{f}.proto") if "proto" in m else "any"
         if proto not in ("tcp", "udp", "icmp", "any"):
             raise d.err(m.get("proto"), f"{f}.proto", f"expected tcp, udp, icmp or any: {proto!r}")
         ports = d.ints(m["ports"], f"{f}.ports") if "ports" in m else None
-        out.append(Service(proto, ports, d.networks(m.get("networks"), f"{f}.networks")))
+        apps = d.strings(m["app-proto"], f"{f}.app-proto") if "app-proto" in m else None
+        out.append(Service(proto, ports, d.networks(m.get("networks"), f"{f}.networks"),
+                           apps))
     return tuple(out)
 
 
@@ -214,6 +216,8 @@ def _role(d: _Doc, name: str, node: yaml.Node) -> Role:
         else True,
         fail_open=d.boolean(m["fail-open"], f"{f}.fail-open") if "fail-open" in m else False,
         heuristics=heur,
+        where=({"rules.files": f"{d.source}:{r['files'].start_mark.line + 1}"}
+               if "files" in r else {}),
     )
 
 

@@ -103,3 +103,17 @@ def test_explain_names_guest_role_rule_and_why(tmp_path: object) -> None:
     assert "[blocked] 1:4242:1 explain me" in r.output
     assert "why: rule action alert; role desktop turns it into drop" in r.output
     assert "verdict drop" in r.output
+
+
+def test_unknown_rule_set_is_an_error_with_its_line(tmp_path: object) -> None:
+    from pathlib import Path
+
+    p = Path(str(tmp_path)) / "p.yaml"
+    p.write_text("roles:\n  r:\n    rules:\n      files: [emerging-nope.rules]\n")
+    r = CliRunner().invoke(main, ["policy", "check", str(p), "--rules",
+                                  str(REPO / "rules")])
+    assert r.exit_code == 1
+    assert f"{p}:4: roles.r.rules.files: unknown rule set 'emerging-nope.rules'" in r.output
+    r = CliRunner().invoke(main, ["replay", "-q", "--rules", str(REPO / "rules"),
+                                  "--policy", str(p), str(REPO / "pcaps" / "icmp.pcap")])
+    assert r.exit_code == 2 and "unknown rule set" in r.output

@@ -44,6 +44,7 @@ from appliance.core.events import (
 from appliance.core.flows import Flow, FlowConfig, FlowTable
 from appliance.core.policy import (
     POLICY_GID,
+    POLICY_SID_APP,
     POLICY_SID_EGRESS,
     POLICY_SID_INGRESS,
     Policy,
@@ -464,6 +465,32 @@ class Engine:
         if req is not None:
             out.append(req)
 
+    def _check_app_proto(self, p: Packet, flow: Flow, kind: VerdictKind, pkt_id: int,
+                         out: list[Command]) -> VerdictKind:
+        """A role's services may name the application protocols they carry: once the
+        app layer decided the flow's, a protocol not allowed there ends the flow."""
+        assert self.policy is not None
+        role = self.policy.role(flow.role)
+        peer, port = (flow.dst, flow.dp) if flow.guest_client else (flow.src, flow.dp)
+        if role.app_allowed(flow.guest_client, flow.proto, peer, port, flow.app_proto):
+            return kind
+        flow.action = "drop"
+        ips = self.config.mode == "ips"
+        direction = "egress" if flow.guest_client else "ingress"
+        rec = alert_record(
+            p, flow, pkt_id if self.config.log_pcap_cnt else None, self.config.pkt_src,
+            action="blocked" if ips else "allowed", gid=POLICY_GID, sid=POLICY_SID_APP,
+            rev=1, signature=f"APPLIANCE POLICY {flow.app_proto} not allowed on "
+                             f"{direction} port {port} for role {role.name}",
+            category="Policy", severity=2,
+            metadata={"guest": [flow.guest or "unknown"], "role": [role.name],
+                      "explain": [f"app_proto {flow.app_proto} is not among those role "
+                                  f"{role.name} allows on port {port}"]},
+            tx_id=None, to_server=True)
+        self.alerts += 1
+        out.append(Log(rec))
+        return VerdictKind.DROP if ips else kind
+
     def _app(self, p: Packet, flow: Flow, to_server: bool,
              upd: StreamUpdate | None) -> AppResult | None:
         """Feed the app layer what this packet delivered (stream bytes or a datagram)."""
@@ -496,6 +523,8 @@ class Engine:
                 if tx_id >= 0:
                     body["tx_id"] = tx_id
                 out.append(Log(app_record(flow, p.ts, body, cfg.pkt_src)))
+        if res.proto_decided and flow.guest is not None and self.policy is not None:
+            kind = self._check_app_proto(p, flow, kind, pkt_id, out)
         det = self.role_detectors.get(flow.role, self.detector)
         if det is not None and flow.action is None:
             for insp in res.inspections:

@@ -27,6 +27,7 @@ ACTIONS_ON_DETECTION: Final = ("none", "quarantine", "redirect", "block")
 POLICY_GID: Final = 9002
 POLICY_SID_EGRESS: Final = 9002001
 POLICY_SID_INGRESS: Final = 9002002
+POLICY_SID_APP: Final = 9002003
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,13 @@ class Service:
     proto: str  # tcp, udp, icmp, any
     ports: frozenset[int] | None = None
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # The application protocols this service may carry (None: any): judged once the app
+    # layer has decided the flow's protocol, e.g. only http/tls on a proxy's port 443.
+    app_protos: frozenset[str] | None = None
+
+    def allows_app(self, proto: int, peer: bytes, port: int, app_proto: str | None) -> bool:
+        return self.allows(proto, peer, port) and (
+            self.app_protos is None or (app_proto or "failed") in self.app_protos)
 
     def allows(self, proto: int, peer: bytes, port: int) -> bool:
         if self.proto != "any" and {"tcp": 6, "udp": 17, "icmp": 1}.get(self.proto) != proto \
@@ -118,6 +126,9 @@ class Role:
     scan_files: bool = True
     fail_open: bool = False
     heuristics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # Where fields came from ("file:line" by field), for errors found later (a rule set
+    # named by the role but absent from the ruleset loaded with it).
+    where: Mapping[str, str] = field(default_factory=dict)
 
     def action_for(self, action: str, sid: int, classtype: str | None, severity: int) -> str:
         for o in self.overrides:
@@ -132,6 +143,13 @@ class Role:
 
     def ingress_allowed(self, proto: int, peer: bytes, port: int) -> bool:
         return self.ingress is None or any(s.allows(proto, peer, port) for s in self.ingress)
+
+    def app_allowed(self, client: bool, proto: int, peer: bytes, port: int,
+                    app_proto: str | None) -> bool:
+        """Whether the flow's decided application protocol is allowed on its service."""
+        services = self.egress if client else self.ingress
+        return services is None or any(
+            s.allows_app(proto, peer, port, app_proto) for s in services)
 
 
 DEFAULT_ROLE: Final = Role("default", "unknown guests: the ruleset as written, no actions")

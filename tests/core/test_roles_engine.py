@@ -153,3 +153,20 @@ def test_guest_found_by_mac_address() -> None:
     (v,) = [c for c in cmds if isinstance(c, Verdict)]
     assert v.kind is VerdictKind.DROP  # the proxy role may not open SSH
     assert alerts(cmds)[0]["alert"]["metadata"]["guest"] == ["lap"]
+
+
+def test_proxy_may_not_tunnel_ssh_over_443() -> None:
+    lab = Lab()
+    lab.connect("10.203.0.20", 40600, 443, "proxy")
+    kind, cmds = lab.data("10.203.0.20", 40600, 443, "proxy", b"SSH-2.0-OpenSSH_9.2\r\n")
+    assert kind is VerdictKind.DROP
+    (a,) = [x for x in alerts(cmds) if x["alert"]["gid"] == 9002]  # the policy's alert
+    assert a["alert"]["signature_id"] == 9002003
+    assert "ssh" in a["alert"]["signature"]
+    # (the protocol/port mismatch heuristic, gid 9001, also reports it)
+    # TLS on 443 is fine.
+    lab.connect("10.203.0.20", 40601, 443, "proxy")
+    hello = bytes.fromhex("160301002f0100002b0303") + b"\x00" * 32 + bytes.fromhex(
+        "000002002f0100")
+    kind, cmds = lab.data("10.203.0.20", 40601, 443, "proxy", hello)
+    assert kind is VerdictKind.ACCEPT and alerts(cmds) == []

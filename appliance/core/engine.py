@@ -190,9 +190,9 @@ class Engine:
         kind = VerdictKind.ACCEPT
         self._reject_how = ""
         self._hold = None
+        flow: Flow | None = None
         try:
             p = self.decoder.decode(ev.data, ev.linktype, ts)
-            flow: Flow | None = None
             if p.ipver:
                 if p.frag is None:
                     flow, to_server, upd = self._flow_update(p)
@@ -230,6 +230,8 @@ class Engine:
                 out.extend(self._ended_flows(ts))
         except Exception:  # principle 7: count it, the packet still gets its verdict
             st.errors += 1
+            if self._fail_closed(flow):
+                kind = VerdictKind.DROP  # the guest's role fails closed
         if kind is VerdictKind.BYPASS and not self.config.bypass:
             kind = VerdictKind.ACCEPT
         if self._hold is not None and kind in (VerdictKind.ACCEPT, VerdictKind.BYPASS):
@@ -279,6 +281,9 @@ class Engine:
             out.append(Log(rec))
             if ips:
                 flow.action = "drop"  # the rest of the transfer too: it never completes
+        elif ev.verdict == "unknown" and ev.source == "timeout" and self._fail_closed(flow):
+            # No verdict in time: a role that fails closed does not let the file through.
+            flow.action = "drop"
         if not held:
             return out  # another file of the same packet gives its Verdict
         if self.config.mode == "ips" and flow.action == "drop":
@@ -286,6 +291,13 @@ class Engine:
         self.stats.verdicts[kind.value] += 1
         out.append(Verdict(packet_id, kind))
         return out
+
+    def _fail_closed(self, flow: Flow | None) -> bool:
+        """Inline, when something could not be decided for this flow: does its guest's
+        role fail closed (drop) rather than open (accept)?"""
+        if self.config.mode != "ips" or self.policy is None or flow is None:
+            return False
+        return not self.policy.role(flow.role).fail_open
 
     def _scan_files(self, p: Packet, flow: Flow, res: AppResult, pkt_id: int,
                     out: list[Command]) -> None:

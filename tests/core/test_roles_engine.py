@@ -170,3 +170,21 @@ def test_proxy_may_not_tunnel_ssh_over_443() -> None:
         "000002002f0100")
     kind, cmds = lab.data("10.203.0.20", 40601, 443, "proxy", hello)
     assert kind is VerdictKind.ACCEPT and alerts(cmds) == []
+
+
+def test_role_fail_mode_decides_after_an_internal_error() -> None:
+    """An error inside the engine still gives a verdict: the guest role's fail mode."""
+    lab = Lab()
+    lab.connect("10.203.0.10", 40700, 80, "desktop")  # desktop: fail-open false
+
+    def boom(*_a: object, **_k: object) -> None:
+        raise RuntimeError("detector bug")
+
+    lab.engine.heuristics.on_packet = boom  # type: ignore[union-attr,method-assign]
+    kind, _ = lab.data("10.203.0.10", 40700, 80, "desktop", b"GET / HTTP/1.0\r\n\r\n")
+    assert kind is VerdictKind.DROP and lab.engine.stats.errors == 1
+    from appliance.core.policy import Role
+
+    lab.engine.policy.roles["desktop"] = Role("desktop", fail_open=True)  # type: ignore[union-attr,index]
+    kind, _ = lab.data("10.203.0.10", 40700, 80, "desktop", b"GET / HTTP/1.0\r\n\r\n")
+    assert kind is VerdictKind.ACCEPT and lab.engine.stats.errors == 2

@@ -142,6 +142,22 @@ def rules_reload(socket_path: str) -> None:
     click.echo(result if isinstance(result, str) else json.dumps(result))
 
 
+def with_rates(status: Any, previous: Any, seconds: float) -> Any:
+    """Add per-second rates (packets/s, alerts/s) computed from two status replies."""
+    if not isinstance(status, dict) or not isinstance(previous, dict) or seconds <= 0:
+        return status
+    now = status.get("traffic")
+    before = previous.get("traffic")
+    if isinstance(now, dict) and isinstance(before, dict):
+        rates = {}
+        for key in ("packets", "alerts", "bypassed"):
+            a, b = now.get(key), before.get(key)
+            if isinstance(a, int | float) and isinstance(b, int | float):
+                rates[f"{key}/s"] = round(max(0.0, (a - b) / seconds), 1)
+        return {"rates": rates, **status}
+    return status
+
+
 def _table(status: Any) -> Any:
     from rich.table import Table
 
@@ -187,10 +203,15 @@ def status(watch: bool, as_json: bool, socket_path: str) -> None:
     from rich.live import Live
 
     try:
-        with Live(_table(call(socket_path, "status")), refresh_per_second=4) as live:
+        prev = call(socket_path, "status")
+        t_prev = time.monotonic()
+        with Live(_table(prev), refresh_per_second=4) as live:
             while True:
                 time.sleep(1.0)
-                live.update(_table(call(socket_path, "status")))
+                cur = call(socket_path, "status")
+                now = time.monotonic()
+                live.update(_table(with_rates(cur, prev, now - t_prev)))
+                prev, t_prev = cur, now
     except KeyboardInterrupt:
         pass
 

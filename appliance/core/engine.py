@@ -398,8 +398,9 @@ class Engine:
                     to_server=to_server)
                 if role is not None and flow is not None:
                     _explain(rec, flow, r.action, act)
+                    wants = r.metadata.get("appliance_action")
                     req = on_detection(self.policy, role, flow, p, r.severity, rule.sid,
-                                       rec)
+                                       rec, wants[0] if wants else None)
                     if req is not None:
                         out.append(req)
                 out.append(Log(rec))

@@ -241,9 +241,14 @@ def explain(rec: dict[str, Any], flow: Flow, rule_action: str, action: str) -> N
 
 
 def on_detection(policy: Policy | None, role: Role, flow: Flow, p: Packet, severity: int,
-                 sid: int, alert: dict[str, Any]) -> ActionRequest | None:
-    """The action the role asks for after an alert, if any and if safe to take."""
+                 sid: int, alert: dict[str, Any],
+                 rule_action: str | None = None) -> ActionRequest | None:
+    """The action the role asks for after an alert, if any and if safe to take. A rule
+    may ask for one itself (metadata `appliance_action quarantine|redirect|block`): that
+    wins over the role's choice and threshold, never over the safety checks."""
     od = role.on_detection
+    if rule_action in ("quarantine", "redirect", "block"):
+        od = OnDetection(rule_action, 3, od.duration)
     if policy is None or od.action == "none" or severity > od.min_severity:
         return None
     if not flow_established(flow):

@@ -188,3 +188,22 @@ def test_role_fail_mode_decides_after_an_internal_error() -> None:
     lab.engine.policy.roles["desktop"] = Role("desktop", fail_open=True)  # type: ignore[union-attr,index]
     kind, _ = lab.data("10.203.0.10", 40700, 80, "desktop", b"GET / HTTP/1.0\r\n\r\n")
     assert kind is VerdictKind.ACCEPT and lab.engine.stats.errors == 2
+
+
+def test_rule_metadata_asks_for_an_action_itself() -> None:
+    from appliance.core.engine import Engine, EngineConfig
+    from appliance.policy_file import policy_from_text
+    from appliance.rules.loader import detection_from_text, role_detectors
+
+    pol = policy_from_text(POLICY, "test")
+    loaded = detection_from_text([
+        'alert tcp any any -> any 80 (msg:"block that server"; flow:established,to_server; '
+        'content:"evil-cnc"; metadata:appliance_action block; priority:3; sid:300; rev:1;)'])
+    lab = Lab()
+    lab.engine = Engine(EngineConfig(mode="ips"), loaded.engine, pol,
+                        role_detectors(loaded, pol))
+    lab.connect("10.203.0.10", 40800, 80, "desktop")
+    _kind, cmds = lab.data("10.203.0.10", 40800, 80, "desktop", b"GET /evil-cnc")
+    (req,) = [c for c in cmds if isinstance(c, ActionRequest)]
+    # The desktop role would quarantine only at severity 1; the rule asks for a block.
+    assert (req.kind, req.target, req.sid) == ("block", SERVER, 300)

@@ -117,6 +117,28 @@ def _net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
         return None
 
 
+def flow_target(guest: str, dst: str, dport: int | None) -> str:
+    """The target of a one-flow redirect: GUEST>ADDRESS[:PORT] (IPv6 in brackets)."""
+    addr = f"[{dst}]" if ":" in dst else dst
+    return f"{guest}>{addr}" + (f":{dport}" if dport else "")
+
+
+def split_flow_target(target: str) -> tuple[str, str, int | None]:
+    guest, _, rest = target.partition(">")
+    port: int | None = None
+    if rest.startswith("["):
+        addr, _, tail = rest[1:].partition("]")
+        if tail.startswith(":"):
+            port = int(tail[1:])
+    elif rest.count(":") == 1:
+        addr, _, p = rest.partition(":")
+        port = int(p)
+    else:
+        addr = rest
+    ipaddress.ip_address(addr)  # ValueError for a bad address
+    return guest, addr, port
+
+
 class ActionManager:
     def __init__(self, backend: ActionBackend, db_path: str | Path, audit_path: str | Path,
                  policy: Policy, clock: Callable[[], float] = time.time) -> None:
@@ -155,11 +177,17 @@ class ActionManager:
     # -- the backend, by kind -----------------------------------------------------------
 
     def _port(self, target: str) -> str:
+        if ">" in target:
+            target = target.partition(">")[0]
         return self.policy.guests.get(target, target)
 
     def _apply(self, kind: str, target: str) -> None:
         if kind == "quarantine":
             self.backend.quarantine(self._port(target), list(self.policy.sinkhole_ips))
+        elif kind == "redirect" and ">" in target:
+            guest, dst, dport = split_flow_target(target)
+            self.backend.redirect_flow(self._port(guest), self.policy.sinkhole_port, dst,
+                                       dport)
         elif kind == "redirect":
             self.backend.redirect(self._port(target), self.policy.sinkhole_port)
         else:
@@ -168,6 +196,9 @@ class ActionManager:
     def _undo(self, kind: str, target: str) -> None:
         if kind == "quarantine":
             self.backend.release_quarantine(self._port(target))
+        elif kind == "redirect" and ">" in target:
+            guest, dst, dport = split_flow_target(target)
+            self.backend.release_redirect_flow(self._port(guest), dst, dport)
         elif kind == "redirect":
             self.backend.release_redirect(self._port(target))
         else:
@@ -201,6 +232,11 @@ class ActionManager:
             return "no target"
         if kind == "block" and _net(target) is None:
             return f"block needs an IP address or network, not {target!r}"
+        if kind == "redirect" and ">" in target:
+            try:
+                split_flow_target(target)
+            except ValueError:
+                return f"a flow redirect is GUEST>ADDRESS[:PORT], not {target!r}"
         if kind != "block" and target == self.policy.sinkhole_port:
             return "the sinkhole itself cannot be quarantined or redirected"
         return None

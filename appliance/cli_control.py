@@ -132,6 +132,8 @@ def _kind_group(kind: str, what: str) -> click.Group:
 
 quarantine = _kind_group("quarantine", "a guest: it may reach only the sinkhole")
 block = _kind_group("block", "an address: its traffic is dropped")
+redirect = _kind_group("redirect", "a guest's traffic, or one flow of it (GUEST>ADDRESS[:PORT]),"
+                                   " to the sinkhole")
 
 
 @click.command(name="reload")
@@ -218,4 +220,4 @@ def status(watch: bool, as_json: bool, socket_path: str) -> None:
 
 def control_commands() -> list[click.Command]:
     """The top-level commands to add to the main CLI."""
-    return [status, quarantine, block]
+    return [status, quarantine, block, redirect]

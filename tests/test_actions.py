@@ -214,3 +214,22 @@ def test_control_handlers(tmp_path: Path) -> None:
     with pytest.raises(Refused, match="no active"):
         h["quarantine.release"]({"target": "desktop"})
     assert b.quarantined == {}
+
+
+def test_flow_redirect_targets_round_trip_and_reach_the_backend(tmp_path: Path) -> None:
+    from appliance.actions import flow_target, split_flow_target
+
+    assert flow_target("desktop", "203.0.113.10", 80) == "desktop>203.0.113.10:80"
+    assert split_flow_target("desktop>203.0.113.10:80") == ("desktop", "203.0.113.10", 80)
+    assert split_flow_target("desktop>[2001:db8::1]:443") == ("desktop", "2001:db8::1", 443)
+    assert split_flow_target("desktop>2001:db8::1") == ("desktop", "2001:db8::1", None)
+    backend = RecordingBackend()
+    m = ActionManager(backend, tmp_path / "a.db", tmp_path / "audit.jsonl",
+                      Policy(sinkhole_port="sinkhole"))
+    r = m.request("redirect", "desktop>203.0.113.10:80", "test", established=True,
+                  duration=5, now=100.0)
+    assert r.applied, r.reason
+    assert ("redirect_flow", ("desktop", "sinkhole", "203.0.113.10", 80)) in backend.calls
+    assert not m.request("redirect", "desktop>not-an-ip", "x", established=True).applied
+    m.tick(now=106.0)
+    assert ("release_redirect_flow", ("desktop", "203.0.113.10", 80)) in backend.calls

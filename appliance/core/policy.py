@@ -247,7 +247,7 @@ def on_detection(policy: Policy | None, role: Role, flow: Flow, p: Packet, sever
     may ask for one itself (metadata `appliance_action quarantine|redirect|block`): that
     wins over the role's choice and threshold, never over the safety checks."""
     od = role.on_detection
-    if rule_action in ("quarantine", "redirect", "block"):
+    if rule_action in ("quarantine", "redirect", "block", "redirect-flow"):
         od = OnDetection(rule_action, 3, od.duration)
     if policy is None or od.action == "none" or severity > od.min_severity:
         return None
@@ -268,6 +268,16 @@ def on_detection(policy: Policy | None, role: Role, flow: Flow, p: Packet, sever
         if policy.allowlisted(guest_addr):
             return None
         target, port = flow.guest, flow.guest_port
+        if od.action == "redirect-flow":
+            # Only this conversation goes to the sinkhole: GUEST>SERVER:PORT.
+            server = str(ipaddress.ip_address(flow.dst))
+            server = f"[{server}]" if ":" in server else server
+            target = f"{flow.guest}>{server}" + (f":{flow.dp}" if flow.dp else "")
+            alert["alert"].setdefault("metadata", {}).setdefault("explain", []).append(
+                f"the rule asks to redirect {target}")
+            return ActionRequest("redirect", target, port, f"sid {sid}: "
+                                 f"{alert['alert']['signature']}", sid, od.duration, True,
+                                 alert)
     alert["alert"].setdefault("metadata", {}).setdefault("explain", []).append(
         f"role {role.name} asks to {od.action} {target}")
     return ActionRequest(od.action, target, port, f"sid {sid}: {alert['alert']['signature']}",

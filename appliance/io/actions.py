@@ -48,7 +48,7 @@ import re
 import shlex
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Final, Protocol
 
 from appliance.errors import ActionError
@@ -65,6 +65,7 @@ _ND_TYPES: Final = (133, 134, 135, 136)  # RS, RA, NS, NA (RFC 4861)
 _PRIO_ND: Final = 1  # 1..4: neighbour discovery passes
 _PRIO_V4: Final = 10
 _PRIO_V6: Final = 11
+_PRIO_FLOW: Final = 100  # 100..30099: per-flow redirects
 _CLASSID: Final = 0x10001
 ETH_P_IP: Final = 0x0800
 ETH_P_IPV6: Final = 0x86DD
@@ -82,6 +83,10 @@ class ActionBackend(Protocol):
     def redirect(self, port: str, to_port: str) -> None: ...
 
     def release_redirect(self, port: str) -> None: ...
+
+    def redirect_flow(self, port: str, to_port: str, dst: str, dport: int | None) -> None: ...
+
+    def release_redirect_flow(self, port: str, dst: str, dport: int | None) -> None: ...
 
     def block(self, addr: str) -> None: ...
 
@@ -135,6 +140,12 @@ class RecordingBackend:
     def release_redirect(self, port: str) -> None:
         self._rec("release_redirect", port)
         self.redirected.pop(port, None)
+
+    def redirect_flow(self, port: str, to_port: str, dst: str, dport: int | None) -> None:
+        self._rec("redirect_flow", port, to_port, dst, dport)
+
+    def release_redirect_flow(self, port: str, dst: str, dport: int | None) -> None:
+        self._rec("release_redirect_flow", port, dst, dport)
 
     def block(self, addr: str) -> None:
         self._rec("block", addr)
@@ -436,6 +447,61 @@ class NetlinkBackend:
             idx = ports.get(_check_port(port))
             if idx is not None and self._has_ingress(ipr, idx):
                 ipr.tc("del", "ingress", idx, INGRESS)
+
+    # One flow (destination address, optionally its port) rather than the whole guest:
+    # a u32 filter of its own on the guest port's ingress. Offsets assume no IPv4 options
+    # and no IPv6 extension headers (the destination port at 20+2 / 40+2), which is what
+    # a guest's ordinary TCP/UDP traffic looks like; other packets are not redirected.
+
+    @staticmethod
+    def _flow_filter(dst: str, dport: int | None) -> tuple[int, int, list[str]]:
+        ip = ipaddress.ip_address(dst)
+        import zlib
+
+        # A stable priority per flow so release finds the same filter (above the
+        # whole-port filters' priorities).
+        prio = _PRIO_FLOW + zlib.crc32(f"{ip}:{dport}".encode()) % 30000
+        if ip.version == 4:
+            keys = [f"0x{int(ip):08x}/0xffffffff+16"]
+            if dport:
+                keys.append(f"0x{dport:08x}/0x0000ffff+20")
+            return prio, ETH_P_IP, keys
+        words = ip.packed
+        keys = [f"0x{int.from_bytes(words[i:i + 4], 'big'):08x}/0xffffffff+{24 + i}"
+                for i in range(0, 16, 4)]
+        if dport:
+            keys.append(f"0x{dport:08x}/0x0000ffff+40")
+        return prio, ETH_P_IPV6, keys
+
+    def redirect_flow(self, port: str, to_port: str, dst: str, dport: int | None) -> None:
+        if port == to_port:
+            raise ActionError(f"cannot redirect {port} to itself")
+        try:
+            prio, proto, keys = self._flow_filter(dst, dport)
+        except ValueError:
+            raise ActionError(f"not an IP address: {dst!r}") from None
+        with self._ipr() as ipr:
+            idx = self._port_index(ipr, port)
+            to_idx = self._port_index(ipr, to_port)
+            if not self._has_ingress(ipr, idx):
+                ipr.tc("add", "ingress", idx, INGRESS)
+            action = {"kind": "mirred", "direction": "egress", "action": "redirect",
+                      "ifindex": to_idx}
+            with suppress(Exception):  # not there yet: the add below stays idempotent
+                ipr.tc("del-filter", "u32", idx, parent=INGRESS, prio=prio, protocol=proto,
+                       target=_CLASSID, keys=keys)
+            ipr.tc("add-filter", "u32", idx, parent=INGRESS, prio=prio, protocol=proto,
+                   target=_CLASSID, keys=keys, action=action)
+
+    def release_redirect_flow(self, port: str, dst: str, dport: int | None) -> None:
+        prio, proto, keys = self._flow_filter(dst, dport)
+        with self._ipr() as ipr:
+            idx = self._ports(ipr).get(_check_port(port))
+            if idx is None or not self._has_ingress(ipr, idx):
+                return
+            with suppress(Exception):  # already gone
+                ipr.tc("del-filter", "u32", idx, parent=INGRESS, prio=prio, protocol=proto,
+                       target=_CLASSID, keys=keys)
 
     # -- block -------------------------------------------------------------------------------
 

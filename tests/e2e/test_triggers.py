@@ -18,7 +18,7 @@ roles:
     description: desktop with a short first quarantine for the test
     overrides:
       - {action: drop, classtypes: [web-application-attack]}
-    on-detection: {action: quarantine, min-severity: 1, duration: 4s}
+    on-detection: {action: quarantine, min-severity: 1, duration: 8s}
 guests:
   - {name: desktop, role: desktop, ports: [desktop], addresses: [10.203.0.10/32]}
   - {name: proxy, role: caching-proxy, ports: [proxy], addresses: [10.203.0.20/32]}
@@ -31,6 +31,11 @@ def curl(lab: Lab, url: str, timeout: float = 2) -> str:
     cp = lab.run_in("desktop", "curl", "-s", "--path-as-is", "-m", str(timeout), "-o",
                     "/dev/null", "-w", "%{http_code}", url, timeout=timeout + 5)
     return cp.stdout.strip() if cp.returncode == 0 else f"rc{cp.returncode}"
+
+
+def ping(lab: Lab, addr: str) -> bool:
+    return lab.run_in("desktop", "ping", "-c", "1", "-W", "1", addr,
+                      timeout=10).returncode == 0
 
 
 def reachable(lab: Lab, url: str, tries: int = 5) -> bool:
@@ -48,21 +53,25 @@ def test_attack_quarantines_desktop_until_expiry(lab: Lab, start_appliance: Any,
     try:
         app = start_appliance("--policy", str(pol))
         assert reachable(lab, "http://203.0.113.10/")
+        assert ping(lab, "10.203.0.20")  # the proxy, before
         assert curl(lab, "http://203.0.113.10/../../etc/passwd") == "rc28"  # dropped
         # The quarantine is applied by the supervisor within a poll or two.
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline and "quarantine desktop" not in app.log.read_text():
             time.sleep(0.1)
-        assert "quarantine desktop: quarantine desktop for 4 s" in app.log.read_text(), \
+        t_quarantined = time.monotonic()
+        assert "quarantine desktop: quarantine desktop for 8 s" in app.log.read_text(), \
             app.log.read_text()
         assert curl(lab, "http://203.0.113.10/") != "200"
+        assert not ping(lab, "10.203.0.20")  # nor the proxy
         assert reachable(lab, "http://10.203.0.99/")  # the sinkhole only
         status = subprocess.run(
             [sys.executable, "-m", "appliance.cli", "status", "--json", "--socket",
              str(lab.state / "control.sock")], capture_output=True, text=True, timeout=10)
         assert status.returncode == 0, status.stderr
         assert "desktop" in json.dumps(json.loads(status.stdout)["actions"])
-        time.sleep(4.5)
+        while time.monotonic() - t_quarantined < 8.5:
+            time.sleep(0.2)
         assert reachable(lab, "http://203.0.113.10/")  # released on time
         assert "release" in app.log.read_text()
         audit = (lab.state / "state" / "audit.jsonl").read_text().splitlines()
@@ -79,7 +88,7 @@ def test_quarantine_survives_a_killed_daemon_and_expires_on_time(
     import signal
 
     pol = tmp_path / "policy.yaml"
-    pol.write_text(POLICY.replace("duration: 4s", "duration: 8s"))
+    pol.write_text(POLICY)
     app = start_appliance("--policy", str(pol))
     assert reachable(lab, "http://203.0.113.10/")
     assert curl(lab, "http://203.0.113.10/../../etc/passwd") == "rc28"

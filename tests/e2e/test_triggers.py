@@ -111,3 +111,29 @@ def test_quarantine_survives_a_killed_daemon_and_expires_on_time(
         time.sleep(0.1)
     assert "released quarantine desktop" in again.log.read_text(), again.log.read_text()
     assert reachable(lab, "http://203.0.113.10/")
+
+
+def test_spoofed_attack_without_handshake_triggers_nothing(lab: Lab, start_appliance: Any,
+                                                           tmp_path: Path) -> None:
+    pol = tmp_path / "policy.yaml"
+    pol.write_text(POLICY)
+    app = start_appliance("--policy", str(pol))
+    # A forged segment carrying the attack, no handshake before it (sent raw with scapy
+    # from inside the desktop namespace, to the lab's own server only).
+    forge = ("from scapy.all import IP, TCP, send\n"
+             "send(IP(src='10.203.0.10', dst='203.0.113.10') / TCP(sport=45000, dport=80, "
+             "flags='PA', seq=1000, ack=2000) / b'GET /../../etc/passwd HTTP/1.1\\r\\n\\r\\n',"
+             " verbose=False)\n")
+    def packets() -> int:
+        st = subprocess.run([sys.executable, "-m", "appliance.cli", "status", "--json",
+                             "--socket", str(lab.state / "control.sock")],
+                            capture_output=True, text=True, timeout=10)
+        return int(json.loads(st.stdout)["traffic"]["packets"])
+
+    time.sleep(1.2)
+    before = packets()
+    lab.run_in("desktop", sys.executable, "-c", forge, timeout=30)
+    time.sleep(1.5)
+    assert packets() > before  # the forged segment did cross the appliance
+    assert "quarantine" not in app.log.read_text()
+    assert reachable(lab, "http://203.0.113.10/")  # the desktop was not cut off

@@ -157,8 +157,12 @@ def validate_eve(kind: str, obj: dict[str, Any]) -> None:
     """Validate an EVE sub-object (`http`, `dns`, `tls`, `fileinfo`) against Suricata 7's
     schema in ../shared/data/eve/schema.json."""
     import jsonschema
+    import pytest
 
-    schema = json.loads((SHARED / "eve" / "schema.json").read_text())
+    path = SHARED / "eve" / "schema.json"
+    if not path.exists():
+        pytest.skip(f"{path} is not present (../shared/data is laid beside the checkout)")
+    schema = json.loads(path.read_text())
     sub = dict(schema["properties"][kind])
     sub["$defs"] = schema.get("$defs", {})
     jsonschema.validate(obj, sub)

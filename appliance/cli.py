@@ -334,13 +334,20 @@ def _load(rules: tuple[str, ...], cfg_path: str | None,
 @click.option("--no-scan", is_flag=True, help="Do not scan files seen in traffic.")
 @click.option("--metrics", default=None, metavar="ADDR:PORT",
               help="Serve Prometheus metrics here (off by default; loopback).")
+@click.option("--endpoint-api", default=None, metavar="ADDR:PORT",
+              help="Serve the scan cache's verdicts to guests' endpoint agents here "
+                   "(the guest-facing address; off by default).")
+@click.option("--endpoint-tokens", type=click.Path(dir_okay=False), default=None,
+              help="Tokens for --endpoint-api: 'agent-name token' lines, not "
+                   "world-readable.")
 @click.option("--user", default="appliance", show_default=True,
               help="Started as root, run as this user with only CAP_NET_ADMIN and "
                    "CAP_NET_RAW (if the user exists); '' to stay root.")
 def run(bridge: str, rules: tuple[str, ...], config_path: str | None, eve: str | None,
         queues: int, fail_open: bool, policy_path: str | None, state_dir: str,
         control_path: str, yara_dir: str, scan_cache: str | None, no_scan: bool,
-        metrics: str | None, user: str) -> None:
+        metrics: str | None, endpoint_api: str | None, endpoint_tokens: str | None,
+        user: str) -> None:
     """Inspect BRIDGE inline through NFQUEUE until SIGTERM or Ctrl-C."""
     from appliance.daemon import RunOptions, Supervisor
 
@@ -354,7 +361,9 @@ def run(bridge: str, rules: tuple[str, ...], config_path: str | None, eve: str |
                                 yara_dir=None if no_scan else yara_dir,
                                 scan_cache=scan_cache or str(Path(state_dir) /
                                                              "scancache.db"),
-                                user=user or None, metrics=metrics),
+                                user=user or None, metrics=metrics,
+                                endpoint_api=endpoint_api,
+                                endpoint_tokens=endpoint_tokens),
                      log=lambda m: click.echo(f"appliance: {m}", err=True),
                      policy=ld.policy, role_detectors=ld.role_detectors,
                      reload_args=(variables, default_cache_dir()))

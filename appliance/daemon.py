@@ -27,7 +27,7 @@ from appliance.core.commands import ActionRequest
 from appliance.core.detect.signatures import SignatureEngine
 from appliance.core.engine import Engine
 from appliance.core.policy import Policy
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, ConfigError
 from appliance.io.eve import EveWriter
 from appliance.io.netfilter import Chains, bridge_sysctls
 from appliance.io.nfqueue import QueueWorker
@@ -59,6 +59,10 @@ class RunOptions:
     # (when the user exists); None: stay as started.
     user: str | None = None
     metrics: str | None = None  # "ADDR:PORT" for the Prometheus endpoint; None: off
+    # The endpoint API for guests' agents ("ADDR:PORT", the guest-facing address) and its
+    # token file (`agent-name token` lines); None: not served.
+    endpoint_api: str | None = None
+    endpoint_tokens: str | None = None
 
 
 def python_unreadable_by(user: str) -> str | None:
@@ -106,6 +110,21 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):
         pass  # not Linux: the supervisor's own cleanup still stops us on SIGTERM
+
+
+def _endpoint_main(sock: Any, tokens: dict[str, str], opts: RunOptions) -> None:
+    """The endpoint API's own process (uvicorn runs threads and an event loop, which
+    must not live in the supervisor that forks workers). It reads the same scan cache
+    the workers write; verdicts of another scanner identity are not served."""
+    os.setsid()
+    _die_with_parent()
+    from appliance.io.cache import open_cache
+    from appliance.io.endpoint_api import create_app, serve_on
+    from appliance.io.scanners import build_scanner
+
+    assert opts.scan_cache is not None and opts.yara_dir is not None
+    identity = build_scanner(opts.yara_dir).identity
+    serve_on(create_app(open_cache(opts.scan_cache), lambda: identity, tokens), sock)
 
 
 @dataclass
@@ -187,6 +206,9 @@ class Supervisor:
         self.manager: Any = None
         self.control: Any = None
         self.metrics: Any = None
+        self.endpoint: Any = None  # the endpoint API's process
+        self._endpoint_args: tuple[Any, ...] | None = None
+        self._endpoint_started = 0.0
         self._stop = False
 
     def check(self) -> None:
@@ -200,6 +222,48 @@ class Supervisor:
             raise ApplianceError(f"{self.opts.bridge}: no such bridge in this network "
                                  "namespace")
         bridge_sysctls(set_them=True)
+
+    def _prepare_endpoint(self) -> None:
+        """Bind the endpoint API's socket and read its tokens while still root (the
+        token file is the API's secret, readable by root only)."""
+        if not self.opts.endpoint_api:
+            return
+        from appliance.io.endpoint_api import bind_endpoint, load_tokens
+        from appliance.metrics import parse_listen
+
+        if not (self.opts.yara_dir and self.opts.scan_cache):
+            raise ApplianceError("--endpoint-api serves the scan cache's verdicts: it "
+                                 "needs file scanning (drop --no-scan)")
+        if not self.opts.endpoint_tokens:
+            raise ApplianceError("--endpoint-api needs --endpoint-tokens FILE "
+                                 "('agent-name token' lines)")
+        try:
+            tokens = load_tokens(self.opts.endpoint_tokens)
+            if not tokens or any(len(t) < 16 for t in tokens):
+                raise ValueError("need at least one token, each of 16+ characters")
+            host, port = parse_listen(self.opts.endpoint_api, "--endpoint-api")
+            sock = bind_endpoint(host, port)
+        except (OSError, ValueError, ConfigError) as e:
+            raise ApplianceError(f"endpoint API: {e}") from None
+        self._endpoint_args = (sock, tokens, self.opts)
+
+    def _start_endpoint(self) -> None:
+        if self._endpoint_args is None:
+            return
+        self._endpoint_started = time.monotonic()
+        self.endpoint = self.ctx.Process(target=_endpoint_main, name="appliance-api",
+                                         args=self._endpoint_args, daemon=False)
+        self.endpoint.start()
+        host, port = self._endpoint_args[0].getsockname()[:2]
+        self.log(f"endpoint API on http://{host}:{port}/v1 (pid {self.endpoint.pid})")
+
+    def _watch_endpoint(self) -> None:
+        # Restarted when it dies, at most every 5 s so a crash loop cannot spin.
+        if (self.endpoint is not None and not self.endpoint.is_alive()
+                and time.monotonic() - self._endpoint_started >= 5.0):
+            self.log(f"endpoint API exited ({self.endpoint.exitcode}); restarting")
+            self.endpoint.join(timeout=1)
+            self._start_endpoint()
 
     def _start(self, q: int) -> None:
         beat = self.beats.get(q)
@@ -395,6 +459,7 @@ class Supervisor:
 
     def run(self, until: Callable[[], bool] | None = None) -> int:
         self.check()
+        self._prepare_endpoint()
         self._drop_privileges()
         self.chains.install()
         self._start_actions()
@@ -411,6 +476,7 @@ class Supervisor:
                 self.metrics = Metrics()
                 self.metrics.serve(addr, port)
                 self.log(f"metrics on http://{addr}:{port}/metrics")
+            self._start_endpoint()
             self.log(f"inline on {self.opts.bridge}: {self.opts.queues} worker(s), "
                      f"{'fail-open' if self.opts.fail_open else 'fail-closed'}")
             while not self._stop and (until is None or not until()):
@@ -420,6 +486,7 @@ class Supervisor:
                     for wp in self.workers.values():
                         wp.terminate()  # _watch restarts each from the new detection
                 self._watch()
+                self._watch_endpoint()
                 self._drain_actions()
                 if time.monotonic() - last_tick >= 1.0 and self.metrics is not None:
                     self.metrics.update_from_status(self.status())
@@ -428,10 +495,13 @@ class Supervisor:
                     for r in self.manager.tick():
                         self.log(f"release: {r.reason}")
         finally:
-            for p in self.workers.values():
+            procs = [*self.workers.values(), *([self.endpoint] if self.endpoint else [])]
+            for p in procs:
                 if p.is_alive():
                     p.terminate()
-            for p in self.workers.values():
+            if self._endpoint_args is not None:
+                self._endpoint_args[0].close()
+            for p in procs:
                 p.join(timeout=5)
                 if p.is_alive():
                     p.kill()

@@ -55,7 +55,7 @@ _LABELLED: Final = {
 }
 
 
-def parse_listen(value: str) -> tuple[str, int]:
+def parse_listen(value: str, option: str = "--metrics") -> tuple[str, int]:
     """'127.0.0.1:9797', '[::1]:9797', ':9797' (loopback) or '9797' -> (address, port)."""
     host, sep, port = value.rpartition(":")
     if not sep:
@@ -64,9 +64,9 @@ def parse_listen(value: str) -> tuple[str, int]:
     try:
         num = int(port)
     except ValueError:
-        raise ConfigError(f"--metrics {value!r}: expected ADDRESS:PORT") from None
+        raise ConfigError(f"{option} {value!r}: expected ADDRESS:PORT") from None
     if not 0 <= num <= 65535:
-        raise ConfigError(f"--metrics {value!r}: port out of range")
+        raise ConfigError(f"{option} {value!r}: port out of range")
     return host, num
 
 

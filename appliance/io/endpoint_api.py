@@ -250,22 +250,36 @@ def load_tokens(path: str | Path) -> dict[str, str]:
     return out
 
 
+def bind_endpoint(host: str, port: int) -> socket.socket:
+    """The API's listening socket. The daemon binds it before dropping privileges and
+    before forking the API's process, so a bad address is a start-up error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _server(app: Any, limit_concurrency: int = MAX_CONCURRENCY) -> Any:
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                         limit_concurrency=limit_concurrency,
+                                         h11_max_incomplete_event_size=MAX_HEADERS,
+                                         timeout_keep_alive=5, lifespan="off"))
+
+
 class EndpointServer:
     """uvicorn in a thread on an address we bind first (so port 0 works and a bind
     error is raised here, not inside the thread)."""
 
     def __init__(self, app: Any, host: str, port: int, *,
                  limit_concurrency: int = MAX_CONCURRENCY) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
-        self.sock.listen(128)
-        self.config = uvicorn.Config(app, log_level="warning", access_log=False,
-                                     limit_concurrency=limit_concurrency,
-                                     h11_max_incomplete_event_size=MAX_HEADERS,
-                                     timeout_keep_alive=5, lifespan="off")
-        self.server = uvicorn.Server(self.config)
+        self.sock = bind_endpoint(host, port)
+        self.server = _server(app, limit_concurrency)
         self.thread = threading.Thread(target=self.server.run,
                                        kwargs={"sockets": [self.sock]},
                                        name="endpoint-api", daemon=True)
@@ -293,15 +307,21 @@ class EndpointServer:
 def serve_endpoint_api(app: Any, host: str, port: int) -> EndpointServer:
     """Start the API in a thread on host:port (the guest-facing address); returns its
     handle. Not for a process that forks afterwards (the daemon's supervisor restarts
-    workers by fork): use run_endpoint_api in a process of its own there."""
+    workers by fork): it binds with bind_endpoint and runs serve_on in a process of its
+    own."""
     return EndpointServer(app, host, port).start()
 
 
 def run_endpoint_api(app: Any, host: str, port: int) -> None:
     """Serve in the calling thread until SIGINT/SIGTERM (uvicorn's handlers): the target
     of a dedicated process."""
-    srv = EndpointServer(app, host, port)
+    sock = bind_endpoint(host, port)
     try:
-        srv.server.run(sockets=[srv.sock])
+        serve_on(app, sock)
     finally:
-        srv.sock.close()
+        sock.close()
+
+
+def serve_on(app: Any, sock: socket.socket) -> None:
+    """Serve on an already bound socket in the calling thread until SIGINT/SIGTERM."""
+    _server(app).run(sockets=[sock])

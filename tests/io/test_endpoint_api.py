@@ -201,3 +201,42 @@ def test_served_on_loopback(app: Any) -> None:
     finally:
         srv.stop()
     assert not srv.thread.is_alive()
+
+
+def test_daemon_refuses_a_bad_endpoint_api_setup_before_starting(tmp_path: Path) -> None:
+    """`appliance run --endpoint-api`: missing or world-readable tokens, no file scanning
+    or an unusable address are start-up errors naming the problem, not a dead thread."""
+    from appliance.config import Config
+    from appliance.daemon import RunOptions, Supervisor
+    from appliance.errors import ApplianceError
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"desktop {DESKTOP_TOKEN}\n")
+    tokens.chmod(0o600)
+    base = {"endpoint_api": "127.0.0.1:0", "endpoint_tokens": str(tokens),
+            "yara_dir": str(tmp_path), "scan_cache": str(tmp_path / "c.db")}
+
+    def prepare(**change: Any) -> Supervisor:
+        sup = Supervisor(Config(), None, RunOptions("br-test", **{**base, **change}))
+        sup._prepare_endpoint()
+        return sup
+
+    sup = prepare()  # good: the socket is bound now, before any fork
+    assert sup._endpoint_args is not None
+    sock = sup._endpoint_args[0]
+    assert sock.getsockname()[1] > 0
+    sock.close()
+    for change, words in [({"yara_dir": None}, "needs file scanning"),
+                          ({"endpoint_tokens": None}, "--endpoint-tokens"),
+                          ({"endpoint_api": "127.0.0.1:http"}, "expected ADDRESS:PORT"),
+                          ({"endpoint_api": "192.0.2.1:8088"}, "endpoint API"),
+                          ({"endpoint_tokens": str(tmp_path / "none")}, "No such file")]:
+        with pytest.raises(ApplianceError, match=words):
+            prepare(**change)
+    tokens.chmod(0o644)
+    with pytest.raises(ApplianceError, match="world-readable"):
+        prepare()
+    tokens.write_text("desktop short\n")
+    tokens.chmod(0o600)
+    with pytest.raises(ApplianceError, match="16"):
+        prepare()

@@ -37,6 +37,15 @@ def _curl(lab: Lab, url: str, timeout: int = 3, guest: str = "desktop") -> tuple
     return cp.returncode, cp.stdout.strip()
 
 
+def _cache_stats(db: Path) -> dict[str, int]:
+    cp = subprocess.run([sys.executable, "-m", "appliance.cli", "cache", "--db", str(db),
+                         "stats", "--json"], capture_output=True, text=True, timeout=30)
+    if cp.returncode != 0:
+        return {"scans": 0, "hits": 0}  # no cache yet: nothing scanned
+    got = json.loads(cp.stdout)
+    return {"scans": int(got["scans"]), "hits": int(got["hits"])}
+
+
 def _outcome(rc: int, code: str) -> str:
     if rc == 0:
         return f"passed (HTTP {code})"
@@ -55,6 +64,7 @@ roles:
       - {action: drop, classtypes: [web-application-attack, trojan-activity]}
     ingress: [{proto: icmp}]
     on-detection: {action: quarantine, min-severity: 1, duration: 8s}
+    scan-files: true
 guests:
   - {name: desktop, role: desktop, ports: [desktop], addresses: [10.203.0.10/32]}
   - {name: proxy, role: caching-proxy, ports: [proxy], addresses: [10.203.0.20/32]}
@@ -113,6 +123,17 @@ def inline_demo() -> int:
         print("\n  ... waiting for the automatic release:")
         time.sleep(8.5)
         step("released desktop fetches the page", f"http://{SERVER}/", retries=5)
+        print("\n  ... files are scanned once at the host and the verdict is shared:")
+        db = lab.state / "state" / "scancache.db"
+        before = _cache_stats(db)  # the pages fetched above were files too
+        step("desktop downloads a file", f"http://{SERVER}/files/shared.txt")
+        step("proxy downloads the same file", f"http://{SERVER}/files/shared.txt",
+             guest="proxy")
+        after = _cache_stats(db)
+        print("  scan cache for these two downloads: "
+              f"{after['scans'] - before['scans']} scan, "
+              f"{after['hits'] - before['hits']} cache hit")
+        step("desktop downloads the EICAR test file", f"http://{SERVER}/files/eicar.com")
     finally:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -325,20 +325,29 @@ class Variables:
             return _subtract(pos4, neg4, V4_MAX), _subtract(pos6, neg6, V6_MAX)
         if text.startswith("$"):
             name = text[1:]
-            if name in stack:
-                chain = " -> ".join("$" + n for n in (*stack, name))
-                raise VariableError(f"variable cycle {chain}")
-            if len(stack) >= MAX_VARIABLE_DEPTH:
-                raise VariableError(f"variable nesting deeper than {MAX_VARIABLE_DEPTH} at ${name}")
-            value = self.address_groups.get(name)
-            if value is None:
-                if name in self.port_groups:
-                    raise VariableError(f"port variable '${name}' used as an address")
-                raise VariableError(f"undefined address variable '${name}'")
-            return self._address_expr(str(value).strip(), spec, (*stack, name))
+            value = self._variable(name, stack, self.address_groups, self.port_groups,
+                                   "address", "port variable '${}' used as an address")
+            return self._address_expr(value, spec, (*stack, name))
         if text.lower() == "any":
             return ((0, V4_MAX),), ((0, V6_MAX),)
         return _parse_address_atom(text)
+
+    @staticmethod
+    def _variable(name: str, stack: tuple[str, ...], own: Mapping[str, object],
+                  other: Mapping[str, object], kind: str, misuse: str) -> str:
+        """The value of `$name` among `own` (address or port groups): cycles, nesting
+        depth, a variable of the other kind and an undefined one are errors."""
+        if name in stack:
+            chain = " -> ".join("$" + n for n in (*stack, name))
+            raise VariableError(f"variable cycle {chain}")
+        if len(stack) >= MAX_VARIABLE_DEPTH:
+            raise VariableError(f"variable nesting deeper than {MAX_VARIABLE_DEPTH} at ${name}")
+        value = own.get(name)
+        if value is None:
+            if name in other:
+                raise VariableError(misuse.format(name))
+            raise VariableError(f"undefined {kind} variable '${name}'")
+        return str(value).strip()
 
     # ---- ports
 
@@ -378,17 +387,9 @@ class Variables:
             return _subtract(pos, neg, PORT_MAX)
         if text.startswith("$"):
             name = text[1:]
-            if name in stack:
-                chain = " -> ".join("$" + n for n in (*stack, name))
-                raise VariableError(f"variable cycle {chain}")
-            if len(stack) >= MAX_VARIABLE_DEPTH:
-                raise VariableError(f"variable nesting deeper than {MAX_VARIABLE_DEPTH} at ${name}")
-            value = self.port_groups.get(name)
-            if value is None:
-                if name in self.address_groups:
-                    raise VariableError(f"address variable '${name}' used as a port")
-                raise VariableError(f"undefined port variable '${name}'")
-            return self._port_expr(str(value).strip(), spec, (*stack, name))
+            value = self._variable(name, stack, self.port_groups, self.address_groups,
+                                   "port", "address variable '${}' used as a port")
+            return self._port_expr(value, spec, (*stack, name))
         if text.lower() == "any":
             return ((0, PORT_MAX),)
         if ":" in text:

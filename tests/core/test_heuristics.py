@@ -39,11 +39,10 @@ from appliance.core.detect.heuristics import (
     shannon_entropy,
     split_base_domain,
 )
-from appliance.core.engine import FLOW_PROTOS, Engine, EngineConfig
+from appliance.core.engine import Engine, EngineConfig
 from appliance.core.events import LINKTYPE_RAW
 from appliance.core.flows import Flow, FlowConfig, flow_key, protocol_class
 from appliance.core.records import format_ip
-from appliance.core.stream import FLOW_ESTABLISHED, FLOW_NEW
 from appliance.io.pcap import PcapReader
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,26 +86,11 @@ class Replay:
             p = e.decoder.decode_rebuilt(rebuilt, p.l3_off, p.ipver, p.vlan, p.ts)
             if not p.ipver:
                 return
-        if p.proto not in FLOW_PROTOS or not p.has_l4:
+        f, to_server, upd = e._flow_update(p)  # the engine's own flow bookkeeping
+        if f is None:
             self.hits += self.h.on_packet(p, None, True, False)
             return
-        flows = e.flows
-        f, to_server = flows.lookup(p)
-        new_flow = f.ts_pkts + f.tc_pkts == 0
-        n = p.pkt_len
-        if to_server:
-            f.ts_pkts += 1
-            f.ts_bytes += n
-            f.ts_payload += len(p.payload)
-        else:
-            f.tc_pkts += 1
-            f.tc_bytes += n
-            f.tc_payload += len(p.payload)
-        upd = None
-        if p.proto == PROTO_TCP:
-            upd = flows.update_tcp(f, p, to_server)
-        elif f.state == FLOW_NEW and f.ts_pkts and f.tc_pkts:
-            flows.set_state(f, FLOW_ESTABLISHED)
+        new_flow = f.ts_pkts + f.tc_pkts == 1  # this packet opened it
         self.hits += self.h.on_packet(p, f, to_server, new_flow)
         if p.proto == PROTO_UDP and p.payload:
             self._udp_app(p, f, to_server)
@@ -114,7 +98,7 @@ class Replay:
             for data, ts in ((upd.to_server, True), (upd.to_client, False)):
                 if data:
                     self._tcp_app(p, f, data, ts)
-        for ended in flows.drain():
+        for ended in e.flows.drain():
             self.hits += self.h.on_flow_end(ended)
 
     def _udp_app(self, p: Packet, f: Flow, to_server: bool) -> None:

@@ -85,37 +85,6 @@ MAX_TRANSACTIONS_KEPT: Final = 256
 # Bytes of a body kept to guess the file type (magic).
 MAGIC_BYTES: Final = 64
 
-# Old-style content modifiers and the sticky buffer each one stands for.
-LEGACY_MODIFIERS: Final = {
-    "http_uri": "http.uri",
-    "http_raw_uri": "http.uri.raw",
-    "http_method": "http.method",
-    "http_header": "http.header",
-    "http_raw_header": "http.header.raw",
-    "http_cookie": "http.cookie",
-    "http_user_agent": "http.user_agent",
-    "http_host": "http.host",
-    "http_raw_host": "http.host.raw",
-    "http_client_body": "http.request_body",
-    "http_server_body": "http.response_body",
-    "http_stat_code": "http.stat_code",
-    "http_stat_msg": "http.stat_msg",
-    "http_header_names": "http.header_names",
-    "http_accept": "http.accept",
-    "http_accept_enc": "http.accept_enc",
-    "http_accept_lang": "http.accept_lang",
-    "http_content_type": "http.content_type",
-    "http_content_len": "http.content_len",
-    "http_connection": "http.connection",
-    "http_referer": "http.referer",
-    "http_start": "http.start",
-    "http_protocol": "http.protocol",
-    "http_request_line": "http.request_line",
-    "http_response_line": "http.response_line",
-    "http_server": "http.server",
-    "http_location": "http.location",
-}
-
 # --- per-direction states -------------------------------------------------------------
 
 _LINE: Final = 0  # request/status line

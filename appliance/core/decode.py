@@ -121,6 +121,7 @@ class Packet:
         "icmp_type",
         "inner",
         "ipver",
+        "l3_discard",
         "l3_off",
         "l4_off",
         "payload",
@@ -133,6 +134,7 @@ class Packet:
         "tcp_flags",
         "tcp_opts",
         "tcp_seq",
+        "tcp_urp",
         "tcp_win",
         "ts",
         "ttl",
@@ -158,7 +160,12 @@ class Packet:
         self.tcp_seq = 0
         self.tcp_ack = 0
         self.tcp_win = 0
+        self.tcp_urp = 0  # urgent pointer (meaningful with TH_URG)
         self.tcp_opts: TcpOptions | None = None
+        # The receiving host's IP layer discards this packet (malformed IPv4 options, an
+        # IPv6 option whose type says "discard if unrecognized"): nothing in it may feed
+        # reassembly, or an insertion could make us see bytes the receiver never gets.
+        self.l3_discard = False
         self.icmp_type = -1
         self.icmp_code = -1
         # For ICMP errors: the quoted packet's (proto, src, sp, dst, dp), as Suricata
@@ -447,6 +454,8 @@ class Decoder:
                 return
             if nxt == _IP6_EXT_ROUTING and data[pos + 2] == 0:
                 p.event("decoder.ipv6.rh_type_0")
+            elif nxt == _IP6_EXT_HOP or nxt == _IP6_EXT_DST:
+                _check_ipv6_options(p, data, pos + 2, pos + hl, nxt == _IP6_EXT_HOP)
             nxt = data[pos]
             pos += hl
         p.proto = nxt
@@ -465,7 +474,7 @@ class Decoder:
             if avail < 20:
                 p.event("decoder.tcp.pkt_too_small")
                 return
-            sp, dp, seq, ack, hl, flags, win, _s, _u = _TCP.unpack_from(data, off)
+            sp, dp, seq, ack, hl, flags, win, _s, urp = _TCP.unpack_from(data, off)
             hlen = (hl >> 4) << 2
             # Suricata's names (decode-tcp.c): a data offset under 5 words is an invalid
             # option length; a header running past the data is "hlen too small".
@@ -483,6 +492,7 @@ class Decoder:
             p.tcp_ack = ack
             p.tcp_flags = flags
             p.tcp_win = win
+            p.tcp_urp = urp
             if hlen > 20:
                 p.tcp_opts = _tcp_options(p, data, off + 20, off + hlen)
             p.payload = data[off + hlen:end]
@@ -662,15 +672,47 @@ def _check_ipv4_options(p: Packet, data: bytes, pos: int, end: int) -> None:
             continue
         if pos + 1 >= end:
             p.event("decoder.ipv4.opt_malformed")
+            p.l3_discard = True
             return
         ln = data[pos + 1]
         if ln < 2 or pos + ln > end:
             p.event("decoder.ipv4.opt_invalid_len")
+            p.l3_discard = True  # RFC 1122 3.2.1.8 / Linux ip_options_compile: dropped
             return
         if t in seen:
             p.event("decoder.ipv4.opt_duplicate")
         seen.add(t)
         pos += ln
+
+
+# IPv6 options every stack knows (RFC 8200 4.2 padding, RFC 2711 router alert, RFC 2473
+# tunnel encapsulation limit, RFC 2675 jumbo payload, RFC 6275 home address, RFC 5570
+# CALIPSO, RFC 6621 SMF DPD, RFC 4782 Quick-Start, RFC 6553 RPL, RFC 7731 MPL, RFC 8250
+# PDM, RFC 9268 IOAM). Any other type is "unrecognized" and its two high bits say what
+# the receiver does (RFC 8200 4.2): 00 skip it, anything else discard the packet.
+_IP6_KNOWN_OPTS: Final = frozenset({0x00, 0x01, 0x04, 0x05, 0x07, 0x08, 0x0F, 0x11, 0x26,
+                                    0x31, 0x63, 0x6D, 0xC2, 0xC9})
+
+
+def _check_ipv6_options(p: Packet, data: bytes, pos: int, end: int, hop: bool) -> None:
+    """Walk the TLV options of a Hop-by-Hop or Destination Options header; Suricata's
+    event names. An unrecognized option whose action bits are not 00 makes the receiver
+    discard the packet: mark it so reassembly never takes it."""
+    while pos < end:
+        t = data[pos]
+        if t == 0:  # Pad1
+            pos += 1
+            continue
+        if pos + 2 > end or pos + 2 + data[pos + 1] > end:
+            p.event("decoder.ipv6.exthdr_invalid_optlen")
+            p.l3_discard = True  # RFC 8200 4.2: the header cannot be parsed
+            return
+        if t not in _IP6_KNOWN_OPTS:
+            p.event("decoder.ipv6.hopopts_unknown_opt" if hop
+                    else "decoder.ipv6.dstopts_unknown_opt")
+            if t & 0xC0:
+                p.l3_discard = True
+        pos += 2 + data[pos + 1]
 
 
 def _tcp_options(p: Packet, data: bytes, pos: int, end: int) -> TcpOptions:

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, NamedTuple
 
-from appliance.core.decode import TH_ACK, TH_FIN, TH_RST, TH_SYN, Packet
+from appliance.core.decode import TH_ACK, TH_FIN, TH_RST, TH_SYN, TH_URG, Packet
 
 
 class TcpState(IntEnum):
@@ -182,7 +182,7 @@ def next_state(state: TcpState, seg: int, from_client: bool) -> TcpState:
 # Module constants for the per-packet path: an enum member looked up on its class goes
 # through a descriptor (~50 ns each in CPython 3.11).
 _EST: Final = TcpState.ESTABLISHED
-_CTRL: Final = TH_SYN | TH_RST | TH_FIN | TH_ACK
+_CTRL: Final = TH_SYN | TH_RST | TH_FIN | TH_ACK | TH_URG
 
 
 # -- overlap policies ---------------------------------------------------------------------
@@ -324,6 +324,12 @@ class StreamConfig:
     # Suricata's host-os-policy: (policy, networks) pairs; longest prefix wins.
     host_os_policy: tuple[tuple[str, tuple[str, ...]], ...] = ()
     default_policy: str = "bsd"  # Suricata's default when no host-os-policy matches
+    # Urgent data (RFC 9293 3.8.5, RFC 6093). "oob": the byte before the urgent pointer
+    # is taken out of the stream, as a Linux, BSD or Windows socket without
+    # SO_OOBINLINE (the default) delivers it; "inline": it stays in the stream (an
+    # application that set SO_OOBINLINE, and Suricata's default). Either way the
+    # segment raises `stream.urgent_data`: HTTP and TLS never use it.
+    urgent_policy: str = "oob"
 
 
 # -- what one segment produced ----------------------------------------------------------------
@@ -363,7 +369,15 @@ EV_RST_INVALID: Final = "stream.rst_invalid"  # RST outside the receiver's windo
 EV_BAD_CSUM: Final = "stream.invalid_checksum"  # bad TCP checksum: never reassembled
 EV_NO_ACK: Final = "stream.pkt_without_ack"  # data without ACK after the handshake
 EV_MEMCAP: Final = "stream.reassembly_memcap_drop"  # segment not buffered: memcap
-APPLIANCE_EVENTS: Final = frozenset({EV_RST_INVALID, EV_BAD_CSUM, EV_NO_ACK, EV_MEMCAP})
+# A segment whose TTL / hop limit is below the lowest its sender used in the handshake:
+# it may expire before the receiver (TTL-expiring chaff); see `_hold_weak`.
+EV_LOW_TTL: Final = "stream.pkt_ttl_below_flow"
+EV_URGENT: Final = "stream.urgent_data"  # URG with data: see StreamConfig.urgent_policy
+APPLIANCE_EVENTS: Final = frozenset({EV_RST_INVALID, EV_BAD_CSUM, EV_NO_ACK, EV_MEMCAP,
+                                     EV_LOW_TTL, EV_URGENT})
+# Urgent bytes remembered per direction (a receiver keeps one urgent mark at a time;
+# more than a few is only an attempt to make us keep state).
+MAX_URGENT_MARKS: Final = 16
 
 # Estimated bytes per buffered entry on top of its data (sys.getsizeof: a 3-slot
 # segment object 56 + bytearray 57 + two ints 56; a kept (offset, bytes) pair tuple 56 +
@@ -398,9 +412,9 @@ class _Half:
     space, reassembly) and what it advertised about the other direction (ack, window)."""
 
     __slots__ = ("ack", "ack_seen", "done", "fin_seq", "isn", "kept", "kept_bytes",
-                 "kept_off", "new_wins", "nxt_off", "nxt_seq", "ooo", "ooo_bytes", "ooo_maxlen",
-                 "sackok", "started", "syn_data", "ts", "tsval", "win", "wscale",
-                 "wscale_offer")
+                 "kept_off", "min_ttl", "new_wins", "nxt_off", "nxt_seq", "ooo", "ooo_bytes",
+                 "ooo_maxlen", "sackok", "started", "syn_data", "ts", "tsval", "urg", "weak",
+                 "weak_bytes", "win", "wscale", "wscale_offer")
 
     def __init__(self, new_wins: frozenset[int]) -> None:
         self.started = False  # sequence numbers known (SYN seen, or picked up)
@@ -425,6 +439,16 @@ class _Half:
         self.fin_seq = -1  # sequence number of its FIN, -1 before one
         self.done = False  # depth reached: inspection done for this direction
         self.new_wins = new_wins  # the receiving host's overlap policy
+        # Lowest TTL / hop limit of this sender's handshake packets (0: unknown, or
+        # inline, where it is not needed: see `StreamTracker._hold_weak`).
+        self.min_ttl = 0
+        # "Weak" data: bytes the receiver may not have taken (TTL below min_ttl, a byte
+        # sent into a zero window), as (stream offset, bytes) in arrival order. Never
+        # delivered unless the receiver acknowledges them; real bytes always win.
+        self.weak: list[tuple[int, bytes]] | None = None
+        self.weak_bytes = 0  # accounted bytes of `weak` (with SEGMENT_OVERHEAD)
+        # Stream offsets of urgent bytes not yet delivered (urgent_policy "oob").
+        self.urg: list[int] | None = None
 
     def start_at(self, seq: int) -> None:
         self.started = True
@@ -480,6 +504,7 @@ class StreamStats:
 
 
 _CSUM_MODES: Final = ("auto", "yes", "no")
+_URGENT_POLICIES: Final = ("oob", "inline")
 
 
 class StreamTracker:
@@ -490,6 +515,9 @@ class StreamTracker:
         if cfg.checksum_validation not in _CSUM_MODES:
             raise ValueError(f"checksum_validation: {cfg.checksum_validation!r} is not one "
                              f"of {', '.join(_CSUM_MODES)}")
+        if cfg.urgent_policy not in _URGENT_POLICIES:
+            raise ValueError(f"urgent_policy: {cfg.urgent_policy!r} is not one of "
+                             f"{', '.join(_URGENT_POLICIES)}")
         if cfg.default_policy not in NEW_WINS:
             raise ValueError(f"unknown host OS policy {cfg.default_policy!r}")
         nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, frozenset[int]]] = []
@@ -573,15 +601,19 @@ class StreamTracker:
             sess.live = False
             self.active -= 1
             for h in (sess.cli, sess.srv):
-                self.reassembly_memuse -= h.ooo_bytes + h.kept_bytes
+                self.reassembly_memuse -= h.ooo_bytes + h.kept_bytes + h.weak_bytes
                 h.ooo = []
                 h.kept = None
-                h.ooo_bytes = h.kept_bytes = h.ooo_maxlen = 0
+                h.weak = None
+                h.ooo_bytes = h.kept_bytes = h.ooo_maxlen = h.weak_bytes = 0
 
     # -- per segment --------------------------------------------------------------------------
 
     def process(self, sess: TcpSession, p: Packet, to_server: bool) -> StreamUpdate:
         flags = p.tcp_flags
+        if p.l3_discard:
+            # The receiver's IP layer drops it (the decoder raised the anomaly).
+            return StreamUpdate(done_ts=sess.cli.done, done_tc=sess.srv.done)
         if self._csum and not self._checksum_ok(p):
             return StreamUpdate(events=(EV_BAD_CSUM,), done_ts=sess.cli.done,
                                 done_tc=sess.srv.done)
@@ -597,14 +629,13 @@ class StreamTracker:
         # held out of order. No sorting, no copy: the payload object itself is
         # delivered and kept for the retransmission check.
         if (state is _EST and flags & _CTRL == TH_ACK and seq == s.nxt_seq and not s.ooo
-                and not s.done):
+                and not s.done and p.ttl >= s.min_ttl and s.urg is None):
             opts = p.tcp_opts
             tsval = None if opts is None else opts.tsval
-            if tsval is None or not sess.ts_ok or seq_diff(tsval, s.tsval) >= 0:
-                n = len(payload)
-                if (n and sess.win_ok and r.ack_seen
-                        and seq_diff((r.ack + r.win) & MASK32, seq) <= 0 and (r.win or n != 1)):
-                    return StreamUpdate(events=(EV_OUT_OF_WINDOW,))
+            n = len(payload)
+            if (tsval is None or not sess.ts_ok or seq_diff(tsval, s.tsval) >= 0) and not (
+                    n and sess.win_ok and r.ack_seen
+                    and seq_diff((r.ack + r.win) & MASK32, seq) <= 0):
                 if tsval is not None:
                     s.tsval = tsval
                 ack = p.tcp_ack
@@ -633,6 +664,8 @@ class StreamTracker:
                 return self._result(to_server, self._deliver_inorder(s, payload), out_tc,
                                     None, False, gap, s, r)
         u = self._slow(sess, p, to_server, s, r)
+        if s.urg is not None or r.urg is not None:
+            u = self._cut_urgent(u, to_server, s, r)
         if s.done or r.done:
             # done_ts / done_tc always tell the current state of each direction.
             ts_done, tc_done = (s.done, r.done) if to_server else (r.done, s.done)
@@ -724,15 +757,29 @@ class StreamTracker:
             return EMPTY
 
         n = len(payload)
+        if p.ttl < s.min_ttl:
+            # TTL-expiring chaff, or a route change: nothing tells which. Its bytes are
+            # held as weak (delivered only if the receiver acknowledges them, and any
+            # copy with a normal TTL wins); its ACK, window and flags are not taken.
+            events.append(EV_LOW_TTL)
+            if n:
+                self._hold_weak(s, seq, payload, events)
+            return StreamUpdate(events=tuple(events))
+        weak = False
         if n and sess.win_ok and r.ack_seen:
             edge = seq_diff((r.ack + r.win) & MASK32, seq)
-            if edge <= 0 and not (r.win == 0 and n == 1):
+            if edge <= 0:
                 # Starts at or past the right edge of the receiver's window: every
                 # receiver drops it (RFC 9293 3.10.7.4). A 1-byte zero-window probe is
-                # normal and simply not reassembled.
-                if r.win:
+                # normal; whether the receiver took its byte depends on its stack, so
+                # (IDS) it is weak: delivered only once acknowledged.
+                if r.win == 0 and n == 1 and not self.config.inline:
+                    weak = True
+                elif r.win or n > 1:
                     events.append(EV_OUT_OF_WINDOW)
-                return StreamUpdate(events=tuple(events))
+                    return StreamUpdate(events=tuple(events))
+                elif not self.config.inline:
+                    return EMPTY
 
         if tsval is not None and (not sess.ts_ok or seq_diff(tsval, s.tsval) > 0):
             s.tsval = tsval
@@ -745,7 +792,14 @@ class StreamTracker:
         if r.started:
             out_other, gap_other = self._acked(r, ack)
 
-        if n and not (state is TcpState.SYN_SENT and to_server and not self.config.async_oneside):
+        if flags & TH_URG and n:
+            events.append(EV_URGENT)
+            if p.tcp_urp and self.config.urgent_policy == "oob":
+                self._mark_urgent(s, seq, p.tcp_urp)
+        if weak:
+            self._hold_weak(s, seq, payload, events)
+        elif n and not (state is TcpState.SYN_SENT and to_server
+                        and not self.config.async_oneside):
             out_ts, differs, memcap, gap_mine = self._data(s, seq, payload, events)
 
         if flags & TH_FIN and not differs:
@@ -820,6 +874,8 @@ class StreamTracker:
         opts = p.tcp_opts
         s.isn = p.tcp_seq
         s.start_at(p.tcp_seq + 1)
+        if not self.config.inline and (not s.min_ttl or p.ttl < s.min_ttl):
+            s.min_ttl = p.ttl
         s.win = p.tcp_win
         # Data on a SYN waits for the SYN/ACK to say whether it was taken (TFO) or not
         # (then the client sends it again after the handshake).
@@ -914,8 +970,12 @@ class StreamTracker:
                 r.kept_bytes -= c
                 self.reassembly_memuse -= c
                 r.kept_off = o + len(b)
+        out = b""
+        if r.weak is not None:
+            out = self._release_weak(r, ack_off if d > 0 else r.nxt_off)
+            d = ack_off - r.nxt_off
         if d <= 0 or r.done:
-            return b"", False
+            return out, False
         # Acknowledged but never seen: a gap.
         self.stats.ack_unseen_data += 1
         self.stats.reassembly_gap += 1
@@ -927,7 +987,110 @@ class StreamTracker:
         r.nxt_seq = (r.nxt_seq + skip) & MASK32
         if r.kept is not None:
             self._forget_kept(r)
-        return self._drain(r), True
+        return out + self._drain(r), True
+
+    # -- weak data and urgent bytes --------------------------------------------------------
+
+    def _hold_weak(self, s: _Half, seq: int, payload: bytes, events: list[str]) -> None:
+        """Hold bytes the receiver may not have taken (IDS only: inline, a later copy
+        with other bytes is a differing retransmission and is dropped instead).
+
+        TTL-expiring chaff (Ptacek & Newsham 1998) works because an IDS cannot know the
+        hop count to the receiver (Suricata does not model it either). Dropping low-TTL
+        segments would be unsound the other way: the real data could be sent with a
+        lower TTL that still reaches the receiver. So they are neither taken nor thrown
+        away: a copy with a normal TTL (or the reassembly point passing them) makes
+        them obsolete, and the receiver's ACK covering them releases them into the
+        stream (the receiver evidently took them)."""
+        if s.done or not s.started:
+            return
+        start = s.nxt_off + seq_diff(seq, s.nxt_seq)
+        if start < s.nxt_off:
+            payload = payload[s.nxt_off - start:]
+            start = s.nxt_off
+        if not payload:
+            return
+        cost = len(payload) + SEGMENT_OVERHEAD
+        if (s.weak_bytes + cost > self.config.max_ooo_bytes
+                or self.reassembly_memuse + cost > self._reasm_cap):
+            self.stats.segment_memcap_drop += 1
+            events.append(EV_MEMCAP)
+            return
+        if s.weak is None:
+            s.weak = []
+        s.weak.append((start, payload))
+        s.weak_bytes += cost
+        self.reassembly_memuse += cost
+
+    def _release_weak(self, r: _Half, ack_off: int) -> bytes:
+        """The receiver acknowledged `r`'s bytes up to `ack_off`: weak bytes below it
+        that no real segment supplied fill the holes (real held segments win over them);
+        weak bytes below the reassembly point are obsolete."""
+        weak = r.weak
+        assert weak is not None
+        keep: list[tuple[int, bytes]] = []
+        take: list[tuple[int, bytes]] = []
+        for start, data in weak:
+            end = start + len(data)
+            if end <= r.nxt_off:
+                continue
+            if start < ack_off:
+                take.append((start, data[:ack_off - start]))
+            if end > ack_off:
+                keep.append((ack_off, data[ack_off - start:]) if start < ack_off
+                            else (start, data))
+        self.reassembly_memuse -= r.weak_bytes
+        r.weak_bytes = sum(len(b) + SEGMENT_OVERHEAD for _o, b in keep)
+        self.reassembly_memuse += r.weak_bytes
+        r.weak = keep or None
+        if not take:
+            return b""
+        policy = r.new_wins
+        r.new_wins = NEW_WINS["first"]  # what is already held (real bytes) wins
+        try:
+            for start, data in take:
+                if start + len(data) <= r.nxt_off:
+                    continue
+                if start < r.nxt_off:
+                    data = data[r.nxt_off - start:]
+                    start = r.nxt_off
+                self._insert(r, start, data, [], start == r.nxt_off)
+        finally:
+            r.new_wins = policy
+        return self._drain(r)
+
+    def _mark_urgent(self, s: _Half, seq: int, urp: int) -> None:
+        """Remember the stream offset of the urgent byte (the one before the urgent
+        pointer, RFC 6093 section 3: how every major stack reads it)."""
+        off = s.nxt_off + seq_diff(seq, s.nxt_seq) + urp - 1
+        if off < s.nxt_off:
+            return
+        urg = s.urg
+        if urg is None:
+            s.urg = [off]
+        elif off not in urg and len(urg) < MAX_URGENT_MARKS:
+            bisect.insort(urg, off)
+
+    def _cut_urgent(self, u: StreamUpdate, to_server: bool, s: _Half,
+                    r: _Half) -> StreamUpdate:
+        """Take the urgent bytes out of what this update delivers (urgent_policy
+        "oob"): the receiving application reads them out of band, not in the stream."""
+        for h, ts_dir in ((s, to_server), (r, not to_server)):
+            urg = h.urg
+            if urg is None:
+                continue
+            data = u.to_server if ts_dir else u.to_client
+            start = h.nxt_off - len(data)
+            if data and urg[0] < h.nxt_off:
+                buf = bytearray(data)
+                for off in reversed(urg):
+                    if start <= off < h.nxt_off:
+                        del buf[off - start]
+                cut = bytes(buf)
+                u = u._replace(to_server=cut) if ts_dir else u._replace(to_client=cut)
+            left = [o for o in urg if o >= h.nxt_off]
+            h.urg = left or None
+        return u
 
     def _forget_kept(self, s: _Half) -> None:
         if s.kept:
@@ -938,7 +1101,9 @@ class StreamTracker:
 
     def _drop_buffers(self, s: _Half) -> None:
         self._forget_kept(s)
-        self.reassembly_memuse -= s.ooo_bytes
+        self.reassembly_memuse -= s.ooo_bytes + s.weak_bytes
+        s.weak = None
+        s.weak_bytes = 0
         s.ooo = []
         s.ooo_bytes = 0
         s.ooo_maxlen = 0

@@ -12,6 +12,9 @@ for two overlapping fragments, whether the newer one's bytes replace the older o
 - windows: the older wins, unless the newer starts before it and ends after it (Suricata
            DEFRAG_POLICY_WINDOWS; solaris is treated the same way).
 
+IPv6 has no policy: RFC 5722 makes every current receiver drop a datagram whose
+fragments overlap (with the fragments still to come), so the datagram is given up.
+
 Reassembly happens when the last fragment (MF clear) is in and the data from 0 to its
 end is contiguous. Sizes past 65535 bytes (the "ping of death" shape) are refused with
 an anomaly.
@@ -152,6 +155,8 @@ class Defragmenter:
         st.fragments += 1
         self._expire(p.ts)
         ident, off, more = p.frag
+        if p.l3_discard:
+            return None  # the receiver's IP layer drops this fragment (bad options)
         data = p.data
         l3 = p.l3_off
         if p.ipver == 4:
@@ -201,7 +206,9 @@ class Defragmenter:
             t.overlaps += 1
             p.event("decoder.ipv4.frag_overlap" if p.ipver == 4
                     else "decoder.ipv6.frag_overlap")
-            if t.overlaps > MAX_OVERLAPS_PER_DATAGRAM:
+            if p.ipver == 6 or t.overlaps > MAX_OVERLAPS_PER_DATAGRAM:
+                # IPv6: RFC 5722 makes receivers discard a datagram with overlapping
+                # fragments, and the fragments still to come: so do we (no policy).
                 # Many overlaps in one datagram only serve evasion or CPU exhaustion:
                 # give up on it. The tracker stays, empty and marked dead, until it times
                 # out, so later fragments cannot start a fresh, different datagram.

@@ -16,6 +16,7 @@ import yaml
 
 from appliance.core.detect.heuristics import HeuristicsConfig, with_overrides
 from appliance.core.engine import EngineConfig
+from appliance.core.exception_policy import POLICY_NAMES, ExceptionPolicies
 from appliance.core.flows import PC_DEFAULT, PC_ICMP, PC_TCP, PC_UDP, FlowConfig, Timeouts
 from appliance.core.stream import POLICIES
 from appliance.errors import ConfigError
@@ -54,6 +55,15 @@ def _mapping(value: object, where: str) -> dict[str, Any]:
     return value
 
 
+def _policy(d: dict[str, Any], key: str, where: str) -> str:
+    """An exception policy value (core/exception_policy.py); absent: auto."""
+    v = d.get(key, "auto")
+    if v not in ("auto", *POLICY_NAMES):
+        raise ConfigError(f"{where}.{key}: unknown exception policy {v!r} (one of auto, "
+                          f"{', '.join(POLICY_NAMES)})")
+    return str(v)
+
+
 def _check_keys(d: dict[str, Any], allowed: set[str], where: str) -> None:
     for k in d:
         if k not in allowed:
@@ -88,11 +98,11 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def config_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Config:
-    _check_keys(doc, {"vars", "flow", "flow-timeouts", "stream", "anomaly", "heuristics"},
-                source)
+    _check_keys(doc, {"vars", "flow", "flow-timeouts", "stream", "anomaly", "heuristics",
+                      "exception-policy", "defrag", "app-layer"}, source)
     flow = FlowConfig()
     fl = _mapping(doc.get("flow"), f"{source}: flow")
-    _check_keys(fl, {"memcap", "emergency-recovery"}, f"{source}: flow")
+    _check_keys(fl, {"memcap", "emergency-recovery", "memcap-policy"}, f"{source}: flow")
     if "memcap" in fl:
         flow = replace(flow, memcap=parse_size(fl["memcap"], f"{source}: flow.memcap"))
     if "emergency-recovery" in fl:
@@ -126,7 +136,8 @@ def config_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Config:
         flow = replace(flow, timeouts=tmo)
     stream = _mapping(doc.get("stream"), f"{source}: stream")
     _check_keys(stream, {"midstream", "bypass", "async-oneside", "depth", "memcap",
-                         "reassembly-memcap", "checksum-validation", "host-os-policy"},
+                         "reassembly-memcap", "checksum-validation", "host-os-policy",
+                         "memcap-policy", "reassembly-memcap-policy"},
                 f"{source}: stream")
     for key in ("midstream", "bypass", "async-oneside"):
         if key in stream and not isinstance(stream[key], bool):
@@ -170,7 +181,23 @@ def config_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Config:
     flow = replace(flow, stream=sc)
     anomaly = _mapping(doc.get("anomaly"), f"{source}: anomaly")
     _check_keys(anomaly, {"decode"}, f"{source}: anomaly")
-    eng = EngineConfig(flow=flow)
+    defrag = _mapping(doc.get("defrag"), f"{source}: defrag")
+    _check_keys(defrag, {"memcap", "memcap-policy"}, f"{source}: defrag")
+    app_layer = _mapping(doc.get("app-layer"), f"{source}: app-layer")
+    _check_keys(app_layer, {"memcap", "memcap-policy"}, f"{source}: app-layer")
+    eng = EngineConfig(flow=flow, exception_policy=ExceptionPolicies(
+        master=_policy(doc, "exception-policy", source),
+        flow_memcap=_policy(fl, "memcap-policy", f"{source}: flow"),
+        stream_memcap=_policy(stream, "memcap-policy", f"{source}: stream"),
+        reassembly_memcap=_policy(stream, "reassembly-memcap-policy", f"{source}: stream"),
+        defrag_memcap=_policy(defrag, "memcap-policy", f"{source}: defrag"),
+        applayer_memcap=_policy(app_layer, "memcap-policy", f"{source}: app-layer")))
+    if "memcap" in defrag:
+        eng = replace(eng, defrag=replace(eng.defrag, memcap=parse_size(
+            defrag["memcap"], f"{source}: defrag.memcap")))
+    if "memcap" in app_layer:
+        eng = replace(eng, app_layer_memcap=parse_size(app_layer["memcap"],
+                                                       f"{source}: app-layer.memcap"))
     if "bypass" in stream:
         eng = replace(eng, bypass=stream["bypass"])
     if "decode" in anomaly:

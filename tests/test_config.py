@@ -93,3 +93,23 @@ def test_heuristics_thresholds_from_config() -> None:
         config_from_dict({"heuristics": {"scna": {"x": 1}}})
     with pytest.raises(ConfigError, match="has no setting 'ports'"):
         config_from_dict({"heuristics": {"scan": {"ports": 1}}})
+
+
+def test_example_config_loads_and_states_the_defaults() -> None:
+    """rules/appliance.yaml documents every section with the default values."""
+    from dataclasses import replace
+
+    from appliance.config import Config
+
+    path = Path(__file__).resolve().parents[1] / "rules" / "appliance.yaml"
+    cfg = load_config(path)
+    base = Config().engine
+    eng = cfg.engine
+    assert eng.flow.memcap == base.flow.memcap
+    assert eng.flow.stream.depth == base.flow.stream.depth
+    assert eng.flow.stream.reassembly_memcap == base.flow.stream.reassembly_memcap
+    assert eng.defrag.memcap == base.defrag.memcap
+    assert eng.app_layer_memcap == base.app_layer_memcap
+    assert eng.exception_policy == base.exception_policy
+    assert eng.flow.stream.host_os_policy == (("linux", ("10.203.0.0/24",)),)
+    assert replace(eng, flow=base.flow) == base  # nothing else differs from the defaults

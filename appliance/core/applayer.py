@@ -64,12 +64,25 @@ class AppResult:
 class AppState:
     """Per-flow app-layer state (lives on the Flow as `flow.app`)."""
 
-    __slots__ = ("detector", "parser", "tls_logged")
+    __slots__ = ("detector", "mem", "parser", "tls_logged")
 
     def __init__(self, flow: Flow) -> None:
         self.detector: ProtoDetector | None = ProtoDetector(flow.sp, flow.dp)
         self.parser: Any = None
         self.tls_logged = False
+        self.mem = 0  # memuse() when the engine last counted it
+
+    def memuse(self) -> int:
+        if self.parser is not None:
+            n: int = self.parser.memuse()
+            return n
+        return self.detector.memuse() if self.detector is not None else 0
+
+    def abandon(self) -> None:
+        """Free the parser and detection state: the flow is not parsed any more (the
+        app layer's memcap was hit)."""
+        self.parser = None
+        self.detector = None
 
 
 def _buffers(tx: Any, to_server: bool) -> Buffers:

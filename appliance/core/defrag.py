@@ -124,8 +124,8 @@ def _newer_wins(policy: str, new: _Frag, old: _Frag) -> bool:
 
 
 class DefragStats:
-    __slots__ = ("fragments", "max_frag_hits", "memcap_hits", "overlaps", "reassembled",
-                 "timeouts", "too_large")
+    __slots__ = ("fragments", "max_frag_hits", "memcap_hits", "memcap_refused", "overlaps",
+                 "reassembled", "timeouts", "too_large")
 
     def __init__(self) -> None:
         self.fragments = 0
@@ -133,7 +133,8 @@ class DefragStats:
         self.timeouts = 0
         self.overlaps = 0
         self.too_large = 0
-        self.memcap_hits = 0
+        self.memcap_hits = 0  # the memcap was reached (the oldest datagram was evicted)
+        self.memcap_refused = 0  # ... and this fragment could still not be stored
         self.max_frag_hits = 0
 
 
@@ -187,6 +188,7 @@ class Defragmenter:
                 st.memcap_hits += 1
                 self._evict_oldest()
                 if self.memuse + len(payload) > self.config.memcap:
+                    st.memcap_refused += 1
                     p.event("decoder.ipv4.frag_ignored" if p.ipver == 4
                             else "decoder.ipv6.frag_ignored")
                     return None

@@ -41,7 +41,8 @@ from appliance.core.events import (
     Shutdown,
     Tick,
 )
-from appliance.core.flows import Flow, FlowConfig, FlowTable
+from appliance.core.exception_policy import CAPS, DROP_REASON, ExceptionPolicies
+from appliance.core.flows import Flow, FlowConfig, FlowTable, FlowTableFull
 from appliance.core.policy import (
     POLICY_GID,
     POLICY_SID_APP,
@@ -111,10 +112,22 @@ class EngineConfig:
     # Bypass flows that need no more inspection (Suricata's stream.bypass): the verdict
     # asks the kernel to stop queueing the connection. Off: every packet is inspected.
     bypass: bool = True
+    # What a packet gets when a memory cap is hit (core/exception_policy.py).
+    exception_policy: ExceptionPolicies = field(default_factory=ExceptionPolicies)
+    # Bytes all app-layer parsers together may hold (bodies, headers, partial records).
+    app_layer_memcap: int = 256 * 1024 * 1024
+
+
+class _Decided(Exception):
+    """An exception policy decided the packet: the rest of the pipeline is skipped."""
+
+    def __init__(self, kind: VerdictKind) -> None:
+        self.kind = kind
 
 
 class EngineStats:
-    __slots__ = ("errors", "first_ts", "last_ts", "packets", "verdicts")
+    __slots__ = ("drop_reasons", "errors", "exception_policy", "first_ts", "last_ts",
+                 "packets", "verdicts")
 
     def __init__(self) -> None:
         self.packets = 0
@@ -122,6 +135,10 @@ class EngineStats:
         self.first_ts: float | None = None
         self.last_ts: float | None = None
         self.verdicts: dict[str, int] = {k.value: 0 for k in VerdictKind}
+        # Uses of each exception policy: cap -> policy -> count.
+        self.exception_policy: dict[str, dict[str, int]] = {c: {} for c in CAPS}
+        # Packets dropped (or rejected) by an exception policy, by Suricata's drop reason.
+        self.drop_reasons: dict[str, int] = {}
 
 
 class Engine:
@@ -143,6 +160,12 @@ class Engine:
         self.flows = FlowTable(flow_cfg)
         self.defrag = Defragmenter(self.config.defrag)
         self.stats = EngineStats()
+        # Exception policies in force (cap -> policy) and the cap hit by this packet.
+        self.exc = self.config.exception_policy.resolved(self.config.mode)
+        self.flows.evict_established = self.exc["flow_memcap"] == "ignore"
+        self._exc_hit: str | None = None
+        self._ssn_drops = 0  # stream.stats.ssn_memcap_drop when last looked at
+        self.app_memuse = 0  # bytes held by every flow's app-layer state
         self.anomalies = 0
         self.heuristics = (HeuristicsEngine(self.config.heuristics)
                            if self.config.heuristics is not None else None)
@@ -194,24 +217,34 @@ class Engine:
         try:
             p = self.decoder.decode(ev.data, ev.linktype, ts)
             if p.ipver:
-                if p.frag is None:
-                    flow, to_server, upd = self._flow_update(p)
-                    if flow is not None and self.policy is not None and \
-                            flow.ts_pkts + flow.tc_pkts == 1:
-                        self._assign_role(flow, p, ev, out)
-                    app = None
-                    if flow is not None and flow.action is None and self.config.app_layer:
-                        app = self._app(p, flow, to_server, upd)
-                    if self.heuristics is not None:
-                        self._heuristics(p, flow, to_server, app, out)
-                    if self.detector is not None or (flow is not None and flow.action):
-                        kind = self._detect(p, flow, to_server, ev.id, out)
-                    if app is not None and flow is not None:
-                        kind = self._app_results(p, flow, app, kind, ev.id, out)
-                    if upd is not None and flow is not None:
-                        kind = self._stream(p, flow, upd, kind, ev.id, out)
-                else:
-                    self._fragment(p, out, ev.id)
+                self._exc_hit = None
+                try:
+                    if p.frag is None:
+                        flow, to_server, upd = self._flow_update(p)
+                        if flow is not None and self.policy is not None and \
+                                flow.ts_pkts + flow.tc_pkts == 1:
+                            self._assign_role(flow, p, ev, out)
+                        if self._exc_hit is not None and \
+                                self._exc_hit != "reassembly_memcap":  # that one: _stream
+                            self._decide_exception(p, flow, ev.id, out)
+                        app = None
+                        if flow is not None and flow.action is None and \
+                                self.config.app_layer:
+                            app = self._app(p, flow, to_server, upd)
+                            if self._exc_hit == "applayer_memcap":
+                                self._decide_exception(p, flow, ev.id, out)
+                        if self.heuristics is not None:
+                            self._heuristics(p, flow, to_server, app, out)
+                        if self.detector is not None or (flow is not None and flow.action):
+                            kind = self._detect(p, flow, to_server, ev.id, out)
+                        if app is not None and flow is not None:
+                            kind = self._app_results(p, flow, app, kind, ev.id, out)
+                        if upd is not None and flow is not None:
+                            kind = self._stream(p, flow, upd, kind, ev.id, out)
+                    else:
+                        kind = self._fragment(p, out, ev.id)
+                except _Decided as d:
+                    kind = d.kind
                 inner = p.inner
                 while inner is not None:
                     if inner.ipver and inner.frag is None:
@@ -319,12 +352,17 @@ class Engine:
             out.append(ScanRequest(token, pkt_id, f.sha256, data, f.size, flow.guest, name))
             self._hold = token
 
-    def _fragment(self, p: Packet, out: list[Command], pkt_id: int) -> Flow | None:
+    def _fragment(self, p: Packet, out: list[Command], pkt_id: int) -> VerdictKind:
         """Feed a fragment to defrag; a completed datagram is decoded and goes through
-        flow handling like any packet (Suricata's reassembled pseudo-packet)."""
+        flow handling like any packet (Suricata's reassembled pseudo-packet). Returns
+        the fragment's verdict: the rebuilt datagram's for the one that completed it."""
+        refused = self.defrag.stats.memcap_refused
         rebuilt = self.defrag.add(p)
         if rebuilt is None:
-            return None
+            if self.defrag.stats.memcap_refused != refused:
+                self._exc_hit = "defrag_memcap"
+                self._decide_exception(p, None, pkt_id, out)
+            return VerdictKind.ACCEPT
         q = self.decoder.decode_rebuilt(rebuilt, p.l3_off, p.ipver, p.vlan, p.ts)
         if q.events is not None:
             self.anomalies += len(q.events)
@@ -332,12 +370,71 @@ class Engine:
                 for name in q.events:
                     out.append(Log(anomaly_record(q, None, name, pkt_id, self.config.pkt_src)))
         if not q.ipver:
-            return None
+            return VerdictKind.ACCEPT
         flow, to_server, _upd = self._flow_update(q)
-        if self.detector is not None:
+        if self._exc_hit is not None and self._exc_hit != "reassembly_memcap":
+            self._decide_exception(q, flow, pkt_id, out)
+        if self.detector is not None or (flow is not None and flow.action):
             # The verdict of the rebuilt datagram goes to the fragment that completed it.
-            self._detect(q, flow, to_server, pkt_id, out)
-        return flow
+            return self._detect(q, flow, to_server, pkt_id, out)
+        return VerdictKind.ACCEPT
+
+    # -- exception policies (core/exception_policy.py) -----------------------------------
+
+    def _decide_exception(self, p: Packet, flow: Flow | None, pkt_id: int,
+                          out: list[Command]) -> None:
+        """Apply the policy of the cap this packet hit; unless it is "ignore", that
+        decides the packet and the rest of its pipeline is skipped."""
+        kind = self._exception(p, flow, pkt_id, out)
+        if kind is not None:
+            raise _Decided(kind)
+
+    def _exception(self, p: Packet, flow: Flow | None, pkt_id: int,
+                   out: list[Command]) -> VerdictKind | None:
+        """Count and log one use of the exception policy of the cap in self._exc_hit;
+        returns the packet's verdict, or None for "ignore"."""
+        cap = self._exc_hit
+        assert cap is not None
+        self._exc_hit = None
+        pol = self.exc[cap]
+        uses = self.stats.exception_policy[cap]
+        uses[pol] = uses.get(pol, 0) + 1
+        bit = 1 << CAPS.index(cap)
+        if flow is not None and not flow.exceptions & bit:
+            # Once per flow (a flow-less use is counted in stats only: under a flood
+            # each packet would be one).
+            flow.exceptions |= bit
+            self.anomalies += 1
+            out.append(Log(anomaly_record(
+                p, flow, f"{cap}.{pol}", pkt_id if self.config.log_pcap_cnt else None,
+                self.config.pkt_src, kind="exception_policy")))
+        if pol == "ignore":
+            return None
+        if flow is not None and flow.action == "drop":
+            kind = VerdictKind.DROP  # already dropped (a rule or an earlier policy)
+        elif pol == "drop-packet":
+            kind = VerdictKind.DROP
+        elif pol == "drop-flow" or pol == "reject":
+            if flow is not None:
+                flow.action = "drop"
+            kind = VerdictKind.DROP
+            if pol == "reject":
+                kind = VerdictKind.REJECT
+                self._reject_how = "reject"
+        elif pol == "pass-packet":
+            kind = VerdictKind.ACCEPT
+        elif pol == "pass-flow":
+            if flow is not None:
+                flow.action = "accept"
+            kind = VerdictKind.ACCEPT
+        else:  # bypass
+            if flow is not None:
+                flow.action = "bypass"
+            kind = VerdictKind.BYPASS
+        if kind is not VerdictKind.ACCEPT and kind is not VerdictKind.BYPASS:
+            reason = DROP_REASON[cap]
+            self.stats.drop_reasons[reason] = self.stats.drop_reasons.get(reason, 0) + 1
+        return kind
 
     def _detect(self, p: Packet, flow: Flow | None, to_server: bool, pkt_id: int,
                 out: list[Command]) -> VerdictKind:
@@ -348,6 +445,8 @@ class Engine:
             # inline, stays dropped. A passed flow needs no more inspection: bypass it.
             if flow.action == "drop":
                 return VerdictKind.DROP if self.config.mode == "ips" else VerdictKind.ACCEPT
+            if flow.action == "accept":
+                return VerdictKind.ACCEPT
             return VerdictKind.BYPASS
         if flow is not None and flow.role in self.role_detectors:
             det = self.role_detectors[flow.role]
@@ -515,12 +614,26 @@ class Engine:
                 applayer.feed_tcp(flow, upd.to_server, True, res)
             if upd.to_client:
                 applayer.feed_tcp(flow, upd.to_client, False, res)
-            return res
-        if p.proto == PROTO_UDP:
+        elif p.proto == PROTO_UDP:
             res = AppResult()
             applayer.feed_udp(flow, p, to_server, res)
-            return res
-        return None
+        else:
+            return None
+        st = flow.app
+        if st is not None:
+            m = st.memuse()
+            grew = m - st.mem
+            if grew:
+                st.mem = m
+                self.app_memuse += grew
+                if grew > 0 and self.app_memuse > self.config.app_layer_memcap:
+                    # Over the app layer's memcap: this flow's parser goes, whatever
+                    # the policy (memory stays bounded); the policy decides the rest.
+                    st.abandon()
+                    self.app_memuse -= m
+                    st.mem = 0
+                    self._exc_hit = "applayer_memcap"
+        return res
 
     def _app_results(self, p: Packet, flow: Flow, res: AppResult, kind: VerdictKind,
                      pkt_id: int, out: list[Command]) -> VerdictKind:
@@ -567,7 +680,14 @@ class Engine:
                 for name in upd.events:
                     out.append(Log(anomaly_record(p, flow, name, cnt, self.config.pkt_src,
                                                   kind="stream")))
-        if self.config.mode == "ips" and (upd.differs or upd.memcap_drop):
+        if self._exc_hit == "reassembly_memcap":
+            # The segment could not be buffered: the policy decides (inline default:
+            # drop it, the sender retransmits once memory frees).
+            k = self._exception(p, flow, pkt_id, out)
+            if k is not None and (_SEVERITY[kind] < _SEVERITY[VerdictKind.DROP]
+                                  or _SEVERITY[k] > _SEVERITY[kind]):
+                kind = k  # a pass or bypass policy never undoes a rule's drop
+        if self.config.mode == "ips" and upd.differs:
             return VerdictKind.DROP
         if upd.done_ts and upd.done_tc and flow.action is None and self.config.bypass \
                 and self.config.mode == "ips":
@@ -585,7 +705,11 @@ class Engine:
             # transport header leaves nothing to key a flow on.
             return None, True, None
         flows = self.flows
-        f, to_server = flows.lookup(p)
+        try:
+            f, to_server = flows.lookup(p)
+        except FlowTableFull:
+            self._exc_hit = "flow_memcap"
+            return None, True, None
         n = p.pkt_len
         if to_server:
             f.ts_pkts += 1
@@ -598,6 +722,14 @@ class Engine:
         upd = None
         if proto == PROTO_TCP:
             upd = flows.update_tcp(f, p, to_server)
+            if upd is None:
+                if f.tcp is None:
+                    drops = flows.stream.stats.ssn_memcap_drop
+                    if drops != self._ssn_drops:  # no session: the stream memcap
+                        self._ssn_drops = drops
+                        self._exc_hit = "stream_memcap"
+            elif upd.memcap_drop:
+                self._exc_hit = "reassembly_memcap"
         else:
             if (proto == PROTO_ICMP or proto == PROTO_ICMPV6) and p.icmp_inner is None:
                 if to_server and f.icmp_ts is None:
@@ -627,6 +759,8 @@ class Engine:
     def _app_close(self, f: Flow, now: float, out: list[Command]) -> None:
         if f.app is None or not self.config.app_layer:
             return
+        self.app_memuse -= f.app.mem
+        f.app.mem = 0
         try:
             res = AppResult()
             applayer.close(f, res)
@@ -672,4 +806,19 @@ class Engine:
         first = self.stats.first_ts if self.stats.first_ts is not None else now
         rec = stats_record(now, int(now - first), decoder, flow)
         rec["stats"]["tcp"] = self.flows.stream.eve_tcp()
+        v = self.stats.verdicts
+        # Suricata 7's IPS counters; drop_reason counts the packets each memcap's
+        # exception policy dropped or rejected (the 7.0 schema has no counter for the
+        # pass and bypass policies: those are in `exception_policy_stats()`).
+        rec["stats"]["ips"] = {
+            "accepted": v["accept"] + v["bypass"], "blocked": v["drop"] + v["reject"],
+            "rejected": v["reject"],
+            "drop_reason": {r: self.stats.drop_reasons.get(r, 0)
+                            for r in DROP_REASON.values()},
+        }
         return rec
+
+    def exception_policy_stats(self) -> dict[str, Any]:
+        """Each cap's policy in force and its uses by policy (for status and metrics)."""
+        return {cap: {"policy": self.exc[cap], "uses": dict(self.stats.exception_policy[cap])}
+                for cap in CAPS}

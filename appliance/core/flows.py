@@ -114,6 +114,7 @@ class Flow:
         "dp",
         "dst",
         "end_reason",
+        "exceptions",
         "flags_tc",
         "flags_ts",
         "flow_id",
@@ -178,8 +179,11 @@ class Flow:
         self.bits: set[str] = _NO_BITS
         self.ints: dict[str, int] = _NO_INTS
         self.tx_alerted: set[tuple[int, int | None]] = _NO_TX
-        # "pass": no more inspection; "drop": every further packet is dropped (inline).
+        # "pass": no more inspection, bypassed; "bypass": the same, set by the engine;
+        # "accept": no more inspection, not bypassed; "drop": every further packet is
+        # dropped (inline).
         self.action: str | None = None
+        self.exceptions = 0  # bit per exception-policy cap already logged for this flow
         # Policy: the guest this flow belongs to (None: unknown), its bridge port, role.
         self.guest: str | None = None
         self.guest_port: str | None = None
@@ -253,6 +257,11 @@ class FlowStats:
         self.emergency_left = 0
 
 
+class FlowTableFull(Exception):
+    """No flow can be made for this packet: the table is at its memcap and no flow could
+    be reused (core/exception_policy.py: the flow_memcap policy decides the packet)."""
+
+
 class FlowTable:
     """Owns every Flow. `lookup()` returns (flow, to_server) for a packet and hands back
     flows that ended on the way in `ended` (the engine logs and drops them)."""
@@ -266,6 +275,9 @@ class FlowTable:
             for st in (FLOW_NEW, FLOW_ESTABLISHED, FLOW_CLOSED)
         }
         self.emergency = False
+        # Whether a newcomer may evict an established flow when the table is full (the
+        # engine clears it unless its flow_memcap policy is "ignore").
+        self.evict_established = True
         self.stats = FlowStats()
         self.ended: list[Flow] = []
         self._next_sweep: float | None = None
@@ -377,8 +389,8 @@ class FlowTable:
                 self.emergency = True
                 self.stats.emergency_entered += 1
             self.sweep(p.ts)
-            if len(self.flows) >= self._max:
-                self._evict_one()
+            if len(self.flows) >= self._max and not self._evict_one():
+                raise FlowTableFull
         pc = protocol_class(p.proto)
         f = Flow(key, p, pc)
         self.flows[key] = f
@@ -386,12 +398,15 @@ class FlowTable:
         self.stats.total += 1
         return f
 
-    def _evict_one(self) -> None:
+    def _evict_one(self) -> bool:
         """Forced eviction when emergency timeouts freed nothing: the least recently
         seen flow, preferring ones that never got past the handshake (as a SYN flood's
-        half-open flows), so established connections survive a flood longest."""
+        half-open flows), so established connections survive a flood longest. False:
+        nothing could be evicted (only established flows, and they may not be)."""
         best: Flow | None = None
-        for st in (FLOW_CLOSED, FLOW_NEW, FLOW_ESTABLISHED):
+        states = ((FLOW_CLOSED, FLOW_NEW, FLOW_ESTABLISHED) if self.evict_established
+                  else (FLOW_CLOSED, FLOW_NEW))
+        for st in states:
             for pc in (PC_TCP, PC_UDP, PC_ICMP, PC_DEFAULT):
                 q = self.queues[(pc, st)]
                 if q:
@@ -400,9 +415,11 @@ class FlowTable:
                         best = f
             if best is not None:
                 break
-        if best is not None:
-            self._retire(best, "forced")
-            self.stats.evicted += 1
+        if best is None:
+            return False
+        self._retire(best, "forced")
+        self.stats.evicted += 1
+        return True
 
     def _retire(self, f: Flow, reason: str) -> None:
         del self.flows[f.key]

@@ -54,6 +54,11 @@ class StreamParser(Protocol):
 
     def close(self) -> list[AppEvent]: ...
 
+    def memuse(self) -> int:
+        """Bytes of traffic this parser holds (buffers, kept bodies and headers): what
+        counts against the app layer's memcap."""
+        ...
+
 
 def _http() -> StreamParser:
     from appliance.core.app.http import HttpParser

@@ -181,6 +181,9 @@ class ProtoDetector:
         self._done = [False, False]
         self.result: str | None = None
 
+    def memuse(self) -> int:
+        return len(self._buf[0]) + len(self._buf[1])
+
     def early(self, to_server: bool) -> bytes:
         """The first bytes seen in one direction (up to DETECT_DEPTH): what a parser
         chosen by this detection must be fed first."""

@@ -353,6 +353,9 @@ class DnsParser:
         self._unreplied = 0
         self._flooded = False
 
+    def memuse(self) -> int:
+        return len(self._bufs[0]) + len(self._bufs[1])
+
     def parse_datagram(self, data: bytes, to_server: bool) -> list[AppEvent]:
         """One UDP payload = one DNS message (RFC 1035 section 4.2.1)."""
         try:

@@ -727,6 +727,8 @@ class HttpParser:
         self._resp = _Side()
         self._resp_tx_index = 0  # index in transactions of the next tx to answer
         self._broken = False
+        # Bytes of bodies and raw headers kept in self.transactions (for memuse()).
+        self._tx_bytes = 0
 
     # public API -------------------------------------------------------------------------
 
@@ -768,6 +770,9 @@ class HttpParser:
             out.append(AppEvent(ANOMALY, False, "PARSER_ERROR"))
         return out
 
+    def memuse(self) -> int:
+        return len(self._req.buf) + len(self._resp.buf) + self._tx_bytes
+
     def get_tx(self, tx_id: int) -> HttpTransaction | None:
         for tx in self.transactions:
             if tx.tx_id == tx_id:
@@ -785,6 +790,10 @@ class HttpParser:
         while drop < limit and drop < self._resp_tx_index and txs[drop].logged:
             drop += 1
         if drop:
+            for tx in txs[:drop]:
+                self._tx_bytes -= (len(tx.request_body) + len(tx.response_body)
+                                   + len(tx.request_headers_raw)
+                                   + len(tx.response_headers_raw))
             del txs[:drop]
             self._resp_tx_index -= drop
 
@@ -916,8 +925,10 @@ class HttpParser:
         prefix = "REQUEST" if to_server else "RESPONSE"
         raw = tx.request_headers_raw if to_server else tx.response_headers_raw
         if side.state == _HEADERS and len(raw) < RAW_HEADERS_LIMIT:
+            n = len(raw)
             raw += side.buf[side.line_start : side.line_start + len(line) + 2].split(
                 b"\n", 1)[0] + b"\n"
+            self._tx_bytes += len(raw) - n
         if line.strip(b" \t") and line:
             side.hdr_bytes += len(line)
             if len(side.hdr_lines) >= MAX_HEADERS or side.hdr_bytes > MAX_HEADER_BYTES:
@@ -1067,6 +1078,7 @@ class HttpParser:
         tx.status_msg = parts[2].strip(b" \t") if len(parts) > 2 else b""
         # a new status line replaces an interim (1xx) one's headers
         tx.response_headers = []
+        self._tx_bytes -= len(tx.response_headers_raw)
         tx.response_headers_raw = bytearray()
         if tx.status is None:
             self._anom(out, "RESPONSE_INVALID_STATUS", False, tx)
@@ -1175,7 +1187,9 @@ class HttpParser:
             tx.request_body_len += len(data)
             room = REQUEST_BODY_LIMIT - len(tx.request_body)
             if room > 0:
+                n = len(tx.request_body)
                 tx.request_body += data[:room]
+                self._tx_bytes += len(tx.request_body) - n
         else:
             tx.response_body_len += len(data)
             if side.decoder is not None:
@@ -1191,7 +1205,9 @@ class HttpParser:
                         out.append(AppEvent(FILE_CLOSED, False, "", tx.tx_id, {"file": f}))
             room = RESPONSE_BODY_LIMIT - len(tx.response_body)
             if room > 0 and data:
+                n = len(tx.response_body)
                 tx.response_body += data[:room]
+                self._tx_bytes += len(tx.response_body) - n
         if side.file is not None:
             side.file.update(data)
 

@@ -383,6 +383,11 @@ class TlsParser:
 
     # public API ------------------------------------------------------------------------
 
+    def memuse(self) -> int:
+        ts, tc = self._ts, self._tc
+        return (len(ts.buf) + len(ts.hs) + len(tc.buf) + len(tc.hs)
+                + sum(len(c) for c in self.certs_der))
+
     def feed(self, data: bytes, to_server: bool) -> list[AppEvent]:
         out: list[AppEvent] = []
         d = self._ts if to_server else self._tc

@@ -76,13 +76,17 @@ for _cmd in control_commands():
               help="YAML config file.")
 @click.option("--eve", "eve", default=None, metavar="PATH|-",
               help="Write EVE JSON lines here ('-' for stdout).")
+@click.option("--threshold-file", type=click.Path(), default=None,
+              help="threshold.config (threshold, suppress, rate_filter lines) "
+                   "[the one beside the rules, if any].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.argument("pcaps", nargs=-1, required=True, type=click.Path())
 def replay(rules: tuple[str, ...], ips: bool, policy_path: str | None,
+           threshold_file: str | None,
            yara_dir: str | None, scan_cache: str | None, config_path: str | None,
            eve: str | None, quiet: bool, pcaps: tuple[str, ...]) -> None:
     """Replay PCAP files through the same engine the live path uses."""
-    ld = _load_all(rules, config_path, policy_path, quiet)
+    ld = _load_all(rules, config_path, policy_path, quiet, threshold_file)
     cfg = ld.config
     try:
         readers = [PcapReader(p) for p in pcaps]
@@ -265,9 +269,9 @@ class _Loaded:
 
 
 def _load_all(rules: tuple[str, ...], cfg_path: str | None, policy_path: str | None,
-              quiet: bool = False) -> _Loaded:
+              quiet: bool = False, threshold_file: str | None = None) -> _Loaded:
     """Config, rules and policy; per-role detection when a policy is given."""
-    cfg, detector, loaded = _load(rules, cfg_path, quiet)
+    cfg, detector, loaded = _load(rules, cfg_path, quiet, threshold_file)
     if policy_path is None:
         return _Loaded(cfg, detector, loaded=loaded)
     try:
@@ -288,22 +292,31 @@ def _load_all(rules: tuple[str, ...], cfg_path: str | None, policy_path: str | N
     return _Loaded(cfg, detector, pol, roles, loaded)
 
 
-def _load(rules: tuple[str, ...], cfg_path: str | None,
-          quiet: bool = False) -> tuple[Config, SignatureEngine | None, LoadedRules | None]:
+def _load(rules: tuple[str, ...], cfg_path: str | None, quiet: bool = False,
+          threshold_file: str | None = None,
+          ) -> tuple[Config, SignatureEngine | None, LoadedRules | None]:
     """Config and rules for replay and run; any user error is one line and exit 2."""
     for r in rules:
         if not Path(r).exists():
             _fail(f"{r}: no such rule file or directory")
+    if threshold_file is not None and not rules:
+        _fail("--threshold-file needs --rules")
     try:
         cfg = load_config(cfg_path)
         if not rules:
             return cfg, None, None
         t0 = time.perf_counter()
         loaded = load_detection(rules, variables_from(cfg.address_groups, cfg.port_groups),
-                                cache_dir=default_cache_dir())
+                                cache_dir=default_cache_dir(), threshold_file=threshold_file)
     except ApplianceError as e:
         _fail(str(e))
     if not quiet:
+        if loaded.thresholds is not None:
+            t = loaded.thresholds
+            click.echo(f"thresholds: {t.entries} entries from {', '.join(t.sources)}, "
+                       f"{len(t.failures)} bad lines", err=True)
+            for f in t.failures:
+                click.echo(f"appliance: warning: {f.file}:{f.line}: {f.reason}", err=True)
         click.echo(f"rules: {loaded.active} active, {loaded.failed} failed "
                    f"(`appliance rules check` lists them), {loaded.disabled} disabled; "
                    f"loaded in {time.perf_counter() - t0:.1f} s"
@@ -343,15 +356,24 @@ def _load(rules: tuple[str, ...], cfg_path: str | None,
 @click.option("--user", default="appliance", show_default=True,
               help="Started as root, run as this user with only CAP_NET_ADMIN and "
                    "CAP_NET_RAW (if the user exists); '' to stay root.")
+@click.option("--watchdog", type=click.FloatRange(0.2, 600), default=2.0, show_default=True,
+              help="Seconds without a heartbeat after which a worker is killed and "
+                   "restarted.")
+@click.option("--stats-interval", type=click.FloatRange(0, 86400), default=8.0,
+              show_default=True, help="Seconds between EVE stats records (0: at exit only).")
+@click.option("--threshold-file", type=click.Path(), default=None,
+              help="threshold.config (threshold, suppress, rate_filter lines) "
+                   "[the one beside the rules, if any].")
 def run(bridge: str, rules: tuple[str, ...], config_path: str | None, eve: str | None,
+        threshold_file: str | None,
         queues: int, fail_open: bool, policy_path: str | None, state_dir: str,
         control_path: str, yara_dir: str, scan_cache: str | None, no_scan: bool,
         metrics: str | None, endpoint_api: str | None, endpoint_tokens: str | None,
-        user: str) -> None:
+        user: str, watchdog: float, stats_interval: float) -> None:
     """Inspect BRIDGE inline through NFQUEUE until SIGTERM or Ctrl-C."""
     from appliance.daemon import RunOptions, Supervisor
 
-    ld = _load_all(rules, config_path, policy_path)
+    ld = _load_all(rules, config_path, policy_path, threshold_file=threshold_file)
     cfg = replace(ld.config, engine=replace(ld.config.engine, mode="ips",
                                             log_pcap_cnt=False))
     variables = variables_from(ld.config.address_groups, ld.config.port_groups)
@@ -363,7 +385,8 @@ def run(bridge: str, rules: tuple[str, ...], config_path: str | None, eve: str |
                                                              "scancache.db"),
                                 user=user or None, metrics=metrics,
                                 endpoint_api=endpoint_api,
-                                endpoint_tokens=endpoint_tokens),
+                                endpoint_tokens=endpoint_tokens,
+                                watchdog=watchdog, stats_interval=stats_interval),
                      log=lambda m: click.echo(f"appliance: {m}", err=True),
                      policy=ld.policy, role_detectors=ld.role_detectors,
                      reload_args=(variables, default_cache_dir()))

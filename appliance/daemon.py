@@ -8,6 +8,15 @@ Forked workers share the loaded ruleset copy-on-write, so a restart takes millis
 A watchdog restarts a worker that died, and kills and restarts one whose heartbeat
 stops (a stuck worker would stall everything queued to it, fail-open or not). The
 chains are removed on exit and on SIGTERM; a crashed run's chains are replaced at start.
+
+Each watchdog event is logged and written to EVE as an `engine` record (Suricata's
+record for engine messages: module "watchdog", the worker's name, the running counts of
+restarts and watchdog kills in the message). Every `stats_interval` seconds, after each
+watchdog event and at exit the supervisor also writes an EVE `stats` record summed over
+the workers (uptime, packets, ips verdicts, the flow table). Suricata's schema closes
+every object under `stats` (additionalProperties: false), so the restart and kill
+counters cannot go there without making the record invalid: they are in the `engine`
+records, in `appliance status` (worker_restarts, watchdog_kills) and in the metrics.
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ from appliance.io.nfqueue import QueueWorker
 WATCHDOG_SECONDS = 2.0
 # Supervisor poll period.
 POLL = 0.1
+# Seconds between the supervisor's EVE stats records (Suricata's stats.interval default).
+STATS_INTERVAL = 8.0
 
 
 @dataclass
@@ -47,6 +58,7 @@ class RunOptions:
     fail_open: bool = False
     eve: str | None = None
     watchdog: float = WATCHDOG_SECONDS
+    stats_interval: float = STATS_INTERVAL  # EVE stats records; 0: only at exit
     # Where actions persist (SQLite) and are audited (JSON lines); None: no actions.
     state_dir: str | None = None
     control: str | None = None  # the control socket's path; None: no control socket
@@ -210,6 +222,9 @@ class Supervisor:
         self._endpoint_args: tuple[Any, ...] | None = None
         self._endpoint_started = 0.0
         self._stop = False
+        self._eve: EveWriter | None = None
+        self._eve_failed = False
+        self._started = time.time()
 
     def check(self) -> None:
         from appliance.privileges import DAEMON_CAPS, has_caps
@@ -388,6 +403,7 @@ class Supervisor:
             for addr, b in ws.get("top_talkers", []):
                 talkers[addr] = talkers.get(addr, 0) + int(b)
         totals["bypassed"] = totals["verdicts"].get("bypass", 0)
+        totals["flow"] = self._flow_totals()
         totals["top_talkers"] = sorted(talkers.items(), key=lambda kv: -kv[1])[:5]
         return {
             "traffic": totals,
@@ -400,6 +416,68 @@ class Supervisor:
             "action_requests": self.action_requests,
             "actions": self.manager.status() if self.manager is not None else {},
         }
+
+    def _flow_totals(self) -> dict[str, int]:
+        """The workers' flow tables summed (Suricata's stats.flow names); `emergency`
+        is how many workers are in emergency mode now."""
+        out = {k: 0 for k in ("active", "memcap", "memuse", "emerg_mode_entered",
+                              "emerg_mode_over", "get_used", "total", "emergency")}
+        for ws in self.worker_stats.values():
+            fl = ws.get("flow", {})
+            out["active"] += int(ws.get("flows_active", 0))
+            for k in ("memcap", "memuse", "emerg_mode_entered", "emerg_mode_over",
+                      "get_used", "total"):
+                out[k] += int(fl.get(k, 0))
+            out["emergency"] += bool(fl.get("emergency"))
+        return out
+
+    # -- EVE: watchdog events and stats -------------------------------------------------
+
+    def _eve_write(self, record: dict[str, Any]) -> None:
+        if not self.opts.eve or self._eve_failed:
+            return
+        try:
+            if self._eve is None:
+                self._eve = EveWriter(self.opts.eve, append=True)
+            self._eve.write(record)
+        except (ApplianceError, OSError) as e:
+            self._eve_failed = True  # said once; the log still has every event
+            self.log(f"EVE output: {e}; supervisor records are not written")
+
+    def _watchdog_event(self, q: int, what: str, detected: float) -> None:
+        """A worker died or hung: the log line, an EVE `engine` record stamped with the
+        time of detection (wall clock, as EVE's), fresh stats."""
+        from appliance.core.records import format_ts
+
+        msg = (f"worker {q} {what}; restarting ({self.restarts} restart(s), "
+               f"{self.watchdog_kills} watchdog kill(s))")
+        self.log(msg)
+        self._eve_write({"timestamp": format_ts(detected), "event_type": "engine",
+                         "log_level": "Warning",
+                         "engine": {"message": msg, "module": "watchdog",
+                                    "thread_name": f"appliance-q{q}"}})
+        self.write_stats()
+
+    def stats_record(self) -> dict[str, Any]:
+        """An EVE `stats` record for the whole appliance (schema-valid: only Suricata's
+        names; see the module's docstring for where the restart counters are)."""
+        from appliance.core.records import format_ts
+
+        st = self.status()["traffic"]
+        v = st["verdicts"]
+        fl = {k: n for k, n in st["flow"].items() if k != "emergency"}
+        now = time.time()
+        return {"timestamp": format_ts(now), "event_type": "stats",
+                "stats": {"uptime": int(now - self._started),
+                          "decoder": {"pkts": st["packets"]},
+                          "ips": {"accepted": v.get("accept", 0) + v.get("bypass", 0),
+                                  "blocked": v.get("drop", 0) + v.get("reject", 0),
+                                  "rejected": v.get("reject", 0)},
+                          "flow": fl,
+                          "detect": {"alert": st["alerts"]}}}
+
+    def write_stats(self) -> None:
+        self._eve_write(self.stats_record())
 
     def _act(self, req: ActionRequest) -> None:
         if self.manager is None:
@@ -463,7 +541,7 @@ class Supervisor:
         self._drop_privileges()
         self.chains.install()
         self._start_actions()
-        last_tick = time.monotonic()
+        last_tick = last_stats = time.monotonic()
         old_term = signal.signal(signal.SIGTERM, self.stop)
         old_int = signal.signal(signal.SIGINT, self.stop)
         try:
@@ -488,6 +566,10 @@ class Supervisor:
                 self._watch()
                 self._watch_endpoint()
                 self._drain_actions()
+                if (self.opts.stats_interval > 0
+                        and time.monotonic() - last_stats >= self.opts.stats_interval):
+                    last_stats = time.monotonic()
+                    self.write_stats()
                 if time.monotonic() - last_tick >= 1.0 and self.metrics is not None:
                     self.metrics.update_from_status(self.status())
                 if self.manager is not None and time.monotonic() - last_tick >= 1.0:
@@ -507,6 +589,10 @@ class Supervisor:
                     p.kill()
                     p.join(timeout=2)
             self.chains.remove()
+            self._drain_actions()  # the workers' last counters
+            self.write_stats()
+            if self._eve is not None:
+                self._eve.close()
             if self.control is not None:
                 self.control.stop()
             if self.metrics is not None:
@@ -553,16 +639,19 @@ class Supervisor:
     def _watch(self) -> None:
         now = time.monotonic()
         for q, p in list(self.workers.items()):
+            detected = time.time()
             if not p.is_alive():
                 p.join(timeout=0)
-                self.log(f"worker {q} exited ({p.exitcode}); restarting")
+                pid = p.pid
                 self.restarts += 1
                 self._start(q)
+                self._watchdog_event(q, f"(pid {pid}) exited ({p.exitcode})", detected)
             elif now - self.beats[q].value > self.opts.watchdog:
-                self.log(f"worker {q} stopped answering for {now - self.beats[q].value:.1f} s;"
-                         " killing and restarting it")
+                silent = now - self.beats[q].value
                 self.watchdog_kills += 1
                 p.kill()
                 p.join(timeout=2)
                 self.restarts += 1
                 self._start(q)
+                self._watchdog_event(q, f"(pid {p.pid}) stopped answering for {silent:.1f} s;"
+                                        " killed", detected)

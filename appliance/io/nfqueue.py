@@ -15,6 +15,7 @@ from __future__ import annotations
 import select
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,11 +34,24 @@ from appliance.io.netfilter import BYPASS_MARK
 IDLE_WAKE = 0.25
 # Flow expiry ticks (engine time) at least this often.
 TICK_INTERVAL = 1.0
+# Under a flood netfilterqueue's run(block=False) reads until the socket is empty, which
+# may be never: every this many packets the callback beats, ticks and reports itself, so
+# a busy worker is not taken for a hung one and its flows still time out.
+HOUSEKEEPING_EVERY = 256
 # Packet bytes copied from the kernel: whole packets (no GSO, so at most the MTU of the
 # bridge; 64 KiB covers jumbo frames and reassembled-by-GRO packets).
 COPY_RANGE = 0xFFFF
-# Queue length in the kernel before packets are dropped (or bypassed when fail-open).
+# Queue length in the kernel before packets are dropped (or accepted when fail-open: see
+# set_fail_open).
 MAX_QUEUE_LEN = 4096
+# nfnetlink_queue's config message (linux/netfilter/nfnetlink_queue.h): subsystem 3,
+# message NFQNL_MSG_CONFIG, attributes NFQA_CFG_MASK and NFQA_CFG_FLAGS (big-endian u32).
+_NFNL_SUBSYS_QUEUE = 3
+_NFQNL_MSG_CONFIG = 2
+_NFQA_CFG_MASK = 4
+_NFQA_CFG_FLAGS = 5
+NFQA_CFG_F_FAIL_OPEN = 1
+_NLM_F_REQUEST = 1
 # Flows looked at to find the top talkers for status (bounded work once a second).
 TOP_TALKER_SCAN = 50_000
 # Alerts each worker keeps for `appliance explain --live` (a ring: the latest win).
@@ -73,6 +87,31 @@ class _Injector:
             s.close()
 
 
+def fail_open_message(queue_num: int) -> bytes:
+    """The netlink request that sets NFQA_CFG_F_FAIL_OPEN on a bound queue: when its
+    queue is full the kernel then accepts packets instead of dropping them.
+    `--queue-bypass` covers only the case where no program is bound to the queue; a
+    bound but stalled worker fills its queue, and without this flag the overflow is
+    dropped even in fail-open mode."""
+    attrs = b"".join(struct.pack("=HH", 8, t) + struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)
+                     for t in (_NFQA_CFG_MASK, _NFQA_CFG_FLAGS))
+    # nfgenmsg: family AF_UNSPEC, version NFNETLINK_V0, res_id = the queue (big-endian).
+    body = struct.pack("!BBH", 0, 0, queue_num) + attrs
+    hdr = struct.pack("=IHHII", 16 + len(body), (_NFNL_SUBSYS_QUEUE << 8) | _NFQNL_MSG_CONFIG,
+                      _NLM_F_REQUEST, 0, 0)
+    return hdr + body
+
+
+def set_fail_open(fd: int, queue_num: int) -> None:
+    """netfilterqueue 1.1.0 does not expose nfq_set_queue_flags, so the request goes out
+    on the queue's own netlink socket (the kernel accepts queue config only from the
+    socket bound to it). An error reply (an old kernel without the flag) arrives on
+    that socket and is skipped by libnfnetlink like any other non-packet message."""
+    import os
+
+    os.write(fd, fail_open_message(queue_num))
+
+
 class QueueWorker:
     def __init__(self, queue_num: int, engine: Engine, eve: EveSink | None,
                  fail_open: bool, heartbeat: Callable[[], None] | None = None,
@@ -96,6 +135,7 @@ class QueueWorker:
         self.heartbeat = heartbeat
         self.bypass_mark = bypass_mark
         self.stats = WorkerStats()
+        self._last_tick = time.monotonic()
         self._stop = False
         self._ifnames: dict[int, str] = {}
         self._inject = _Injector()
@@ -120,6 +160,8 @@ class QueueWorker:
         """The netfilterqueue callback: exactly one verdict call per packet."""
         st = self.stats
         st.packets += 1
+        if st.packets % HOUSEKEEPING_EVERY == 0:
+            self._housekeeping()
         kind = self.default
         verdict: Verdict | None = None
         data = b""
@@ -198,14 +240,14 @@ class QueueWorker:
         q = NetfilterQueue()
         q.bind(self.queue_num, self.handle, max_len=MAX_QUEUE_LEN, range=COPY_RANGE)
         fd = q.get_fd()
+        if self.default is VerdictKind.ACCEPT:
+            set_fail_open(fd, self.queue_num)
         watch: list[int] = [fd]
         if self.reloader is not None:
             watch.append(self.reloader.fileno())
-        last_tick = time.monotonic()
         try:
             while not self._stop:
-                if self.heartbeat is not None:
-                    self.heartbeat()
+                self._housekeeping()
                 try:
                     ready, _, _ = select.select(watch, [], [], IDLE_WAKE)
                 except InterruptedError:
@@ -217,18 +259,23 @@ class QueueWorker:
                         self.reloader.on_message()  # starts the load in a thread
                     # A ready ruleset is swapped in here, between two packets.
                     self.reloader.poll(self.engine)
-                now = time.monotonic()
-                if now - last_tick >= TICK_INTERVAL:
-                    last_tick = now
-                    self._feed(Tick(time.time()))
-                    if self.report is not None:
-                        self.report(self.counters())
         finally:
             q.unbind()
             self._feed(Shutdown(time.time()))
             if self.eve is not None:
                 self.eve.close()
             self._inject.close()
+
+    def _housekeeping(self) -> None:
+        """Heartbeat; once a TICK_INTERVAL a flow-timeout tick and a counters report."""
+        if self.heartbeat is not None:
+            self.heartbeat()
+        now = time.monotonic()
+        if now - self._last_tick >= TICK_INTERVAL:
+            self._last_tick = now
+            self._feed(Tick(time.time()))
+            if self.report is not None:
+                self.report(self.counters())
 
     def counters(self) -> dict[str, Any]:
         """This worker's figures for `appliance status` (and metrics)."""
@@ -252,6 +299,12 @@ class QueueWorker:
                        "defrag": e.defrag.stats.memcap_hits},
             "anomalies": e.anomalies,
             "flows_active": len(e.flows),
+            # The flow table under pressure (floods): Suricata's stats.flow names.
+            "flow": {"memcap": e.flows.config.memcap, "memuse": e.flows.memuse,
+                     "emergency": e.flows.emergency,
+                     "emerg_mode_entered": e.flows.stats.emergency_entered,
+                     "emerg_mode_over": e.flows.stats.emergency_left,
+                     "get_used": e.flows.stats.evicted, "total": e.flows.stats.total},
             "rejects_sent": self.stats.rejects_sent,
             "top_talkers": [[format_ip(a), b] for a, b in top],
             "recent_alerts": list(self.recent),

@@ -52,6 +52,8 @@ _LABELLED: Final = {
     "alerts": ("appliance_alerts", "Alerts by severity.", "severity"),
     "memcap": ("appliance_memcap_hits", "Times a memcap refused memory, by memcap.",
                "memcap"),
+    "exception_policy": ("appliance_exception_policy", "Packets an exception policy "
+                         "decided, by memcap/policy.", "use"),
 }
 
 

@@ -34,6 +34,7 @@ def snapshot(packets: int, drops: int = 0, sev1: int = 0) -> dict[str, object]:
             "verdicts": {"accept": packets - drops, "drop": drops},
             "alerts": {"1": sev1, "3": 2}, "bypassed": 4,
             "memcap": {"flow": 1, "stream": 0, "defrag": 0},
+            "exception_policy": {"flow_memcap/drop-packet": drops},
             "scan_cache": {"hits": 7, "misses": 2}}
 
 
@@ -77,6 +78,8 @@ def test_scrape_over_loopback(served: tuple[Metrics, str, Path]) -> None:
     assert got[("appliance_alerts_total", (("severity", "3"),))] == 4
     assert got[("appliance_bypassed_flows_total", ())] == 8
     assert got[("appliance_memcap_hits_total", (("memcap", "flow"),))] == 2
+    assert got[("appliance_exception_policy_total",
+                (("use", "flow_memcap/drop-packet"),))] == 1
     assert got[("appliance_queue_drops_total", (("queue", "0"), ("reason", "kernel")))] == 7
     assert got[("appliance_queue_drops_total", (("queue", "0"), ("reason", "socket")))] == 1
     assert got[("appliance_worker_restarts_total", ())] == 3

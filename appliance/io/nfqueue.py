@@ -296,7 +296,14 @@ class QueueWorker:
             "alerts": e.alerts,
             "alerts_by_severity": {str(k): v for k, v in e.alerts_by_severity.items()},
             "memcap": {"flow": e.flows.stats.memcap_hits,
-                       "defrag": e.defrag.stats.memcap_hits},
+                       "stream": e.flows.stream.stats.ssn_memcap_drop,
+                       "reassembly": e.flows.stream.stats.segment_memcap_drop,
+                       "defrag": e.defrag.stats.memcap_hits,
+                       "applayer": sum(e.stats.exception_policy["applayer_memcap"].values())},
+            # Uses of each memcap's exception policy, as "cap/policy".
+            "exception_policy": {f"{cap}/{pol}": n
+                                 for cap, uses in e.stats.exception_policy.items()
+                                 for pol, n in uses.items()},
             "anomalies": e.anomalies,
             "flows_active": len(e.flows),
             # The flow table under pressure (floods): Suricata's stats.flow names.

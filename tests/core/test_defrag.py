@@ -122,3 +122,38 @@ def test_many_overlaps_give_up_on_the_datagram() -> None:
     frames.append(v4frag(2, b"y" * 8, False, proto=253))
     assert feed(d, frames) == []
     assert len(d.trackers) <= 1
+
+
+# -- Novak's overlap pattern, from the evasion capture ------------------------------------
+
+def _novak_case() -> object:
+    from tests.core.test_stream import BUILD
+    return BUILD.NOVAK
+
+
+@pytest.mark.parametrize("policy", ["first", "last", "bsd", "linux", "windows", "solaris"])
+def test_novak_overlap_pattern_per_policy(policy: str) -> None:
+    from appliance.io.pcap import PcapReader
+    from tests.conftest import PCAPS
+    case = _novak_case()
+    with PcapReader(PCAPS / "evasion" / "frag-overlap-novak-v4.pcap") as r:
+        frames = [ev.data for ev in r]
+    (rebuilt,) = feed(Defragmenter(DefragConfig(policy=policy)), frames)
+    p = Decoder().decode(rebuilt, LINKTYPE_ETHERNET, 0.0)
+    assert p.payload == case.expected[policy]  # type: ignore[attr-defined]
+
+
+def test_ipv6_overlapping_fragments_drop_the_datagram() -> None:
+    from appliance.io.pcap import PcapReader
+    from tests.conftest import PCAPS
+    dec = Decoder()
+    d = Defragmenter(DefragConfig(policy="last"))
+    events: list[str] = []
+    with PcapReader(PCAPS / "evasion" / "frag-overlap-novak-v6.pcap") as r:
+        for ev in r:
+            p = dec.decode(ev.data, LINKTYPE_ETHERNET, ev.ts)
+            assert d.add(p) is None
+            events += p.events or []
+    # the first overlap (fragment 4) kills the datagram; fragments 5 and 6 are ignored
+    assert events == ["decoder.ipv6.frag_overlap", "decoder.ipv6.frag_ignored",
+                      "decoder.ipv6.frag_ignored", "decoder.ipv6.frag_ignored"]

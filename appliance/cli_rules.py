@@ -11,7 +11,9 @@ import click
 
 from appliance.errors import InputError
 from appliance.rules.compiler import compile_rules
+from appliance.rules.loader import load_thresholds
 from appliance.rules.store import RuleFailure, Ruleset, load_rules
+from appliance.rules.variables import Variables
 
 # How many example failures to print per reason in the text summary: enough to find the
 # pattern, few enough that one noisy reason does not bury the others.
@@ -32,11 +34,16 @@ def rules() -> None:
 @rules.command(name="check")
 @click.option("--strict", is_flag=True, help="Exit 1 if any rule failed to load.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--threshold-file", type=click.Path(path_type=Path), default=None,
+              help="Also check this threshold.config [the one beside the rules, if any].")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-def check(strict: bool, as_json: bool, paths: tuple[Path, ...]) -> None:
-    """Load rule files or directories and report what loaded, failed or is disabled."""
+def check(strict: bool, as_json: bool, threshold_file: Path | None,
+          paths: tuple[Path, ...]) -> None:
+    """Load rule files or directories and report what loaded, failed or is disabled
+    (threshold.config lines included)."""
     try:
         parsed = load_rules(paths)
+        thresholds = load_thresholds(paths, Variables(), threshold_file)
     except InputError as exc:
         raise _InputFailure(str(exc)) from None
     # Parse failures and rules the matcher cannot run (unsupported keywords) alike.
@@ -47,11 +54,14 @@ def check(strict: bool, as_json: bool, paths: tuple[Path, ...]) -> None:
         rules=tuple(r for r in parsed.rules if id(r) not in bad),
         failures=parsed.failures + tuple(
             RuleFailure(f.rule.file or "?", f.rule.line or 0, f.rule.sid, f.reason)
-            for f in program.failures),
+            for f in program.failures) + tuple(thresholds.failures if thresholds else ()),
     )
+    entries = thresholds.entries if thresholds is not None else 0
     if as_json:
-        click.echo(json.dumps(_summary(ruleset), sort_keys=True))
+        click.echo(json.dumps(_summary(ruleset) | {"thresholds": entries}, sort_keys=True))
     else:
+        if thresholds is not None:
+            click.echo(f"thresholds: {entries} entries from {', '.join(thresholds.sources)}")
         _print_text(ruleset)
     if strict and ruleset.failures:
         raise SystemExit(1)

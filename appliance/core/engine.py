@@ -473,7 +473,11 @@ class Engine:
                     flow.action = "pass"
                     kind = VerdictKind.BYPASS
                 continue
-            if act != "alert" and flow is not None:
+            if act != "alert" and flow is not None and (
+                    ips or m.tx_id is not None or r.ip_only):
+                # IDS mode, as Suricata 7: a drop from a transaction or an IP-only rule
+                # ends the flow's inspection; one from a payload rule only concerns its
+                # packet, and later packets still alert (suricata-verify util-action-04).
                 flow.action = "drop"
             blocking = ips and act != "alert"
             if blocking:

@@ -195,6 +195,21 @@ class CompiledRule:
     def first_key(self) -> BufferKey | None:
         return self.chains[0].key if self.chains else None
 
+    @property
+    def ip_only(self) -> bool:
+        """Suricata's IP-only rule: it looks at addresses (and the IP protocol) only, no
+        ports, payload, flow state or other header field. Its drop acts on the whole
+        flow even where a payload rule's drop acts on the packet only."""
+        return (not self.chains and not self.app and self.app_proto is None
+                and self.flow is None and self.src_ports.is_any and self.dst_ports.is_any
+                and not self.flowbit_checks and not self.flowints and not self.sameip
+                and all(v is None for v in (
+                    self.dsize, self.itype, self.icode, self.icmp_id, self.icmp_seq,
+                    self.ttl, self.ip_proto, self.flags, self.seq, self.ack, self.window,
+                    self.ip_id, self.tos, self.fragbits, self.urilen, self.stream_size,
+                    self.app_layer_protocol, self.tls_versions, self.dns_opcode,
+                    self.dns_rrtype)))
+
     def info(self) -> RuleInfo:
         r = self.rule
         return RuleInfo(self.order, self.fast, self.first_key, self.ipproto, self.bidir,

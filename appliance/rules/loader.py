@@ -25,6 +25,7 @@ from appliance.rules.compiler import CompileFailure, LazyRules, Program, RuleInf
 from appliance.rules.matcher import build_prefilters
 from appliance.rules.parser import Classification
 from appliance.rules.store import RuleFailure, load_rules, rule_files
+from appliance.rules.thresholds import ThresholdConfig, beside, load_threshold_file
 from appliance.rules.variables import DEFAULT_ADDRESS_GROUPS, DEFAULT_PORT_GROUPS, Variables
 
 # Bump when RuleInfo, the compiler's ordering or the parser's output changes shape.
@@ -39,6 +40,8 @@ class LoadedRules:
     parse_failures: tuple[RuleFailure, ...]
     disabled: int
     from_cache: bool = False
+    # threshold.config entries in force (None: no file); its bad lines are in failures.
+    thresholds: ThresholdConfig | None = None
 
     @property
     def compile_failures(self) -> list[CompileFailure]:
@@ -49,15 +52,22 @@ class LoadedRules:
         return len(self.program.infos)
 
     @property
+    def threshold_failures(self) -> list[RuleFailure]:
+        return list(self.thresholds.failures) if self.thresholds is not None else []
+
+    @property
     def failed(self) -> int:
-        return len(self.parse_failures) + len(self.program.failures)
+        return (len(self.parse_failures) + len(self.program.failures)
+                + len(self.threshold_failures))
 
     def failure_records(self) -> list[RuleFailure]:
-        """Every rule not loaded, parse and compile failures alike (file, line, reason)."""
+        """Every rule (or threshold.config line) not loaded, parse and compile failures
+        alike (file, line, reason)."""
         out = list(self.parse_failures)
         for f in self.program.failures:
             out.append(RuleFailure(f.rule.file or "<text>", f.rule.line or 0, f.rule.sid,
                                    f.reason))
+        out.extend(self.threshold_failures)
         return out
 
 
@@ -86,20 +96,39 @@ def _cache_key(paths: list[Path], variables: Variables) -> str:
     return h.hexdigest()[:40]
 
 
+def load_thresholds(paths: Iterable[Path], variables: Variables,
+                    threshold_file: Path | str | None = None) -> ThresholdConfig | None:
+    """The threshold.config in force: the file given, else any found beside the rules
+    (as classification.config); None when there is none. A given file that cannot be
+    read raises InputError; bad lines in it are failures, never an exception."""
+    files = [Path(threshold_file)] if threshold_file is not None else beside(paths)
+    if not files:
+        return None
+    conf = ThresholdConfig()
+    for f in files:
+        load_threshold_file(f, variables, conf)
+    return conf
+
+
 def load_detection(paths: Iterable[Path | str], variables: Variables | None = None,
-                   cache_dir: Path | None = None) -> LoadedRules:
-    """Parse (lenient), compile (lenient) and build the prefilter databases."""
+                   cache_dir: Path | None = None,
+                   threshold_file: Path | str | None = None) -> LoadedRules:
+    """Parse (lenient), compile (lenient) and build the prefilter databases.
+    threshold.config is read every time (it is small; not part of the cache)."""
     given = [Path(p) for p in paths]
     variables = variables if variables is not None else Variables()
+    thresholds = load_thresholds(given, variables, threshold_file)
     key = _cache_key(given, variables) if cache_dir is not None else ""
     if cache_dir is not None:
-        warm = _load_cached(cache_dir / f"rules-{key}.pickle", variables)
+        warm = _load_cached(cache_dir / f"rules-{key}.pickle", variables, thresholds)
         if warm is not None:
             return warm
     ruleset = load_rules(given, variables)
     program = compile_rules(ruleset.rules, ruleset.classifications)
-    loaded = LoadedRules(program, SignatureEngine(program, build_prefilters(program, cache_dir)),
-                         ruleset.loaded, ruleset.failures, ruleset.disabled_count)
+    loaded = LoadedRules(program, SignatureEngine(program, build_prefilters(program, cache_dir),
+                                                  thresholds),
+                         ruleset.loaded, ruleset.failures, ruleset.disabled_count,
+                         thresholds=thresholds)
     if cache_dir is not None:
         _store(cache_dir / f"rules-{key}.pickle", loaded, ruleset.classifications)
     return loaded
@@ -124,7 +153,8 @@ def _store(path: Path, loaded: LoadedRules, classes: dict[str, Classification]) 
         pass  # no cache: the next start is a cold one
 
 
-def _load_cached(path: Path, variables: Variables) -> LoadedRules | None:
+def _load_cached(path: Path, variables: Variables,
+                 thresholds: ThresholdConfig | None) -> LoadedRules | None:
     try:
         blob = pickle.loads(path.read_bytes())
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
@@ -138,12 +168,13 @@ def _load_cached(path: Path, variables: Variables) -> LoadedRules | None:
                                                   line=line), reason))
     infos = blob["infos"]
     program = Program(LazyRules(infos, variables, classes), failures, infos)
-    engine = SignatureEngine(program, build_prefilters(program, path.parent))
+    engine = SignatureEngine(program, build_prefilters(program, path.parent), thresholds)
     return LoadedRules(program, engine, blob["parsed"], blob["parse_failures"],
-                       blob["disabled"], from_cache=True)
+                       blob["disabled"], from_cache=True, thresholds=thresholds)
 
 
-def detection_from_text(lines: Iterable[str], variables: Variables | None = None) -> LoadedRules:
+def detection_from_text(lines: Iterable[str], variables: Variables | None = None,
+                        thresholds: ThresholdConfig | None = None) -> LoadedRules:
     """Build detection from rule text (tests, one-off checks); bad rules are skipped and
     reported in the result like file-loaded ones."""
     from appliance.rules.parser import RuleParseError, parse_rule
@@ -158,8 +189,8 @@ def detection_from_text(lines: Iterable[str], variables: Variables | None = None
         except RuleParseError as e:
             failures.append(RuleFailure("<text>", n, e.sid, e.reason))
     program = compile_rules(rules, {})
-    return LoadedRules(program, SignatureEngine(program, build_prefilters(program)),
-                       len(rules), tuple(failures), 0)
+    return LoadedRules(program, SignatureEngine(program, build_prefilters(program), thresholds),
+                       len(rules), tuple(failures), 0, thresholds=thresholds)
 
 
 def role_detectors(loaded: LoadedRules, policy: Policy,
@@ -182,7 +213,8 @@ def role_detectors(loaded: LoadedRules, policy: Policy,
                 eng = loaded.engine
             else:
                 eng = SignatureEngine(program, build_prefilters(program, cache_dir,
-                                                                select=keep))
+                                                                select=keep),
+                                      loaded.thresholds)
             by_selection[chosen] = eng
         out[name] = eng
     return out

@@ -7,13 +7,15 @@ run the same way on a transaction's buffers, once per (rule, transaction) as Sur
 
 State: flowbits/flowints and per-transaction "already alerted" live on the Flow;
 threshold counters live here, bounded (THRESHOLD_MAX_ENTRIES) and keyed by packet time.
+The rules' own threshold/detection_filter and threshold.config's entries (thresholds,
+suppressions, rate filters; appliance/rules/thresholds.py) share that one table.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from appliance.core.decode import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Packet
@@ -23,6 +25,7 @@ from appliance.core.stream import FLOW_ESTABLISHED, TcpState
 from appliance.rules.compiler import BufferKey, CompiledRule, Program
 from appliance.rules.keywords import FlowInt, Threshold
 from appliance.rules.matcher import APP_GROUP, Prefilter, PrefilterSet, ip_group
+from appliance.rules.thresholds import NO_LIMITS, RateFilter, RuleLimits, ThresholdConfig
 
 # Threshold/detection_filter entries kept at most: an attacker spraying source
 # addresses must not grow this table without bound; the oldest entries go first.
@@ -33,9 +36,12 @@ _PKT_KEY: BufferKey = ("pkt_data", ())
 
 @dataclass(frozen=True, slots=True)
 class RuleMatch:
+    """A rule that matched and whose action applies. ``rule.action`` is the action to
+    take: a rate filter that is in force hands a copy of the rule with its new_action."""
+
     rule: CompiledRule
     tx_id: int | None
-    alert: bool  # False for noalert rules and matches suppressed by a threshold
+    alert: bool  # False for noalert rules and suppressed matches (suppress entries)
 
 
 class DetectStats:
@@ -49,21 +55,24 @@ class DetectStats:
 
 
 class _ThState:
-    __slots__ = ("count", "current", "start")
+    __slots__ = ("active_since", "count", "start")
 
     def __init__(self, start: float) -> None:
         self.start = start
         self.count = 0
-        self.current = 0
+        self.active_since: float | None = None  # rate_filter: new_action in force since
 
 
 class SignatureEngine:
-    def __init__(self, program: Program, prefilters: PrefilterSet) -> None:
+    def __init__(self, program: Program, prefilters: PrefilterSet,
+                 limits: ThresholdConfig | None = None) -> None:
         self.program = program
         self.rules = program.rules
         self.pf = prefilters
         self.stats = DetectStats()
+        self.limits = limits
         self._thresholds: OrderedDict[tuple[object, ...], _ThState] = OrderedDict()
+        self._rule_limits: dict[int, RuleLimits] = {}
         self._always = {k: tuple(v) for k, v in prefilters.always.items()}
         # App-layer databases and always-lists by buffer name, for inspect_tx.
         self._app_dbs: dict[str, list[tuple[BufferKey, Prefilter]]] = {}
@@ -197,13 +206,25 @@ class SignatureEngine:
                     if not flow.tx_alerted:
                         flow.tx_alerted = set()
                     flow.tx_alerted.add((order, tx_id))
-            alert = not r.noalert and self._threshold_ok(r, p, flow)
+            lim = self._rule_limits.get(order)
+            if lim is None:
+                lim = self._limits_of(r)
+            if lim is NO_LIMITS:
+                alert = not r.noalert
+                acting = r
+            else:
+                applies, alert, acting = self._decide(r, lim, p, flow)
+                if not applies:
+                    # A threshold not reached: no alert and no action (Suricata drops the
+                    # match from the packet's alert queue before actions are applied).
+                    st.suppressed += 1
+                    continue
             if alert:
                 st.alerts += 1
             elif not r.noalert:
                 st.suppressed += 1
-            out.append(RuleMatch(r, tx_id, alert))
-            if r.action == "pass":
+            out.append(RuleMatch(acting, tx_id, alert))
+            if acting.action == "pass":
                 break  # a pass rule ends inspection of this packet (action order)
         return out
 
@@ -302,36 +323,102 @@ class SignatureEngine:
 
     # -- thresholds --------------------------------------------------------------------
 
-    def _threshold_ok(self, r: CompiledRule, p: Packet, flow: Flow | None) -> bool:
-        for th in (r.threshold, r.detection_filter):
-            if th is not None and not self._threshold(r, th, p, flow):
-                return False
-        return True
+    def _limits_of(self, r: CompiledRule) -> RuleLimits:
+        own = (r.threshold, r.detection_filter)
+        if self.limits is not None:
+            lim = self.limits.limits(r.rule.gid, r.rule.sid, own)
+        else:
+            ths = tuple(t for t in own if t is not None)
+            lim = RuleLimits(thresholds=ths) if ths else NO_LIMITS
+        if lim.empty:
+            lim = NO_LIMITS
+        self._rule_limits[r.order] = lim
+        return lim
+
+    def _decide(self, r: CompiledRule, lim: RuleLimits, p: Packet,
+                flow: Flow | None) -> tuple[bool, bool, CompiledRule]:
+        """(the action applies, the alert is logged, the rule whose action to take), in
+        Suricata's order: suppressions first (a suppressed match still acts, it only
+        does not alert), then thresholds (one not reached: neither alert nor action),
+        then rate filters (the action may change while one is in force)."""
+        for sup in lim.suppress:
+            if sup.suppresses(p.src, p.dst):
+                return True, False, r
+        for th in lim.thresholds:
+            if not self._threshold(r, th, p, flow):
+                return False, False, r
+        acting = r
+        for rf in lim.rate_filters:
+            new = self._rate(r, rf, p, flow)
+            if new is not None and new != acting.action:
+                acting = replace(r, action=new)
+        return True, not r.noalert, acting
+
+    @staticmethod
+    def _who(track: str, p: Packet, flow: Flow | None) -> object:
+        if track == "by_src":
+            return p.src
+        if track == "by_dst":
+            return p.dst
+        if track == "by_both":
+            # Both directions between the same two addresses are one pair (Suricata's
+            # by_both uses the ippair table).
+            return (p.src, p.dst) if p.src <= p.dst else (p.dst, p.src)
+        if track == "by_flow":
+            return flow.flow_id if flow is not None else None
+        return None  # by_rule
+
+    def _state(self, key: tuple[object, ...]) -> _ThState | None:
+        table = self._thresholds
+        s = table.get(key)
+        if s is not None:
+            table.move_to_end(key)
+        return s
+
+    def _new_state(self, key: tuple[object, ...], now: float) -> _ThState:
+        table = self._thresholds
+        if key not in table and len(table) >= THRESHOLD_MAX_ENTRIES:
+            table.popitem(last=False)
+        s = table[key] = _ThState(now)
+        return s
+
+    def _rate(self, r: CompiledRule, rf: RateFilter, p: Packet,
+              flow: Flow | None) -> str | None:
+        """A rate filter's new_action when it is in force for this match, else None.
+
+        Per tracked key: the first match opens a window of ``seconds``; a match that makes
+        the count exceed ``count`` within the window puts new_action in force for
+        ``timeout`` seconds (counted from that match); when the timeout has passed, the
+        rule's own action is back and counting starts again with the next window."""
+        key = (r.rule.gid, r.rule.sid, "rate", rf, self._who(rf.track, p, flow))
+        now = p.ts
+        s = self._state(key)
+        if s is None:
+            s = self._new_state(key, now)
+            s.count = 1
+            return None
+        if s.active_since is not None:
+            if now - s.active_since <= rf.timeout:
+                return rf.new_action
+            s.active_since = None
+            s.start, s.count = now, 1
+            return None
+        if now - s.start <= rf.seconds:
+            s.count += 1
+            if s.count > rf.count:
+                s.active_since = now
+                return rf.new_action
+            return None
+        s.start, s.count = now, 1
+        return None
 
     def _threshold(self, r: CompiledRule, th: Threshold, p: Packet, flow: Flow | None) -> bool:
         """Suricata's detect-engine-threshold.c semantics on packet time."""
-        tr = th.track
-        if tr == "by_src":
-            who: object = p.src
-        elif tr == "by_dst":
-            who = p.dst
-        elif tr == "by_both":
-            who = (p.src, p.dst) if p.src <= p.dst else (p.dst, p.src)
-        elif tr == "by_flow":
-            who = flow.flow_id if flow is not None else None
-        else:
-            who = None
-        key = (r.rule.gid, r.rule.sid, th.kind, who)
+        key = (r.rule.gid, r.rule.sid, th.kind, self._who(th.track, p, flow))
         now = p.ts
-        table = self._thresholds
-        s = table.get(key)
+        s = self._state(key)
         if s is None or now - s.start > th.seconds:
-            if s is None and len(table) >= THRESHOLD_MAX_ENTRIES:
-                table.popitem(last=False)
-            s = _ThState(now)
-            table[key] = s
-        else:
-            table.move_to_end(key)
+            s = self._new_state(key, now)
         s.count += 1
         kind = th.kind
         if kind == "limit":

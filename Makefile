@@ -4,7 +4,9 @@
 # Both are quick once set up: each step leaves a stamp and reruns only when its inputs change.
 
 SHELL := /bin/bash
-PYTHON ?= python3
+# Debian's Python first: the daemon drops to an unprivileged user, who must be able to
+# read the interpreter (a Python installed under /root, such as pyenv's, is not).
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMPS := $(VENV)/.stamps

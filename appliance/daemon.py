@@ -57,6 +57,9 @@ class RunOptions:
     queues: int = 1
     fail_open: bool = False
     eve: str | None = None
+    # The EVE file, opened by the supervisor before it drops privileges (-1: not yet):
+    # the workers write through it, so the service user needs no access to its path.
+    eve_fd: int = -1
     watchdog: float = WATCHDOG_SECONDS
     stats_interval: float = STATS_INTERVAL  # EVE stats records; 0: only at exit
     # Where actions persist (SQLite) and are audited (JSON lines); None: no actions.
@@ -153,7 +156,8 @@ def _worker_main(queue_num: int, config: Config, det: Detection, opts: RunOption
     # and die with the supervisor (even SIGKILLed), so no orphan keeps our queue bound.
     os.setsid()
     _die_with_parent()
-    eve = EveWriter(opts.eve, append=True) if opts.eve else None
+    eve = (EveWriter(opts.eve, append=True, fd=opts.eve_fd if opts.eve_fd >= 0 else None)
+           if opts.eve else None)
     scan = None
     engine_cfg = config.engine
     if opts.yara_dir and opts.scan_cache:
@@ -438,7 +442,8 @@ class Supervisor:
             return
         try:
             if self._eve is None:
-                self._eve = EveWriter(self.opts.eve, append=True)
+                self._eve = EveWriter(self.opts.eve, append=True,
+                                      fd=self.opts.eve_fd if self.opts.eve_fd >= 0 else None)
             self._eve.write(record)
         except (ApplianceError, OSError) as e:
             self._eve_failed = True  # said once; the log still has every event
@@ -535,9 +540,22 @@ class Supervisor:
         drop_privileges(user, list(DAEMON_CAPS))
         self.log(f"running as {user} with {', '.join(DAEMON_CAPS)} only")
 
+    def _open_eve(self) -> None:
+        """Open the EVE file while still root: after the drop the service user may not
+        reach its directory (a 0700 log directory, say). Refuse to start if it cannot be
+        written at all, rather than run with workers that die opening it."""
+        eve = self.opts.eve
+        if not eve or eve == "-" or self.opts.eve_fd >= 0:
+            return
+        try:
+            self.opts.eve_fd = os.open(eve, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        except OSError as e:
+            raise ConfigError(f"{eve}: cannot write EVE output: {e.strerror}") from None
+
     def run(self, until: Callable[[], bool] | None = None) -> int:
         self.check()
         self._prepare_endpoint()
+        self._open_eve()
         self._drop_privileges()
         self.chains.install()
         self._start_actions()
@@ -593,6 +611,9 @@ class Supervisor:
             self.write_stats()
             if self._eve is not None:
                 self._eve.close()
+            if self.opts.eve_fd >= 0:
+                os.close(self.opts.eve_fd)
+                self.opts.eve_fd = -1
             if self.control is not None:
                 self.control.stop()
             if self.metrics is not None:

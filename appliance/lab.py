@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from appliance import provision as _pv
 from appliance.errors import ApplianceError
 
 DEFAULT_PREFIX: Final = "apl-"
-BRIDGE: Final = "br0"
+BRIDGE: Final = _pv.BRIDGE
 STATE_ROOT: Final = Path("/run/appliance-lab")
 
 
@@ -46,14 +47,10 @@ class Guest:
     v6: str
 
 
-GUESTS: Final = (
-    Guest("desktop", "10.203.0.10", "fd00:203::10"),
-    Guest("proxy", "10.203.0.20", "fd00:203::20"),
-    Guest("sinkhole", "10.203.0.99", "fd00:203::99"),
-)
-GATEWAY: Final = Guest("gateway", "10.203.0.1", "fd00:203::1")
-GATEWAY_UP: Final = ("203.0.113.1", "2001:db8:113::1")
-INTERNET: Final = Guest("internet", "203.0.113.10", "2001:db8:113::10")
+# The addresses are the provisioning code's (one topology for the lab and the VMs).
+GUESTS: Final = tuple(Guest(name, a.v4, a.v6) for name, a in _pv.GUEST_ADDRS.items())
+GATEWAY: Final = Guest("gateway", _pv.GATEWAY_LAN.v4, _pv.GATEWAY_LAN.v6)
+INTERNET: Final = Guest("internet", _pv.INTERNET.v4, _pv.INTERNET.v6)
 NAMES: Final = ("host", *(g.name for g in GUESTS), "gateway", "internet")
 
 
@@ -104,36 +101,9 @@ class Lab:
         for name in NAMES:
             _run("ip", "netns", "add", self.ns(name))
             self.ipns(name, "link", "set", "lo", "up")
-        self.ipns("host", "link", "add", BRIDGE, "type", "bridge")
-        # No STP delays; no multicast snooping surprises in tests.
-        self.ipns("host", "link", "set", BRIDGE, "type", "bridge", "forward_delay", "0",
-                  "stp_state", "0")
-        self.ipns("host", "link", "set", BRIDGE, "up")
-        for g in (*GUESTS, GATEWAY):
-            gns = self.ns(g.name)
-            self.ipns("host", "link", "add", g.name, "type", "veth", "peer", "name", "eth0",
-                      "netns", gns)
-            self.ipns("host", "link", "set", g.name, "master", BRIDGE, "up")
-            self.ipns(g.name, "addr", "add", f"{g.v4}/24", "dev", "eth0")
-            self.ipns(g.name, "-6", "addr", "add", f"{g.v6}/64", "dev", "eth0", "nodad")
-            self.ipns(g.name, "link", "set", "eth0", "up")
-            if g is not GATEWAY:
-                self.ipns(g.name, "route", "add", "default", "via", GATEWAY.v4)
-                self.ipns(g.name, "-6", "route", "add", "default", "via", GATEWAY.v6)
-        # gateway <-> internet
-        self.ipns("gateway", "link", "add", "eth1", "type", "veth", "peer", "name", "eth0",
-                  "netns", self.ns("internet"))
-        self.ipns("gateway", "addr", "add", f"{GATEWAY_UP[0]}/24", "dev", "eth1")
-        self.ipns("gateway", "-6", "addr", "add", f"{GATEWAY_UP[1]}/64", "dev", "eth1", "nodad")
-        self.ipns("gateway", "link", "set", "eth1", "up")
-        self.ipns("internet", "addr", "add", f"{INTERNET.v4}/24", "dev", "eth0")
-        self.ipns("internet", "-6", "addr", "add", f"{INTERNET.v6}/64", "dev", "eth0", "nodad")
-        self.ipns("internet", "link", "set", "eth0", "up")
-        self.ipns("internet", "route", "add", "10.203.0.0/24", "via", GATEWAY_UP[0])
-        self.ipns("internet", "-6", "route", "add", "fd00:203::/64", "via", GATEWAY_UP[1])
-        gw = self.ns("gateway")
-        _run("ip", "netns", "exec", gw, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        _run("ip", "netns", "exec", gw, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        # Cabling and addressing: the provisioning code the Vagrant VMs run too (the
+        # same topology, bridge settings, addresses, routes and forwarding).
+        _pv.build_lab(self.ns)
         self.state.mkdir(parents=True, exist_ok=True)
         self._start_services()
         self._wait_ready()

@@ -24,11 +24,16 @@ class EveWriter:
     one write(2) on an O_APPEND descriptor, so lines from different workers never
     interleave."""
 
-    def __init__(self, target: str | Path, append: bool = False) -> None:
+    def __init__(self, target: str | Path, append: bool = False, fd: int | None = None
+                 ) -> None:
+        """`fd`: an O_APPEND descriptor of `target` opened earlier (the daemon opens
+        the file before it drops privileges; its workers write through a copy)."""
         self._own = str(target) != "-"
         self._fd = -1
         self._out: TextIO = sys.stdout
-        if self._own and append:
+        if self._own and fd is not None:
+            self._fd = os.dup(fd)
+        elif self._own and append:
             try:
                 self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             except OSError as e:

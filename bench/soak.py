@@ -1,0 +1,211 @@
+"""Soak: mixed traffic through the appliance on the lab for a while, then what changed.
+
+    .venv/bin/python bench/soak.py [--minutes 10] [--rules PATH]...
+
+Two guests loop until the time is up: the desktop fetches pages and inspected text
+downloads, asks DNS, pings, and every fourth round sends a command-injection probe (a
+reject rule: answered with a reset) and a request with clear-text basic auth (an
+alert-only rule); the proxy fetches bypassed bulk downloads and the lab's shared file
+(scanned once, then a scan-cache hit) and asks DNS for AAAA records. No guest roles,
+so the probes are blocked by their rules and never quarantine anybody.
+
+Prints: the duration and rounds; legitimate requests that worked or failed, by kind;
+probes blocked; the workers' verdicts by kind and packets; the kernel queue's drops;
+RSS of the supervisor and each worker at the start (after a warm-up round) and at the
+end, and the drift; worker restarts. Needs root; traffic stays inside the lab. The
+machine may be shared: figures are indicative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from appliance.lab import Lab
+
+sys.path.append(str(Path(__file__).parent))
+from flood import children, nfqueue_drops, rss_mib, status, wait_status
+
+REPO = Path(__file__).resolve().parents[1]
+URL = "http://203.0.113.10"
+
+
+def curl(lab: Lab, guest: str, path: str, *extra: str, timeout: float = 10) -> str:
+    """'200' etc., or 'rcN' when curl failed with exit code N."""
+    cp = lab.run_in(guest, "curl", "-s", "-g", "--path-as-is", "-m", str(timeout), "-o",
+                    "/dev/null", "-w", "%{http_code}", *extra, f"{URL}{path}",
+                    timeout=timeout + 5)
+    return cp.stdout if cp.returncode == 0 else f"rc{cp.returncode}"
+
+
+def dig(lab: Lab, guest: str, qtype: str) -> bool:
+    cp = lab.run_in(guest, "dig", "+short", "+time=2", "+tries=1", "@203.0.113.10",
+                    "soak.example.test", qtype, timeout=10)
+    return cp.returncode == 0 and bool(cp.stdout.strip())
+
+
+def ping(lab: Lab, guest: str) -> bool:
+    return lab.run_in(guest, "ping", "-c", "2", "-i", "0.2", "-W", "2", "-q",
+                      "203.0.113.10", timeout=10).returncode == 0
+
+
+def desktop_round(lab: Lab, n: int, c: Counter[str]) -> None:
+    c["http ok" if curl(lab, "desktop", "/") == "200" else "http FAILED"] += 1
+    c["http ok" if curl(lab, "desktop", "/text/200000") == "200" else "http FAILED"] += 1
+    c["dns ok" if dig(lab, "desktop", "A") else "dns FAILED"] += 1
+    c["ping ok" if ping(lab, "desktop") else "ping FAILED"] += 1
+    if n % 4 == 0:
+        # The reject rule answers with a reset: curl 52/56, never a page.
+        got = curl(lab, "desktop", "/x;/bin/sh", timeout=4)
+        c["probe blocked" if got in ("rc52", "rc56") else "probe PASSED"] += 1
+        auth = curl(lab, "desktop", "/admin", "-u", "soak:secret")
+        c["alerting ok" if auth == "200" else "alerting FAILED"] += 1
+
+
+def proxy_round(lab: Lab, n: int, c: Counter[str]) -> None:
+    c["http ok" if curl(lab, "proxy", "/bulk/5000000") == "200" else "http FAILED"] += 1
+    c["http ok" if curl(lab, "proxy", "/files/shared.txt") == "200" else "http FAILED"] += 1
+    c["dns ok" if dig(lab, "proxy", "AAAA") else "dns FAILED"] += 1
+
+
+def drive(lab: Lab, seconds: float, every: float = 0.0,
+          sample: Callable[[], None] | None = None) -> tuple[Counter[str], int]:
+    """Both guests' loops in threads until `seconds` have passed (each command has its
+    own timeout, so a round always ends); `sample()` is called every `every` s meanwhile."""
+    counts: Counter[str] = Counter()
+    rounds = Counter[str]()
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def loop(name: str, one: Callable[[Lab, int, Counter[str]], None]) -> None:
+        n = 0
+        while time.monotonic() < deadline:
+            c: Counter[str] = Counter()
+            one(lab, n, c)
+            n += 1
+            with lock:
+                counts.update(c)
+                rounds[name] += 1
+
+    threads = [threading.Thread(target=loop, args=a) for a in
+               (("desktop", desktop_round), ("proxy", proxy_round))]
+    for t in threads:
+        t.start()
+    while sample is not None and every > 0 and time.monotonic() + every < deadline:
+        time.sleep(every)
+        sample()
+    for t in threads:
+        t.join(timeout=seconds + 120)
+    return counts, sum(rounds.values())
+
+
+def memory(pid: int) -> dict[str, float]:
+    """RSS (MiB) of the supervisor and of each child by pid."""
+    out = {"supervisor": rss_mib(pid)}
+    for k in children(pid):
+        out[f"child {k}"] = rss_mib(k)
+    return out
+
+
+def run_soak(lab: Lab, start: Callable[..., Any], tmp: Path, seconds: float) -> dict[str, Any]:
+    pol = tmp / "soak-policy.yaml"
+    pol.write_text("guests: []\n")
+    app = start("--policy", str(pol), "--stats-interval", "5")
+    wait_status(lab)
+    drive(lab, 0.1)  # one warm-up round: modules loaded, scan cache filled
+    time.sleep(1.2)  # a worker report after it
+    st0 = status(lab) or {}
+    drops0 = nfqueue_drops(lab)
+    rss0 = memory(app.proc.pid)
+    t0 = time.monotonic()
+    timeline: list[tuple[float, float]] = []  # (seconds, the workers' RSS summed)
+
+    def sample() -> None:
+        m = memory(app.proc.pid)
+        timeline.append((time.monotonic() - t0,
+                         sum(v for k, v in m.items() if k != "supervisor")))
+
+    counts, rounds = drive(lab, seconds, max(seconds / 10, 1.0), sample)
+    elapsed = time.monotonic() - t0
+    time.sleep(1.2)
+    st1 = status(lab) or {}
+    rss1 = memory(app.proc.pid)
+    v0, v1 = st0["traffic"]["verdicts"], st1["traffic"]["verdicts"]
+    return {
+        "seconds": elapsed,
+        "rounds": rounds,
+        "outcomes": dict(counts),
+        "verdicts": {k: v1.get(k, 0) - v0.get(k, 0) for k in sorted(set(v0) | set(v1))},
+        "packets": st1["traffic"]["packets"] - st0["traffic"]["packets"],
+        "alerts": st1["traffic"]["alerts"] - st0["traffic"]["alerts"],
+        "queue_drops": nfqueue_drops(lab) - drops0,
+        "rss_start_mib": rss0,
+        "rss_end_mib": rss1,
+        "workers_rss_timeline": timeline,
+        "worker_restarts": st1.get("worker_restarts", 0),
+        "errors": st1["traffic"]["errors"] - st0["traffic"]["errors"],
+    }
+
+
+def report(fig: dict[str, Any]) -> str:
+    lines = [f"soak: {fig['seconds']:.0f} s, {fig['rounds']} rounds of mixed traffic",
+             "  outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(fig["outcomes"].items())),
+             "  verdicts: " + ", ".join(f"{k} {v:,}" for k, v in fig["verdicts"].items())
+             + f"; packets {fig['packets']:,}; alerts {fig['alerts']}; worker errors "
+             f"{fig['errors']}",
+             f"  kernel queue drops: {fig['queue_drops']}; worker restarts: "
+             f"{fig['worker_restarts']}"]
+    for name, start in fig["rss_start_mib"].items():
+        end = fig["rss_end_mib"].get(name)
+        if end is None:
+            lines.append(f"  RSS {name}: {start:.1f} MiB at the start, gone at the end")
+        else:
+            lines.append(f"  RSS {name}: {start:.1f} -> {end:.1f} MiB "
+                         f"(drift {end - start:+.1f} MiB)")
+    if fig["workers_rss_timeline"]:
+        lines.append("  workers' RSS over time: " + ", ".join(
+            f"{t:.0f} s {m:.0f} MiB" for t, m in fig["workers_rss_timeline"]))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--rules", action="append", default=None)
+    ap.add_argument("--json", action="store_true", help="Print the figures as JSON too.")
+    a = ap.parse_args()
+    from inline import Running
+
+    rules = a.rules or [str(REPO / "rules")]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-soak-"))
+    lab = Lab("bsk-")
+    lab.up()
+    running: list[Any] = []
+
+    def start(*args: str) -> Any:
+        r = Running(lab, rules, "--eve", str(tmp / "eve.json"), *args)
+        running.append(r)
+        return r
+
+    try:
+        fig = run_soak(lab, start, tmp, a.minutes * 60)
+        print(f"rules: {', '.join(rules)}; machine shared, figures indicative")
+        print(report(fig))
+        if a.json:
+            print(json.dumps(fig))
+    finally:
+        for r in running:
+            r.stop()
+        lab.down()
+
+
+if __name__ == "__main__":
+    main()

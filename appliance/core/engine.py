@@ -32,7 +32,7 @@ from appliance.core.detect.heuristics import (
     HeuristicsEngine,
     with_overrides,
 )
-from appliance.core.detect.signatures import RuleMatch, SignatureEngine
+from appliance.core.detect.signatures import RuleMatch, SignatureEngine, packet_events
 from appliance.core.events import (
     LINKTYPE_ETHERNET,
     Event,
@@ -236,7 +236,8 @@ class Engine:
                         if self.heuristics is not None:
                             self._heuristics(p, flow, to_server, app, out)
                         if self.detector is not None or (flow is not None and flow.action):
-                            kind = self._detect(p, flow, to_server, ev.id, out)
+                            kind = self._detect(p, flow, to_server, ev.id, out,
+                                                packet_events(p, upd, app, flow))
                         if app is not None and flow is not None:
                             kind = self._app_results(p, flow, app, kind, ev.id, out)
                         if upd is not None and flow is not None:
@@ -437,7 +438,7 @@ class Engine:
         return kind
 
     def _detect(self, p: Packet, flow: Flow | None, to_server: bool, pkt_id: int,
-                out: list[Command]) -> VerdictKind:
+                out: list[Command], events: frozenset[str] | None = None) -> VerdictKind:
         """Signatures on one packet; returns its verdict and appends alert records."""
         det = self.detector
         if flow is not None and flow.action is not None:
@@ -452,7 +453,7 @@ class Engine:
             det = self.role_detectors[flow.role]
         if det is None:
             return VerdictKind.ACCEPT
-        matches = det.inspect_packet(p, flow, to_server)
+        matches = det.inspect_packet(p, flow, to_server, events)
         if not matches:
             return VerdictKind.ACCEPT
         return self._act(p, flow, to_server, pkt_id, matches, out)

@@ -186,6 +186,9 @@ class CompiledRule:
     noalert: bool = False
     threshold: Threshold | None = None
     detection_filter: Threshold | None = None
+    # decode-event / stream-event / app-layer-event: anomaly events the packet must carry
+    # (all of them), named as signatures.packet_events names them.
+    events: tuple[str, ...] = ()
     severity: int = 3
     category: str = ""
     metadata: dict[str, list[str]] = field(default_factory=dict)
@@ -203,6 +206,7 @@ class CompiledRule:
         return (not self.chains and not self.app and self.app_proto is None
                 and self.flow is None and self.src_ports.is_any and self.dst_ports.is_any
                 and not self.flowbit_checks and not self.flowints and not self.sameip
+                and not self.events
                 and all(v is None for v in (
                     self.dsize, self.itype, self.icode, self.icmp_id, self.icmp_seq,
                     self.ttl, self.ip_proto, self.flags, self.seq, self.ack, self.window,
@@ -215,7 +219,7 @@ class CompiledRule:
         return RuleInfo(self.order, self.fast, self.first_key, self.ipproto, self.bidir,
                         self.src, self.dst, self.src_ports, self.dst_ports, r.raw,
                         r.file, r.line, r.sid, r.classtype,
-                        tuple((k, tuple(v)) for k, v in r.metadata.items()))
+                        tuple((k, tuple(v)) for k, v in r.metadata.items()), self.events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +244,7 @@ class RuleInfo:
     sid: int = 0
     classtype: str | None = None
     metadata: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    events: tuple[str, ...] = ()  # the prefilter finds event rules by their first event
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +366,7 @@ def compile_rule(rule: Rule, order: int,
     )
     cr.flowbit_checks, cr.flowbit_sets, cr.noalert = _flowbits(rule)
     flowints: list[FlowInt] = []
+    events: list[str] = []
     for kw, value in rule.options:
         if kw in UNSUPPORTED:
             raise CompileError(f"unsupported keyword '{kw}'")
@@ -419,9 +425,15 @@ def compile_rule(rule: Rule, order: int,
             flowints.append(parse_flowint(value))
         elif kw == "noalert":
             cr.noalert = True
+        elif kw in ("decode-event", "stream-event", "app-layer-event"):
+            ev_name, ev_proto = _event_name(kw, value)
+            events.append(ev_name)
+            if ev_proto is not None and cr.app_proto is None:
+                cr.app_proto = ev_proto
         elif kw in NO_EFFECT:
             pass
     cr.flowints = tuple(flowints)
+    cr.events = tuple(events)
     if cr.dns_opcode is not None or cr.dns_rrtype is not None:
         # Checked on the DNS transaction (see signatures.py): an app-layer rule.
         cr.chains = (*cr.chains, Chain(("dns.opcode", ()), ()))
@@ -436,6 +448,29 @@ def compile_rule(rule: Rule, order: int,
         if cr.app_proto is None:
             cr.app_proto = "tls"
     return cr
+
+
+_EVENT_NAME = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+
+
+def _event_name(kw: str, value: str | None) -> tuple[str, str | None]:
+    """The event a decode-/stream-/app-layer-event keyword asks for, as
+    signatures.packet_events names it, and the app protocol it implies (if any).
+
+    Names are not checked against a list: one our decoder, stream or parsers never raise
+    loads and never matches (Suricata would refuse a name it does not know)."""
+    v = (value or "").strip().lower()
+    if not v or not _EVENT_NAME.match(v):
+        raise CompileError(f"'{kw}' needs an event name, not {value!r}")
+    if kw == "decode-event":
+        return ("decoder." + v.removeprefix("decoder."), None)
+    if kw == "stream-event":
+        return ("stream." + v.removeprefix("stream."), None)
+    proto, dot, event = v.partition(".")
+    if not dot:
+        return ("app:" + v, None)  # a generic app-layer event (applayer_...)
+    proto = APP_ALIASES.get(proto, proto)
+    return (f"app:{proto}.{event}", proto)
 
 
 _RRTYPES: Final = {"a": 1, "ns": 2, "cname": 5, "soa": 6, "null": 10, "ptr": 12, "mx": 15,

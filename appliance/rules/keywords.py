@@ -21,8 +21,8 @@ class KeywordError(ValueError):
 # than silently matching differently from Suricata.
 UNSUPPORTED: Final = frozenset({
     "xbits", "hostbits", "iprep", "geoip", "lua", "luajit", "dataset", "datarep",
-    "base64_decode", "base64_data", "asn1", "app-layer-event", "decode-event",
-    "stream-event", "engine-event", "ftpbounce", "rpc", "ipopts", "entropy",
+    "base64_decode", "base64_data", "asn1", "engine-event", "ftpbounce", "rpc", "ipopts",
+    "entropy",
     "ftpdata_command", "ssl_state", "tls_cert_notbefore", "tls_cert_notafter",
     "tls_cert_expired", "tls_cert_valid", "ssh.protoversion", "ssh.softwareversion",
     "dce_iface", "dce_opnum", "krb5_msg_type", "krb5_err_code",
@@ -142,10 +142,11 @@ TRACKS: Final = frozenset({"by_src", "by_dst", "by_rule", "by_both", "by_flow"})
 
 @dataclass(frozen=True, slots=True)
 class Threshold:
-    kind: str  # limit, threshold, both, detection_filter
+    kind: str  # limit, threshold, both, backoff, detection_filter
     track: str
     count: int
     seconds: int
+    multiplier: int = 0  # backoff only
 
 
 def parse_threshold(keyword: str, value: str | None) -> Threshold:
@@ -158,11 +159,25 @@ def parse_threshold(keyword: str, value: str | None) -> Threshold:
             continue
         fields[k.strip().lower()] = v.strip()
     kind = "detection_filter" if keyword == "detection_filter" else fields.get("type", "")
-    if kind not in ("limit", "threshold", "both", "detection_filter"):
+    if kind not in ("limit", "threshold", "both", "backoff", "detection_filter"):
         raise KeywordError(f"'{keyword}': invalid type {fields.get('type')!r}")
     track = fields.get("track", "")
     if track not in TRACKS:
         raise KeywordError(f"'{keyword}': invalid track {track!r}")
+    if kind == "backoff":
+        # Suricata: alert on the count-th match, then count*multiplier, count*multiplier^2...
+        # per flow only.
+        if track != "by_flow":
+            raise KeywordError(f"'{keyword}': type backoff needs track by_flow")
+        try:
+            count = int(fields["count"])
+            mult = int(fields["multiplier"])
+        except (KeyError, ValueError):
+            raise KeywordError(f"'{keyword}': backoff needs numeric count and multiplier"
+                               ) from None
+        if count < 1 or mult < 2:
+            raise KeywordError(f"'{keyword}': backoff needs count >= 1 and multiplier >= 2")
+        return Threshold(kind, track, count, 0, mult)
     try:
         count = int(fields["count"])
         seconds = int(fields["seconds"])

@@ -150,6 +150,9 @@ class PrefilterSet:
     by_dst: dict[str, AddressIndex] = field(default_factory=dict)
     by_sport: dict[str, dict[int, tuple[int, ...]]] = field(default_factory=dict)
     by_dport: dict[str, dict[int, tuple[int, ...]]] = field(default_factory=dict)
+    # Rules that need an anomaly event (decode-/stream-/app-layer-event), by their first
+    # event: candidates only on the packets that carry it.
+    by_event: dict[str, tuple[int, ...]] = field(default_factory=dict)
     compiled_patterns: int = 0
     cache_hits: int = 0
 
@@ -178,8 +181,12 @@ def build_prefilters(program: Program, cache_dir: Path | None = None,
     dst_entries: dict[str, list[tuple[AddressSet, int]]] = {}
     sport: dict[str, dict[int, list[int]]] = {}
     dport: dict[str, dict[int, list[int]]] = {}
+    events: dict[str, list[int]] = {}
     for r in program.infos:
         if select is not None and not select(r):
+            continue
+        if r.events and r.first_key is None:
+            events.setdefault(r.events[0], []).append(r.order)
             continue
         for gk in _group_keys(r):
             if r.fast is None:
@@ -206,6 +213,7 @@ def build_prefilters(program: Program, cache_dir: Path | None = None,
             else:
                 _k, pat, nocase = r.fast
                 patterns.setdefault(gk, {}).setdefault((pat, nocase), []).append(r.order)
+    ps.by_event = {e: tuple(v) for e, v in events.items()}
     ps.by_sport = {g: {p: tuple(v) for p, v in m.items()} for g, m in sport.items()}
     ps.by_dport = {g: {p: tuple(v) for p, v in m.items()} for g, m in dport.items()}
     ps.by_src = {g: AddressIndex(e) for g, e in src_entries.items()}

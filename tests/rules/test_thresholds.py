@@ -175,13 +175,23 @@ def test_global_threshold_skips_rules_with_their_own() -> None:
     assert [len(r.sids(A, b"o")) for _ in range(4)] == [1, 1, 0, 0]
 
 
-def test_threshold_not_reached_takes_no_action_inline() -> None:
+def test_threshold_decides_the_alert_not_the_action_inline() -> None:
+    # Suricata 7: drop/reject apply to every match; the threshold only gates the alert.
     r = Run(['drop udp any any -> any any (msg:"x"; content:"x"; sid:1;)'],
             "threshold gen_id 1, sig_id 1, type threshold, track by_src, count 3, seconds 60",
             mode="ips")
     got = [r.send(A, b"x", sp=5000 + i) for i in range(3)]
-    assert [k for k, _ in got] == [VerdictKind.ACCEPT, VerdictKind.ACCEPT, VerdictKind.DROP]
+    assert [k for k, _ in got] == [VerdictKind.DROP] * 3
     assert [len(a) for _, a in got] == [0, 0, 1]
+
+
+def test_backoff_threshold_alerts_on_count_then_each_multiple() -> None:
+    r = Run(['alert udp any any -> any any (msg:"x"; content:"x"; '
+             'threshold:type backoff, track by_flow, count 2, multiplier 3; sid:1;)'], "")
+    alerted = [n for n in range(1, 20) if r.sids(A, b"x")]
+    assert alerted == [2, 6, 18]
+    other = [n for n in range(1, 4) if r.sids(A, b"x", sp=5001)]  # per flow
+    assert other == [2]
 
 
 def test_rate_filter_changes_the_action_for_its_timeout() -> None:

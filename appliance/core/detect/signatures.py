@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from appliance.core.decode import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Packet
 from appliance.core.detect.inspect import apply_transforms, match_chain
@@ -26,6 +26,10 @@ from appliance.rules.compiler import BufferKey, CompiledRule, Program
 from appliance.rules.keywords import FlowInt, Threshold
 from appliance.rules.matcher import APP_GROUP, Prefilter, PrefilterSet, ip_group
 from appliance.rules.thresholds import NO_LIMITS, RateFilter, RuleLimits, ThresholdConfig
+
+if TYPE_CHECKING:
+    from appliance.core.applayer import AppResult
+    from appliance.core.stream import StreamUpdate
 
 # Threshold/detection_filter entries kept at most: an attacker spraying source
 # addresses must not grow this table without bound; the oldest entries go first.
@@ -55,12 +59,13 @@ class DetectStats:
 
 
 class _ThState:
-    __slots__ = ("active_since", "count", "start")
+    __slots__ = ("active_since", "count", "next", "start")
 
     def __init__(self, start: float) -> None:
         self.start = start
         self.count = 0
         self.active_since: float | None = None  # rate_filter: new_action in force since
+        self.next = 0  # backoff: the match number that alerts next
 
 
 class SignatureEngine:
@@ -73,6 +78,9 @@ class SignatureEngine:
         self.limits = limits
         self._thresholds: OrderedDict[tuple[object, ...], _ThState] = OrderedDict()
         self._rule_limits: dict[int, RuleLimits] = {}
+        # The anomaly events of the packet being inspected: set by inspect_packet, read
+        # by the inspect_tx calls of the same packet (the engine makes them after it).
+        self._events: frozenset[str] | None = None
         self._always = {k: tuple(v) for k, v in prefilters.always.items()}
         # App-layer databases and always-lists by buffer name, for inspect_tx.
         self._app_dbs: dict[str, list[tuple[BufferKey, Prefilter]]] = {}
@@ -87,11 +95,19 @@ class SignatureEngine:
 
     # -- entry points ----------------------------------------------------------------
 
-    def inspect_packet(self, p: Packet, flow: Flow | None, to_server: bool) -> list[RuleMatch]:
-        """Packet rules on this packet's payload (and header-only rules)."""
+    def inspect_packet(self, p: Packet, flow: Flow | None, to_server: bool,
+                       events: frozenset[str] | None = None) -> list[RuleMatch]:
+        """Packet rules on this packet's payload (and header-only rules). ``events``: the
+        anomaly events this packet raised (packet_events), for the *-event keywords."""
         group = ip_group(p.proto)
         gk = (group, _PKT_KEY)
         hits: set[int] = set()
+        self._events = events
+        if events is not None and self.pf.by_event:
+            for name in events:
+                got = self.pf.by_event.get(name)
+                if got is not None:
+                    hits.update(got)
         payload = p.payload
         db = self.pf.dbs.get(gk)
         if db is not None and payload:
@@ -157,6 +173,10 @@ class SignatureEngine:
                 continue
             if r.flowints and not _flowints_ok(r.flowints, flow):
                 continue
+            if r.events:
+                evs = self._events
+                if evs is None or not all(e in evs for e in r.events):
+                    continue
             env: dict[str, int] = {}
             ok = True
             for ch in r.chains:
@@ -215,8 +235,6 @@ class SignatureEngine:
             else:
                 applies, alert, acting = self._decide(r, lim, p, flow)
                 if not applies:
-                    # A threshold not reached: no alert and no action (Suricata drops the
-                    # match from the packet's alert queue before actions are applied).
                     st.suppressed += 1
                     continue
             if alert:
@@ -339,14 +357,18 @@ class SignatureEngine:
                 flow: Flow | None) -> tuple[bool, bool, CompiledRule]:
         """(the action applies, the alert is logged, the rule whose action to take), in
         Suricata's order: suppressions first (a suppressed match still acts, it only
-        does not alert), then thresholds (one not reached: neither alert nor action),
-        then rate filters (the action may change while one is in force)."""
+        does not alert), then thresholds (one not reached: no alert), then rate filters
+        (the action may change while one is in force)."""
         for sup in lim.suppress:
             if sup.suppresses(p.src, p.dst):
                 return True, False, r
         for th in lim.thresholds:
             if not self._threshold(r, th, p, flow):
-                return False, False, r
+                # Suricata 7: thresholds decide the alert only; the rule's action (drop,
+                # reject, pass) applies to every match ("Rule actions drop (IPS mode) and
+                # reject are applied to each packet"). Suricata 8 changed this for
+                # threshold/both/detection_filter; 7.0.4 is the reference here.
+                return True, False, r
         acting = r
         for rf in lim.rate_filters:
             new = self._rate(r, rf, p, flow)
@@ -417,10 +439,19 @@ class SignatureEngine:
         key = (r.rule.gid, r.rule.sid, th.kind, self._who(th.track, p, flow))
         now = p.ts
         s = self._state(key)
+        kind = th.kind
+        if kind == "backoff":  # no time window: the count-th match, then every *multiplier
+            if s is None:
+                s = self._new_state(key, now)
+                s.next = th.count
+            s.count += 1
+            if s.count >= s.next:
+                s.next *= th.multiplier
+                return True
+            return False
         if s is None or now - s.start > th.seconds:
             s = self._new_state(key, now)
         s.count += 1
-        kind = th.kind
         if kind == "limit":
             return s.count <= th.count
         if kind == "threshold":
@@ -433,6 +464,25 @@ class SignatureEngine:
             return s.count == th.count
         # detection_filter: alert on every match once the rate exceeds count
         return s.count > th.count
+
+
+def packet_events(p: Packet, upd: StreamUpdate | None, app: AppResult | None,
+                  flow: Flow | None) -> frozenset[str] | None:
+    """Every anomaly event this packet raised, as the *-event keywords name them:
+    ``decoder.<layer>.<event>`` (decode.py, defrag.py), ``stream.<event>`` (stream.py) and
+    ``app:<proto>.<event>`` (the app-layer parsers, lower-cased); None when there is none
+    (the usual case, kept cheap)."""
+    dec = p.events
+    st = upd.events if upd is not None else ()
+    an = app.anomalies if app is not None else ()
+    if dec is None and not st and not an:
+        return None
+    out = set(dec or ())
+    out.update(st)
+    if an:
+        proto = (flow.app_proto if flow is not None else None) or "unknown"
+        out.update(f"app:{proto}.{name.lower()}" for name, _ts, _tx in an)
+    return frozenset(out)
 
 
 def _elements(cache: dict[BufferKey, list[bytes]], key: BufferKey,

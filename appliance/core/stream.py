@@ -460,7 +460,8 @@ class TcpSession:
     """Per-flow TCP state (lives on the Flow). Created by the flow table when the flow
     starts with a SYN, or on any ACK when midstream pickup is on."""
 
-    __slots__ = ("cli", "live", "midstream", "srv", "state", "ts_ok", "win_ok")
+    __slots__ = ("cli", "insp_tc", "insp_ts", "live", "midstream", "srv", "state", "ts_ok",
+                 "win_ok")
 
     def __init__(self, state: TcpState, cli_policy: frozenset[int],
                  srv_policy: frozenset[int]) -> None:
@@ -472,6 +473,11 @@ class TcpSession:
         self.live = True  # counted in the tracker's active sessions until released
         self.ts_ok = False  # both SYNs carried timestamps: PAWS applies (RFC 7323 3.2)
         self.win_ok = False  # both SYNs seen: window scale known, window checks apply
+        # The last bytes of each direction's reassembled stream already inspected by
+        # stream rules (detection keeps them here so they go with the session): a match
+        # may span them and the next chunk (core/detect/signatures.py STREAM_TAIL).
+        self.insp_ts = b""
+        self.insp_tc = b""
 
 
 class StreamStats:

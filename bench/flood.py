@@ -235,12 +235,15 @@ def run_flood(lab: Lab, start: Callable[..., Any], tmp: Path, *, sources: int, r
     sampler.stop()
     final = status(lab) or sampler.last()
     before_tp = during_tp = 0.0
+    ended_early = False
     if transfer is not None:
         transfer.terminate()
         transfer.wait(timeout=10)
         tr = [tuple(x) for x in json.loads(samples_path.read_text())]
         before_tp = throughput(tr, t0 - before + 0.5, t0)  # type: ignore[arg-type]
         during_tp = throughput(tr, t0, t1)  # type: ignore[arg-type]
+        # The download is 1 GiB: at a high --transfer-rate it may end before the flood.
+        ended_early = bool(tr) and tr[-1][0] < t1
     flows = [s["traffic"]["flow"] for _, s in sampler.samples]
     code, secs = [*conn.stdout.split(), "", ""][:2]
     packets = final["traffic"]["packets"] - base.get("traffic", {}).get("packets", 0)
@@ -262,6 +265,7 @@ def run_flood(lab: Lab, start: Callable[..., Any], tmp: Path, *, sources: int, r
         "transfer_before_mbs": before_tp,
         "transfer_during_mbs": during_tp,
         "transfer_ratio": during_tp / before_tp if before_tp else None,
+        "transfer_ended_early": ended_early,
         "new_connection_code": code,
         "new_connection_seconds": float(secs) if code == "200" else None,
         "new_connection_started_after_flood": t_connect - t0,
@@ -287,7 +291,9 @@ def report(fig: dict[str, Any]) -> str:
         + (f", {left:.1f} s after the flood" if left is not None else ", not left"),
         f"  established transfer: {fig['transfer_before_mbs']:.1f} MB/s before, "
         f"{fig['transfer_during_mbs']:.1f} MB/s during"
-        + (f" ({ratio:.0%})" if ratio is not None else ""),
+        + (f" ({ratio:.0%})" if ratio is not None else "")
+        + (" (the 1 GiB download ended before the flood did: lower --transfer-rate)"
+           if fig["transfer_ended_early"] else ""),
         f"  new connection {fig['new_connection_started_after_flood']:.1f} s into the flood: "
         + (f"succeeded in {conn:.3f} s" if conn is not None
            else f"failed (curl: {fig['new_connection_code'] or 'no answer'})"),

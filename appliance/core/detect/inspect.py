@@ -9,7 +9,7 @@ detect-engine-content-inspection.c semantics).
   in "a_ab".
 - Negated items succeed when their window holds no match, and never backtrack.
 - pcre runs through the `regex` module with a per-call timeout so that no pattern can
-  hang the engine; a timeout counts as no match and is counted.
+  hang the engine; a timeout counts as no match of the whole chain and is counted.
 """
 
 from __future__ import annotations
@@ -99,8 +99,12 @@ def _match(items: tuple[Any, ...], i: int, buf: bytes, lcache: list[bytes | None
                 else:
                     m = it.regex.search(buf, timeout=PCRE_TIMEOUT)
             except TimeoutError:
+                # A ReDoS: the rule does not match, and the chain is not retried at the
+                # next occurrence of an earlier content (each retry would cost another
+                # timeout: 3,000 of them on a long run of 'a's held one packet 150 s).
                 STATS.pcre_timeouts += 1
-                m = None
+                budget.left = 0
+                return False
             if it.negated:
                 if m is not None:
                     return False

@@ -197,6 +197,10 @@ class ControlServer:
                         _reply(conn, _error("timed out reading the request"))
                     return
                 if not chunk:
+                    if buf.strip():  # the stream ended inside a request: say so
+                        self.errors += 1
+                        _reply(conn, _error("truncated request: the stream ended before "
+                                            "its newline"))
                     return
                 buf += chunk
                 continue

@@ -152,6 +152,9 @@ class PcapReader:
                 linktype = struct.unpack_from(e + "H", buf, body)[0]
                 ifaces.append((linktype, _if_tsresol(buf, body + 8, off + blen - 4, e)))
             elif btype == _EPB or btype == _PB:
+                if blen < 32:  # header, the 20 bytes of fields, trailing length
+                    self._truncated(off, "packet block inconsistent")
+                    break
                 if btype == _EPB:
                     ifid, hi, lo, incl = struct.unpack_from(e + "IIII", buf, body)
                 else:

@@ -24,6 +24,7 @@ A role (see rules/roles/*.yaml for documented examples):
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from pathlib import Path
 
@@ -57,6 +58,8 @@ class _Doc:
             mark = getattr(e, "problem_mark", None)
             where = f"{source}:{mark.line + 1}" if mark is not None else source
             raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+        except RecursionError:  # PyYAML composes nested collections recursively
+            raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
 
     def err(self, node: yaml.Node | None, field: str, msg: str) -> ConfigError:
         line = f":{node.start_mark.line + 1}" if node is not None else ""
@@ -112,9 +115,12 @@ class _Doc:
     def number(self, node: yaml.Node, field: str) -> float:
         v = self.scalar(node, field)
         try:
-            return float(v)
+            x = float(v)
         except ValueError:
             raise self.err(node, field, f"expected a number, got {v!r}") from None
+        if not math.isfinite(x):  # nan/inf: int() of it would raise past ConfigError
+            raise self.err(node, field, f"expected a finite number, got {v!r}")
+        return x
 
     def networks(self, node: yaml.Node | None,
                  field: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

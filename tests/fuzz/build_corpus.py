@@ -1,0 +1,293 @@
+"""Rebuild the fuzz seed corpus (tests/fuzz/corpus/) deterministically.
+
+    .venv/bin/python -m tests.fuzz.build_corpus
+
+Sources: the project's own captures (pcaps/), excerpts of the reference captures in
+../shared/data/pcaps (the first packets of a few flows of each kind), conversations
+reassembled from them, a deterministic sample of ET Open rule lines, the bundled policy
+files, and hand-written seeds for what those lack (hostile HTTP headers, DNS compression
+loops, control messages). The files are committed: CI needs neither ../shared nor this
+script. Rerunning it rewrites the same bytes; regression cases (`crash-*`) that the
+harness added are kept.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from pathlib import Path
+
+from appliance.core.decode import Decoder
+from appliance.io.pcap import PcapReader
+from tests.core.app import tcp_flows, udp_payloads
+from tests.fuzz.corpus_io import CORPUS, Chunk, Frame, write_conv, write_pcap
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "data"
+MAX_SEED = 16 * 1024  # bytes per seed file: small seeds mutate into more varied inputs
+
+
+def _frames(path: Path) -> list[Frame]:
+    with PcapReader(path) as r:
+        return [(p.linktype, p.ts, bytes(p.data)) for p in r]
+
+
+def _flows_excerpt(path: Path, want: dict[int, int], per_flow: int,
+                   max_bytes: int = MAX_SEED) -> list[list[Frame]]:
+    """For each destination port in `want`, the first want[port] flows to it: their
+    first `per_flow` packets (fragments and flowless packets skipped)."""
+    d = Decoder()
+    flows: dict[tuple[object, ...], list[Frame]] = {}
+    taken: dict[int, int] = {}
+    order: list[tuple[object, ...]] = []
+    for lt, ts, data in _frames(path):
+        p = d.decode(data, lt, ts)
+        if not p.ipver or p.frag is not None:
+            continue
+        a, b = (p.src, p.sp), (p.dst, p.dp)
+        key = (p.proto, *min(a, b), *max(a, b))
+        if key not in flows:
+            port = p.dp if p.dp in want else p.sp if p.sp in want else None
+            if port is None or taken.get(port, 0) >= want[port]:
+                continue
+            taken[port] = taken.get(port, 0) + 1
+            flows[key] = []
+            order.append(key)
+        fr = flows[key]
+        if len(fr) < per_flow and sum(len(x[2]) for x in fr) + len(data) <= max_bytes:
+            fr.append((lt, ts, data))
+    return [flows[k] for k in order if flows[k]]
+
+
+def _conv_limit(chunks: list[Chunk], limit: int = MAX_SEED) -> list[Chunk]:
+    out: list[Chunk] = []
+    total = 0
+    for ts, data in chunks:
+        if total + len(data) > limit:
+            data = data[:max(0, limit - total)]
+        if data:
+            out.append((ts, data))
+            total += len(data)
+        if total >= limit:
+            break
+    return out
+
+
+def build_packets(out: Path) -> None:
+    n = 0
+    for path in sorted((ROOT / "pcaps").rglob("*.pcap")):
+        frames = _frames(path)
+        # one file per capture, at most 48 packets, one link type
+        frames = [f for f in frames if f[0] == frames[0][0]][:48] if frames else []
+        if frames and sum(len(f[2]) for f in frames) <= 4 * MAX_SEED:
+            rel = path.relative_to(ROOT / "pcaps").with_suffix("")
+            write_pcap(out / f"local-{str(rel).replace('/', '-')}.pcap", frames)
+            n += 1
+    if SHARED.exists():
+        ports = {80: 3, 443: 2, 53: 2, 22: 1, 25: 1, 8080: 1, 123: 1, 5353: 1}
+        for name in ("http-packets", "tls2", "netflix", "ndpi-mixed"):
+            for i, flow in enumerate(_flows_excerpt(SHARED / "pcaps" / f"{name}.pcap",
+                                                    ports, per_flow=24)):
+                write_pcap(out / f"shared-{name}-{i:02d}.pcap", flow)
+                n += 1
+        # fragments: the first datagrams of ip-frag, whole
+        frames = _frames(SHARED / "pcaps" / "ip-frag.pcap")[:40]
+        write_pcap(out / "shared-ip-frag-00.pcap", frames)
+        n += 1
+    print(f"packets: {n} files")
+
+
+def build_conversations(out: Path) -> None:
+    import dpkt  # noqa: F401  (tcp_flows needs it)
+
+    from appliance.core.app.detect import ProtoDetector
+
+    counts = {"http": 0, "tls": 0, "dns": 0}
+    limits = {"http": 8, "tls": 6}
+    if SHARED.exists():
+        for name in ("http-packets", "netflix", "tls2", "ndpi-mixed"):
+            for f in tcp_flows(SHARED / "pcaps" / f"{name}.pcap"):
+                det = ProtoDetector(f.client[1], f.server[1])
+                proto = None
+                for ts, data in f.chunks:
+                    proto = det.feed(data, ts)
+                    if proto is not None:
+                        break
+                if proto not in limits or counts[proto] >= limits[proto]:
+                    continue
+                write_conv(out / proto / f"shared-{name}-{counts[proto]:02d}.conv",
+                           _conv_limit(f.chunks))
+                counts[proto] += 1
+        dns: list[Chunk] = []
+        for name in ("netflix", "ndpi-mixed"):
+            for sport, dport, payload in udp_payloads(SHARED / "pcaps" / f"{name}.pcap"):
+                if 53 in (sport, dport) and len(dns) < 40:
+                    dns.append((dport == 53, payload))
+        for i in range(0, len(dns), 8):
+            write_conv(out / "dns" / f"shared-{i // 8:02d}.conv", dns[i:i + 8])
+            counts["dns"] += 1
+    for proto, seeds in HAND_CONVS.items():
+        for i, chunks in enumerate(seeds):
+            write_conv(out / proto / f"hand-{i:02d}.conv", chunks)
+            counts[proto] += 1
+    print(f"conversations: {counts}")
+
+
+def _dns_query(name: bytes, qtype: int = 1, txid: int = 0x1234) -> bytes:
+    q = b"".join(bytes([len(x)]) + x for x in name.split(b".")) + b"\x00"
+    return struct.pack("!HHHHHH", txid, 0x0100, 1, 0, 0, 0) + q + struct.pack("!HH", qtype, 1)
+
+
+def _dns_answer(name: bytes) -> bytes:
+    q = _dns_query(name)
+    head = struct.pack("!HHHHHH", 0x1234, 0x8180, 1, 1, 0, 0)
+    ans = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + b"\x0a\x00\x00\x01"
+    return head + q[12:] + ans
+
+
+_H = b"GET /index.html?a=1&b=%41 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: x\r\n\r\n"
+HAND_CONVS: dict[str, list[list[Chunk]]] = {
+    "http": [
+        [(True, _H), (False, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")],
+        [(True, b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n0\r\n\r\n"),
+         (False, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")],
+        # log injection: a newline, terminal escapes and invalid UTF-8 in headers
+        [(True, b"GET /\x1b[31mred HTTP/1.1\r\nHost: ev\nil.example\r\nUser-Agent: \x1b]0;t"
+                b"\x07\xff\xfe\xc3\x28\r\nX-A: \"}\n{\"event_type\":\"alert\"\r\n\r\n"),
+         (False, b"HTTP/1.1 302 \xff\r\nLocation: /\x00\x1b[2J\r\nContent-Length: 0\r\n\r\n")],
+        [(True, _H * 3), (False, b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n"
+                                 b"Content-Length: 20\r\n\r\n\x1f\x8b\x08\x00\x00\x00\x00\x00"
+                                 b"\x00\x03\xcbH\xcd\xc9\xc9\x07\x00\x86\xa6")],
+        [(True, b"GET / HTTP/1.0\r\n\r\n"), (False, b"HTTP/1.0 200 OK\r\n\r\nbody until close")],
+    ],
+    "dns": [
+        [(True, _dns_query(b"www.example.com")), (False, _dns_answer(b"www.example.com"))],
+        [(True, _dns_query(b"a" * 63 + b"." + b"b" * 63, qtype=16))],
+        # a compression pointer to itself, and one pointing past the end
+        [(False, struct.pack("!HHHHHH", 1, 0x8180, 1, 0, 0, 0) + b"\xc0\x0c\x00\x01\x00\x01"),
+         (False, struct.pack("!HHHHHH", 2, 0x8180, 1, 0, 0, 0) + b"\xc0\xff\x00\x01\x00\x01")],
+    ],
+    "tls": [
+        # a ClientHello with SNI only
+        [(True, bytes.fromhex(
+            "16030100" "3f" "01" "00003b" "0303" + "11" * 32 + "00" "0002" "c02f" "0100"
+            "0010" "0000" "000c" "000a" "0000" "07" "6578616d706c65"))],
+    ],
+}
+
+RULES_HAND = [
+    'alert tcp any any -> any any (msg:"redos"; content:"a"; pcre:"/(a+)+$/"; sid:9100001;)',
+    'alert http any any -> any any (msg:"uri"; http.uri; content:"/admin"; nocase; sid:9100002;)',
+    'drop tcp any any -> any 80 (msg:"bt"; content:"|00 01|"; byte_test:2,>,10,0,relative; '
+    'sid:9100003;)',
+    'alert dns any any -> any any (msg:"q"; dns.query; content:"example"; sid:9100004;)',
+    'alert tls any any -> any any (msg:"sni"; tls.sni; content:"example.com"; sid:9100005;)',
+    'alert ip any any -> any any (msg:"be"; byte_extract:1,0,n; byte_jump:1,0,relative; '
+    'isdataat:n,relative; sid:9100006;)',
+    'alert tcp any any -> any any (msg:"flowbits"; flowbits:set,x; flowbits:noalert; '
+    'sid:9100007;)',
+    'alert tcp any any -> any any (msg:"fb2"; flowbits:isset,x; content:"b"; sid:9100008;)',
+    'alert udp $HOME_NET any -> ![1.2.3.4,5.6.7.0/24] [53,1000:2000] (msg:"neg"; '
+    'dsize:>10; threshold:type limit,track by_src,count 1,seconds 60; sid:9100009;)',
+    'alert http any any -> any any (msg:"tr"; http.header; to_lowercase; '
+    'content:"x-a|3a|"; pcre:"/^x-a\\x3a\\s*\\d+$/mi"; sid:9100010;)',
+]
+
+
+def build_rules(out: Path) -> None:
+    lines = list(RULES_HAND)
+    src = SHARED / "rules" / "etopen-2024-04-21"
+    if src.exists():
+        every = []
+        for f in sorted(src.glob("*.rules")):
+            for ln in f.read_text(encoding="utf-8", errors="replace").splitlines():
+                s = ln.strip()
+                if s.startswith("#"):
+                    s = s.lstrip("#").strip()
+                if s.startswith(("alert ", "drop ", "pass ", "reject ")) and s.endswith(")"):
+                    every.append(s)
+        step = max(1, len(every) // 300)
+        lines += every[::step][:300]
+    (out / "seeds.rules").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"rules: {len(lines)} lines")
+
+
+POLICY_HAND = [
+    "include-builtin-roles: false\nroles:\n  web:\n    egress: [{proto: tcp, ports: [80, 443]}]\n"
+    "    on-detection: {action: block, min-severity: 2, duration: 10m}\n"
+    "guests:\n  - {name: a, role: web, addresses: [10.0.0.1/32], macs: ['02:00:00:00:00:01']}\n",
+    "roles:\n  r:\n    overrides: [{action: drop, classtypes: [trojan-activity], min-severity: 1}]\n"
+    "    heuristics: {port_scan: {threshold: 20}}\n    fail-open: yes\n"
+    "guests: [{name: g, role: r, ports: [vnet0]}]\nallowlist: [10.0.0.0/8, 'fe80::/10']\n",
+    "guests:\n  - name: x\n    role: desktop\n    addresses: [not-an-address]\n",
+    "roles: &a\n  r: *a\n",
+    "include-builtin-roles: maybe\n",
+]
+
+
+def build_policies(out: Path) -> None:
+    n = 0
+    for p in sorted([ROOT / "rules" / "lab-policy.yaml", *(ROOT / "rules" / "roles").glob(
+            "*.yaml")]):
+        text = p.read_text(encoding="utf-8")
+        if p.parent.name == "roles":  # a role file becomes one role of a policy
+            text = "roles:\n  " + p.stem + ":\n" + "".join(
+                "    " + ln + "\n" for ln in text.splitlines())
+        (out / f"local-{p.stem}.yaml").write_text(text, encoding="utf-8")
+        n += 1
+    for i, text in enumerate(POLICY_HAND):
+        (out / f"hand-{i:02d}.yaml").write_text(text, encoding="utf-8")
+        n += 1
+    print(f"policies: {n} files")
+
+
+CONTROL_HAND = [
+    b'{"command": "status"}\n',
+    b'{"command": "echo", "args": {"target": "desktop", "duration": 600}}\n'
+    b'{"command": "status"}\n',
+    b'{"command": "quarantine.add", "args": {"target": "10.0.0.1"}}\n\n\n',
+    b'{"command": "boom"}\n{"command": 1}\n[1]\n{"args": []}\n',
+    b'{"command": "echo", "args": {"x": "\\u0000\\ud800"}}\n',
+    b'{"command": "sta',  # truncated: no newline, then end of stream
+    b"\xff\xfe\n\x00\n",
+]
+
+
+def build_control(out: Path) -> None:
+    for i, data in enumerate(CONTROL_HAND):
+        (out / f"hand-{i:02d}.ctl").write_bytes(data)
+    print(f"control: {len(CONTROL_HAND)} files")
+
+
+def build_pcap_files(out: Path) -> None:
+    """Whole capture files for the pcap-reader target (pcapng, a truncated pcap)."""
+    for name in ("linktype-eth.pcapng", "truncated.pcap", "linktype-sll2.pcap"):
+        shutil.copyfile(ROOT / "pcaps" / name, out / name)
+    print("pcap: 3 files")
+
+
+def main() -> None:
+    dirs = {"packets": build_packets, "rules": build_rules, "policy": build_policies,
+            "control": build_control, "pcap": build_pcap_files}
+    for name, build in dirs.items():
+        d = CORPUS / name
+        _clear(d)
+        build(d)
+    for proto in ("http", "dns", "tls"):
+        _clear(CORPUS / proto)
+    build_conversations(CORPUS)
+
+
+def _clear(d: Path) -> None:
+    """Remove the seeds this script writes, keep the regression cases (crash-*)."""
+    d.mkdir(parents=True, exist_ok=True)
+    for f in d.iterdir():
+        if f.is_file() and not f.name.startswith("crash-"):
+            f.unlink()
+        elif f.is_dir():
+            shutil.rmtree(f)
+
+
+if __name__ == "__main__":
+    main()

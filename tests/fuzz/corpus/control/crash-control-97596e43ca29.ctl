@@ -1,0 +1,2 @@
+{"command": "status"}
+{"command": "sta

@@ -1,0 +1,2 @@
+{"command": "echo", "args": {"target": "desktop", "duration": 600}}
+{"command": "status"}

@@ -1,0 +1,3 @@
+{"command": "quarantine.add", "args": {"target": "10.0.0.1"}}
+
+

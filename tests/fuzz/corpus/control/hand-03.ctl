@@ -1,0 +1,4 @@
+{"command": "boom"}
+{"command": 1}
+[1]
+{"args": []}

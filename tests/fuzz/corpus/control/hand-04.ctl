@@ -1,0 +1,1 @@
+{"command": "echo", "args": {"x": "\u0000\ud800"}}

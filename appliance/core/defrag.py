@@ -41,6 +41,14 @@ MAX_FRAGS_PER_DATAGRAM: Final = 8192
 # overlap a handful of times; reassembling with overlaps costs O(fragments x segments).
 MAX_OVERLAPS_PER_DATAGRAM: Final = 64
 
+# What a datagram being rebuilt costs on top of its payload bytes, counted against the
+# memcap (measured with tracemalloc in tests/core/test_defrag.py: ~850 bytes for a
+# tracker holding one 64-byte fragment): the tracker, its coverage lists, its key and
+# table entry; and per fragment the fragment object and its bytes header. Without them
+# a flood of tiny incomplete trains would cost ten times what the memcap allows.
+TRACKER_OVERHEAD: Final = 600
+FRAG_OVERHEAD: Final = 150
+
 DefragKey = tuple[int, tuple[int, ...], bytes, bytes, int, int]
 
 
@@ -181,18 +189,21 @@ class Defragmenter:
         if more and len(payload) % 8 and p.ipver == 6:
             # RFC 8200: all but the last fragment carry a multiple of 8 bytes.
             p.event("decoder.ipv6.frag_invalid_length")
+        cost = len(payload) + FRAG_OVERHEAD
         t = self.trackers.get(key)
         if t is None:
             if len(self.trackers) >= self.config.max_trackers or (
-                    self.memuse + len(payload) > self.config.memcap):
+                    self.memuse + cost + TRACKER_OVERHEAD > self.config.memcap):
                 st.memcap_hits += 1
                 self._evict_oldest()
-                if self.memuse + len(payload) > self.config.memcap:
+                if self.memuse + cost + TRACKER_OVERHEAD > self.config.memcap:
                     st.memcap_refused += 1
                     p.event("decoder.ipv4.frag_ignored" if p.ipver == 4
                             else "decoder.ipv6.frag_ignored")
                     return None
             t = _Tracker(p.ts)
+            t.size = TRACKER_OVERHEAD
+            self.memuse += TRACKER_OVERHEAD
             self.trackers[key] = t
         else:
             self.trackers.move_to_end(key)
@@ -214,16 +225,16 @@ class Defragmenter:
                 # Many overlaps in one datagram only serve evasion or CPU exhaustion:
                 # give up on it. The tracker stays, empty and marked dead, until it times
                 # out, so later fragments cannot start a fresh, different datagram.
-                self.memuse -= t.size
-                t.size = 0
+                self.memuse -= t.size - TRACKER_OVERHEAD
+                t.size = TRACKER_OVERHEAD
                 t.frags = []
                 t.dead = True
                 p.event("decoder.ipv4.frag_ignored" if p.ipver == 4
                         else "decoder.ipv6.frag_ignored")
                 return None
         t.frags.append(fr)
-        t.size += len(payload)
-        self.memuse += len(payload)
+        t.size += cost
+        self.memuse += cost
         if off == 0:
             if p.ipver == 4:
                 t.first_header = data[:header_end]

@@ -157,3 +157,32 @@ def test_ipv6_overlapping_fragments_drop_the_datagram() -> None:
     # the first overlap (fragment 4) kills the datagram; fragments 5 and 6 are ignored
     assert events == ["decoder.ipv6.frag_overlap", "decoder.ipv6.frag_ignored",
                       "decoder.ipv6.frag_ignored", "decoder.ipv6.frag_ignored"]
+
+
+def test_tracker_cost_estimate_is_within_2x_of_measured() -> None:
+    import tracemalloc
+
+    from appliance.core.defrag import FRAG_OVERHEAD, TRACKER_OVERHEAD
+    dec = Decoder()
+    pkts = [dec.decode(v4frag(0, b"z" * 64, True, ident=i), LINKTYPE_ETHERNET, 1.0)
+            for i in range(3000)]
+    d = Defragmenter(DefragConfig(memcap=1 << 30))
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for p in pkts:
+        assert d.add(p) is None
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    per = sum(s.size_diff for s in after.compare_to(before, "filename")) / 3000
+    est = TRACKER_OVERHEAD + FRAG_OVERHEAD + 64
+    assert d.memuse == 3000 * est
+    assert est / 2 <= per <= est * 2, per
+
+
+def test_memcap_bounds_incomplete_trains_with_their_overhead() -> None:
+    from appliance.core.defrag import FRAG_OVERHEAD, TRACKER_OVERHEAD
+    est = TRACKER_OVERHEAD + FRAG_OVERHEAD + 16
+    d = Defragmenter(DefragConfig(memcap=100 * est))
+    feed(d, [v4frag(0, b"q" * 16, True, ident=i) for i in range(1000)])
+    assert len(d.trackers) == 100 and d.memuse <= 100 * est
+    assert d.stats.memcap_hits == 900

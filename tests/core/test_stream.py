@@ -841,3 +841,24 @@ def test_packets_the_receiver_ip_layer_discards_are_not_reassembled() -> None:
     assert k.feed(p, True) == StreamUpdate()
     k.c("PA", 0, b"real!")
     assert k.ts == b"real!"
+
+
+# -- flood (bench/stream_flood.py, small) ----------------------------------------------------------
+
+def test_flood_of_holes_and_fragment_trains_stays_within_the_memcaps() -> None:
+    path = Path(__file__).resolve().parents[2] / "bench" / "stream_flood.py"
+    spec = importlib.util.spec_from_file_location("stream_flood", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["stream_flood"] = mod  # its dataclass looks itself up there
+    spec.loader.exec_module(mod)
+    # Caps small enough that the flood (20,000 held segments, 10,000 trains) hits them.
+    r = mod.run(segments=20_000, trains=10_000, reassembly_memcap=512 * 1024,
+                defrag_memcap=256 * 1024, stream_memcap=1024 * SESSION_COST_BYTES)
+    assert r.errors == 0
+    assert r.segment_memcap_drops > 0 and r.defrag_evictions > 0
+    assert r.reassembly_peak <= 512 * 1024 and r.defrag_peak <= 256 * 1024
+    assert r.stream_peak <= 1024 * SESSION_COST_BYTES
+    # the normal connection, interleaved over the whole flood, was reassembled: the
+    # stream rule and the HTTP parser both saw its request (split in 4-byte segments)
+    assert r.normal_alerts == {1: 1, 2: 1}

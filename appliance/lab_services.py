@@ -22,6 +22,10 @@ EICAR: Final = (b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TE
                 + b"$H+H*")
 # A benign download every guest fetches the same (for the shared scan cache).
 SHARED_FILE: Final = b"".join(b"line %06d of the lab's shared file\n" % i for i in range(2000))
+# A download far larger than the 100 KiB of body kept for detection, with a marker at its
+# end: tests scan it with a YARA rule of their own to prove the scanners see all of it.
+LARGE_MARKER: Final = b"APPLIANCE-LAB-LARGE-FILE-MARKER"
+LARGE_FILE: Final = bytes(range(256)) * 2400 + LARGE_MARKER + b"\n"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -40,6 +44,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         if self.path == "/files/shared.txt":
             self._send(SHARED_FILE, "text/plain")
+            return
+        if self.path == "/files/large.bin":
+            self._send(LARGE_FILE, "application/octet-stream")
             return
         # /bulk/N: N bytes as a download (the bundled pass rule bypasses these);
         # /text/N: N bytes of text (inspected throughout).

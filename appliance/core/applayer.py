@@ -64,13 +64,16 @@ class AppResult:
 class AppState:
     """Per-flow app-layer state (lives on the Flow as `flow.app`)."""
 
-    __slots__ = ("detector", "mem", "parser", "tls_logged")
+    __slots__ = ("detector", "file_budget", "mem", "parser", "tls_logged")
 
-    def __init__(self, flow: Flow) -> None:
+    def __init__(self, flow: Flow, file_budget: Any = None) -> None:
         self.detector: ProtoDetector | None = ProtoDetector(flow.sp, flow.dp)
         self.parser: Any = None
         self.tls_logged = False
         self.mem = 0  # memuse() when the engine last counted it
+        # The engine's FileBudget when it scans files: a parser with files keeps their
+        # content within it (app/http.py).
+        self.file_budget = file_budget
 
     def memuse(self) -> int:
         if self.parser is not None:
@@ -81,8 +84,14 @@ class AppState:
     def abandon(self) -> None:
         """Free the parser and detection state: the flow is not parsed any more (the
         app layer's memcap was hit)."""
+        self.release_files()
         self.parser = None
         self.detector = None
+
+    def release_files(self) -> None:
+        release = getattr(self.parser, "release_files", None)
+        if release is not None:
+            release()
 
 
 def _buffers(tx: Any, to_server: bool) -> Buffers:
@@ -117,6 +126,8 @@ def feed_tcp(flow: Flow, data: bytes, to_server: bool, res: AppResult) -> None:
         st.parser = new_parser(proto)
         if st.parser is None:
             return
+        if st.file_budget is not None and hasattr(st.parser, "file_budget"):
+            st.parser.file_budget = st.file_budget
         # The detector kept the first bytes of each direction: replay them to the parser.
         for side in (True, False):
             if side == to_server:

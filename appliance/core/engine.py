@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from appliance.core import applayer
-from appliance.core.applayer import AppResult
+from appliance.core.app.http import FileBudget
+from appliance.core.applayer import AppResult, AppState
 from appliance.core.commands import Command, Hold, Log, ScanRequest, Verdict, VerdictKind
 from appliance.core.decode import (
     PROTO_ESP,
@@ -97,6 +98,9 @@ class EngineConfig:
     # scanner. Downloads up to this size are handed over whole; larger ones by hash only.
     scan_files: bool = False
     scan_max_bytes: int = 32 * 1024 * 1024
+    # Download content kept for the scanners, all flows together; a download that does
+    # not fit is decided by its hash alone (the cache knows it, or "unknown").
+    file_memcap: int = 128 * 1024 * 1024
     # Behaviour detectors (core/detect/heuristics.py); None: off.
     heuristics: HeuristicsConfig | None = field(default_factory=HeuristicsConfig)
     # Where packets come from, for EVE's pkt_src ("wire/pcap" in replay and live alike,
@@ -180,6 +184,10 @@ class Engine:
                                        role.heuristics))
         # Files waiting for a verdict: token -> (packet, its verdict so far, flow, name).
         self._pending: dict[int, tuple[Packet, int, VerdictKind, Flow, str, str]] = {}
+        # Their EVE fileinfo records, logged with the verdict (token -> record body).
+        self._file_records: dict[int, dict[str, Any]] = {}
+        self.file_budget = (FileBudget(self.config.file_memcap, self.config.scan_max_bytes)
+                            if self.config.scan_files else None)
         self._next_token = 1
         self._hold: int | None = None
         self._held: set[int] = set()
@@ -292,6 +300,13 @@ class Engine:
         self._held.discard(ev.token)
         p, packet_id, kind, flow, sha, name = got
         out: list[Command] = []
+        fileinfo = self._file_records.pop(ev.token, None)
+        if fileinfo is not None and self.config.log_app_records:
+            if ev.verdict == "malicious":
+                # The 7.0 schema's fileinfo has no verdict field; `sid` lists the rules
+                # that matched the file, and the appliance's file rule did.
+                fileinfo["fileinfo"]["sid"] = [FILE_SID_MALICIOUS]
+            out.append(Log(app_record(flow, p.ts, fileinfo)))
         if ev.verdict == "malicious":
             ips = self.config.mode == "ips"
             sigs = ", ".join(ev.signatures) or "unknown signature"
@@ -340,16 +355,27 @@ class Engine:
             return
         for f in res.files:
             if f.to_server or f.state != "CLOSED":
+                f.release()
                 continue
-            tx = flow.app.parser.get_tx(f.tx_id) if flow.app is not None and \
-                flow.app.parser is not None else None
-            body = bytes(tx.response_body) if tx is not None else b""
-            data = body if len(body) == f.size and f.size <= self.config.scan_max_bytes \
-                else None
+            data = f.take_data()  # the content kept as it streamed (app/http.py)
+            if data is None:
+                # Not kept (no room, or the flow started before scanning was on): the
+                # body kept for detection, if it is the whole file.
+                tx = flow.app.parser.get_tx(f.tx_id) if flow.app is not None and \
+                    flow.app.parser is not None else None
+                body = bytes(tx.response_body) if tx is not None else b""
+                if len(body) == f.size and f.size <= self.config.scan_max_bytes:
+                    data = body
             token = self._next_token
             self._next_token += 1
             name = f.filename.decode("utf-8", "replace")
             self._pending[token] = (p, pkt_id, VerdictKind.ACCEPT, flow, f.sha256, name)
+            for i, rec in enumerate(res.records):
+                fi = rec.get("fileinfo")
+                if fi is not None and fi.get("sha256") == f.sha256 and \
+                        rec.get("tx_id") == f.tx_id:
+                    self._file_records[token] = res.records.pop(i)
+                    break
             out.append(ScanRequest(token, pkt_id, f.sha256, data, f.size, flow.guest, name))
             self._hold = token
 
@@ -614,6 +640,9 @@ class Engine:
         if p.proto == PROTO_TCP:
             if upd is None or not (upd.to_server or upd.to_client):
                 return None
+            if flow.app is None and self.file_budget is not None and (
+                    self.policy is None or self.policy.role(flow.role).scan_files):
+                flow.app = AppState(flow, self.file_budget)  # its downloads are kept
             res = AppResult()
             if upd.to_server:
                 applayer.feed_tcp(flow, upd.to_server, True, res)
@@ -664,11 +693,14 @@ class Engine:
                     k = self._act(p, flow, insp.to_server, pkt_id, matches, out)
                     if _SEVERITY[k] > _SEVERITY[kind]:
                         kind = k
+        scans: list[Command] = []
+        if cfg.scan_files and res.files:
+            # Before the records: a scanned file's fileinfo waits for its verdict.
+            self._scan_files(p, flow, res, pkt_id, scans)
         if cfg.log_app_records:
             for body in res.records:
                 out.append(Log(app_record(flow, p.ts, body)))
-        if cfg.scan_files and res.files:
-            self._scan_files(p, flow, res, pkt_id, out)
+        out.extend(scans)
         if res.encrypted and flow.action is None and cfg.bypass and cfg.mode == "ips":
             flow.action = "bypass"  # TLS after the handshake: nothing left to inspect
         return kind
@@ -766,6 +798,7 @@ class Engine:
             return
         self.app_memuse -= f.app.mem
         f.app.mem = 0
+        f.app.release_files()
         try:
             res = AppResult()
             applayer.close(f, res)

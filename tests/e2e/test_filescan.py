@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.lab import BRIDGE, Lab
-from appliance.lab_services import SHARED_FILE
+from appliance.lab_services import LARGE_FILE, LARGE_MARKER, SHARED_FILE
 from tests.e2e.conftest import RULES
 
 
@@ -49,6 +49,30 @@ def test_shared_file_scanned_once_and_eicar_blocked(lab: Lab, start_appliance: A
     assert files, alerts
     assert "EICAR" in files[0]["alert"]["signature"]
     assert files[0]["alert"]["action"] == "blocked"
+
+
+def test_a_large_download_is_scanned_whole(lab: Lab, start_appliance: Any,
+                                           tmp_path: Path) -> None:
+    """600 KiB with the only bad bytes at the end: past the body kept for detection,
+    the scanners still get all of it, and the download is stopped."""
+    yara_dir = tmp_path / "yara"
+    yara_dir.mkdir()
+    (yara_dir / "marker.yar").write_text(
+        'rule Lab_Large_Marker { strings: $m = "%s" condition: $m }\n'
+        % LARGE_MARKER.decode())
+    app = start_appliance("--yara", str(yara_dir))
+    assert LARGE_FILE.index(LARGE_MARKER) > 500 * 1024
+    rc, out = fetch(lab, "desktop", "/files/large.bin", timeout=3)
+    assert rc == 28, (rc, out)  # the packet completing the download was dropped
+    time.sleep(0.5)
+    recs = [json.loads(x) for x in app.eve.read_text().splitlines()]
+    alerts = [r for r in recs if r.get("event_type") == "alert"
+              and r["alert"]["gid"] == 9003]
+    assert alerts and "Lab_Large_Marker" in alerts[0]["alert"]["signature"]
+    want = hashlib.sha256(LARGE_FILE).hexdigest()
+    infos = [r["fileinfo"] for r in recs if r.get("event_type") == "fileinfo"
+             and r["fileinfo"]["sha256"] == want]
+    assert infos and infos[0]["size"] == len(LARGE_FILE) and infos[0]["sid"] == [9003001]
 
 
 API = "10.203.0.2"  # the appliance's guest-facing address on the lab bridge (this test's)

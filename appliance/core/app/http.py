@@ -278,9 +278,23 @@ def guess_magic(head: bytes) -> str:
     return "data"
 
 
+class FileBudget:
+    """File content kept for scanning, across every flow of one engine: at most
+    `per_file` bytes of one file and `cap` bytes in all. A file that does not fit stops
+    being kept (its hash still goes to the scan cache; the scanners cannot see it)."""
+
+    __slots__ = ("cap", "per_file", "used")
+
+    def __init__(self, cap: int, per_file: int) -> None:
+        self.cap = cap
+        self.per_file = per_file
+        self.used = 0
+
+
 @dataclass(slots=True)
 class HttpFile:
-    """A body seen as a file: hashed as it streams, for the scan cache."""
+    """A body seen as a file: hashed as it streams, for the scan cache; its content
+    kept (`data`) when the engine scans files and its FileBudget allows."""
 
     filename: bytes
     to_server: bool
@@ -289,14 +303,40 @@ class HttpFile:
     state: str = "OPEN"  # Suricata's EVE names: OPEN, CLOSED, TRUNCATED
     head: bytearray = field(default_factory=bytearray)
     _sha: Any = field(default_factory=hashlib.sha256)
+    data: bytearray | None = None  # None: content not kept
+    budget: FileBudget | None = None
 
     def update(self, data: bytes) -> None:
         if not data:
             return
-        self.size += len(data)
+        n = len(data)
+        self.size += n
         self._sha.update(data)
         if len(self.head) < MAGIC_BYTES:
             self.head += data[: MAGIC_BYTES - len(self.head)]
+        kept = self.data
+        if kept is not None and self.budget is not None:
+            b = self.budget
+            if len(kept) + n > b.per_file or b.used + n > b.cap:
+                self.release()  # too big for the scanners, or no room left
+            else:
+                kept += data
+                b.used += n
+
+    def take_data(self) -> bytes | None:
+        """The whole content, if it was kept, handed over (and out of the budget)."""
+        kept = self.data
+        if kept is None or len(kept) != self.size:
+            self.release()
+            return None
+        self.release()
+        return bytes(kept)
+
+    def release(self) -> None:
+        if self.data is not None:
+            if self.budget is not None:
+                self.budget.used -= len(self.data)
+            self.data = None
 
     @property
     def sha256(self) -> str:
@@ -729,6 +769,8 @@ class HttpParser:
         self._broken = False
         # Bytes of bodies and raw headers kept in self.transactions (for memuse()).
         self._tx_bytes = 0
+        # Set by the engine when it scans files: downloads' content is kept within it.
+        self.file_budget: FileBudget | None = None
 
     # public API -------------------------------------------------------------------------
 
@@ -772,6 +814,16 @@ class HttpParser:
 
     def memuse(self) -> int:
         return len(self._req.buf) + len(self._resp.buf) + self._tx_bytes
+
+    def release_files(self) -> None:
+        """Give back the file content kept for scanning (the flow ends or is no longer
+        parsed)."""
+        for tx in self.transactions:
+            for f in tx.files:
+                f.release()
+        for side in (self._req, self._resp):
+            if side.file is not None:
+                side.file.release()
 
     def get_tx(self, tx_id: int) -> HttpTransaction | None:
         for tx in self.transactions:
@@ -1162,6 +1214,9 @@ class HttpParser:
         if not name and tx.uri is not None:
             name = normalize_path(tx.uri.path)
         side.file = HttpFile(name, to_server, tx.tx_id)
+        if self.file_budget is not None and not to_server:
+            side.file.data = bytearray()  # a download: kept for the scanners
+            side.file.budget = self.file_budget
         tx.files.append(side.file)
 
     def _close_file(self, side: _Side, out: list[AppEvent], truncated: bool) -> None:

@@ -406,6 +406,10 @@ class Supervisor:
                 totals["verdicts"][k] = totals["verdicts"].get(k, 0) + int(v)
             for addr, b in ws.get("top_talkers", []):
                 talkers[addr] = talkers.get(addr, 0) + int(b)
+            for k in ("memcap", "exception_policy"):
+                sums = totals.setdefault(k, {})
+                for name, v in ws.get(k, {}).items():
+                    sums[name] = sums.get(name, 0) + int(v)
         totals["bypassed"] = totals["verdicts"].get("bypass", 0)
         totals["flow"] = self._flow_totals()
         totals["top_talkers"] = sorted(talkers.items(), key=lambda kv: -kv[1])[:5]
@@ -649,7 +653,8 @@ class Supervisor:
                         "verdicts": ws.get("verdicts", {}),
                         "alerts": ws.get("alerts_by_severity", {}),
                         "bypassed": ws.get("verdicts", {}).get("bypass", 0),
-                        "memcap": ws.get("memcap", {})})
+                        "memcap": ws.get("memcap", {}),
+                        "exception_policy": ws.get("exception_policy", {})})
                 continue
             self.action_requests += 1
             if self.on_action is not None:

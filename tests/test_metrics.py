@@ -131,3 +131,21 @@ def test_parse_listen_and_nfqueue_table(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         parse_listen("127.0.0.1:http")
     assert read_nfqueue(tmp_path / "missing") == {}
+
+
+def test_supervisor_status_sums_memcap_hits_and_exception_policy_uses() -> None:
+    from appliance.config import Config
+    from appliance.daemon import RunOptions, Supervisor
+
+    sup = Supervisor(Config(), None, RunOptions(bridge="br-none"), log=lambda _m: None)
+    sup.worker_stats = {
+        0: {"memcap": {"flow": 3, "reassembly": 1},
+            "exception_policy": {"flow_memcap/drop-packet": 2}},
+        1: {"memcap": {"flow": 1},
+            "exception_policy": {"flow_memcap/drop-packet": 5,
+                                 "applayer_memcap/drop-flow": 1}},
+    }
+    t = sup.status()["traffic"]
+    assert t["memcap"] == {"flow": 4, "reassembly": 1}
+    assert t["exception_policy"] == {"flow_memcap/drop-packet": 7,
+                                     "applayer_memcap/drop-flow": 1}

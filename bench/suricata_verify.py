@@ -11,14 +11,22 @@ Versions: a test whose min/max version excludes 7.0.4 is skipped, unless Suricat
 passes it anyway (then the expectation holds for 7.0.4 and it belongs to the issue's goal
 of the 583 tests Suricata passes); ``--strict-versions`` skips those too.
 
+With ``--test-args`` the replay also honours two command-line arguments a test's
+test.yaml gives Suricata: ``-k none`` (no checksum validation) and ``--simulate-ips``
+(inline semantics). A threshold.config beside a test's rules is always used (the tests that
+ship one pass it with ``--set threshold-file``).
+
+``--list-failures`` prints every failing test under its reason category.
+
 Run: .venv/bin/python bench/suricata_verify.py [-j N] [--filter S] [--simple]
-     [--only-suricata-passes] [--json OUT]
+     [--only-suricata-passes] [--test-args] [--list-failures] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import multiprocessing
 import re
@@ -28,11 +36,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
-from appliance.core.engine import Engine
+import yaml
+
+from appliance.core.engine import Engine, EngineConfig
 from appliance.core.events import Event
 from appliance.io.eve import RecordingEve
 from appliance.io.pcap import PcapReader
@@ -192,8 +202,31 @@ def _failure_texts(loaded: LoadedRules) -> list[tuple[int | None, str]]:
     return found
 
 
+def test_args(test: SvTest, data_dir: Path = DEFAULT_DATA) -> list[str]:
+    """The command-line arguments the test's test.yaml gives Suricata (split on spaces)."""
+    try:
+        doc = yaml.safe_load((data_dir / "tests" / test.name / "test.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    args = doc.get("args") if isinstance(doc, dict) else None
+    return [w for a in args or [] for w in str(a).split()]
+
+
+def engine_config(args: Sequence[str]) -> EngineConfig:
+    """What ``-k none`` and ``--simulate-ips`` among ``args`` ask of the engine."""
+    cfg = EngineConfig()
+    if any(a == "-k" and b == "none" for a, b in itertools.pairwise(args)):
+        flow = cfg.flow
+        cfg = replace(cfg, flow=replace(flow, stream=replace(flow.stream,
+                                                             checksum_validation="no")))
+    if "--simulate-ips" in args:
+        cfg = replace(cfg, mode="ips")
+    return cfg
+
+
 def run_test(test: SvTest, data_dir: Path = DEFAULT_DATA, time_limit: float = TIME_LIMIT,
-             cache_dir: Path | None = None, strict_versions: bool = False) -> Result:
+             cache_dir: Path | None = None, strict_versions: bool = False,
+             use_args: bool = False) -> Result:
     """Replay one test and judge it; never raises."""
     res = Result(test.name, "fail", suricata=test.suricata, simple=test.simple,
                  keywords=test.keywords, protocols=test.protocols)
@@ -215,7 +248,8 @@ def run_test(test: SvTest, data_dir: Path = DEFAULT_DATA, time_limit: float = TI
         failures = _failure_texts(loaded)
         res.load_failures = [f"sid {sid}: {reason}" for sid, reason in failures]
         eve = RecordingEve()
-        rt = Runtime(Engine(detector=loaded.engine), eve)
+        cfg = engine_config(test_args(test, data_dir)) if use_args else EngineConfig()
+        rt = Runtime(Engine(cfg, detector=loaded.engine), eve)
         with PcapReader(data_dir / test.pcap) as reader:
             summary = rt.run(_limited(reader, start + time_limit))
         rt.finish()
@@ -261,10 +295,12 @@ class _Job:
     data_dir: Path
     time_limit: float
     strict_versions: bool
+    use_args: bool = False
 
 
 def _run_job(job: _Job) -> Result:
-    return run_test(job.test, job.data_dir, job.time_limit, None, job.strict_versions)
+    return run_test(job.test, job.data_dir, job.time_limit, None, job.strict_versions,
+                    job.use_args)
 
 
 def select(tests: Sequence[SvTest], substr: str | None = None, simple: bool = False,
@@ -276,8 +312,9 @@ def select(tests: Sequence[SvTest], substr: str | None = None, simple: bool = Fa
 
 
 def run_all(tests: Sequence[SvTest], data_dir: Path, jobs: int, time_limit: float,
-            strict_versions: bool = False, progress: bool = True) -> list[Result]:
-    work = [_Job(t, data_dir, time_limit, strict_versions) for t in tests]
+            strict_versions: bool = False, progress: bool = True,
+            use_args: bool = False) -> list[Result]:
+    work = [_Job(t, data_dir, time_limit, strict_versions, use_args) for t in tests]
     results: list[Result] = []
     if jobs <= 1:
         iterator: Iterable[Result] = map(_run_job, work)
@@ -373,6 +410,19 @@ def report(results: Sequence[Result], top: int = 20) -> str:
     return "\n".join(lines)
 
 
+def list_failures(results: Sequence[Result]) -> str:
+    """Every failing test, grouped under its category (largest first), with its reason."""
+    by_cat: dict[str, list[Result]] = {}
+    for r in results:
+        if r.status == "fail":
+            by_cat.setdefault(r.category, []).append(r)
+    lines: list[str] = []
+    for cat, items in sorted(by_cat.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        lines.append(f"{cat} ({len(items)}):")
+        lines.extend(f"  {r.name}  {r.reason}" for r in items)
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA,
@@ -389,6 +439,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help=f"wall seconds per test (default {TIME_LIMIT:g})")
     ap.add_argument("--quiet", action="store_true", help="no per-test progress lines")
     ap.add_argument("--top", type=int, default=20, help="how many keywords to list")
+    ap.add_argument("--test-args", action="store_true",
+                    help="honour the test's -k none and --simulate-ips arguments")
+    ap.add_argument("--list-failures", action="store_true",
+                    help="print every failing test under its reason category")
     a = ap.parse_args(argv)
 
     tests = select(load_index(a.data), a.filter, a.simple, a.only_suricata_passes)
@@ -396,11 +450,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("no test selected", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    results = run_all(tests, a.data, a.jobs, a.time_limit, a.strict_versions, not a.quiet)
+    results = run_all(tests, a.data, a.jobs, a.time_limit, a.strict_versions, not a.quiet,
+                      a.test_args)
     elapsed = time.perf_counter() - t0
     if a.json:
         a.json.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
     print()
+    if a.list_failures:
+        print(list_failures(results))
+        print()
     print(report(results, a.top))
     print(f"\n{len(results)} tests in {elapsed:.1f} s with {a.jobs} worker(s)")
     return 0

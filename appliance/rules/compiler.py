@@ -94,7 +94,11 @@ BUFFER_APP: Final = {
     "tls.subjectaltname": "tls", "tls.version": "tls", "dns.opcode": "dns",
     "ssh.proto": "ssh", "ssh.software": "ssh",
 }
-PACKET_BUFFERS: Final = frozenset({"pkt_data"})
+PACKET_BUFFERS: Final = frozenset({"pkt_data", "ipv4.hdr", "ipv6.hdr", "tcp.hdr", "udp.hdr",
+                                    "icmpv4.hdr", "icmpv6.hdr"})
+# Packet buffers that hold a protocol header rather than the payload: the prefilter does
+# not scan them (their rules are found by protocol/address/port; see matcher.py).
+HEADER_BUFFERS: Final = PACKET_BUFFERS - {"pkt_data"}
 TRANSFORMS_IMPLEMENTED: Final = frozenset({
     "dotprefix", "to_lowercase", "to_uppercase", "strip_whitespace", "compress_whitespace",
     "to_md5", "to_sha1", "to_sha256", "url_decode", "header_lowercase", "xor",
@@ -440,6 +444,16 @@ def compile_rule(rule: Rule, order: int,
         cr.app = True
         if cr.app_proto is None:
             cr.app_proto = "dns"
+    if cr.urilen is not None:
+        # urilen is checked on the HTTP request's URI (normalized, or raw with ",raw"): a
+        # rule with urilen is an app-layer rule even without a URI content; an empty
+        # chain on that buffer makes it a candidate whenever a request is inspected.
+        buf = "http.uri.raw" if cr.urilen[1] else "http.uri"
+        if not any(ch.key[0] == buf for ch in cr.chains):
+            cr.chains = (*cr.chains, Chain((buf, ()), ()))
+        cr.app = True
+        if cr.app_proto is None:
+            cr.app_proto = "http"
     if cr.tls_versions is not None:
         # The version is checked on the TLS buffers: an empty chain on a "tls.version"
         # pseudo-buffer makes the rule an app-layer rule that needs the ServerHello.

@@ -251,7 +251,7 @@ Value = int | str  # a str names a byte_extract / byte_math variable
 class ByteRead:
     """How to read a number from the buffer (shared by byte_test/jump/extract/math)."""
 
-    nbytes: int
+    nbytes: Value  # a count, or a byte_extract/byte_math variable (checked 1..8 when read)
     offset: Value
     relative: bool = False
     little: bool = False
@@ -336,8 +336,15 @@ def _byte_flags(keyword: str, parts: list[str]) -> tuple[dict[str, str | None], 
 
 def _read(keyword: str, nbytes_text: str, offset_text: str,
           flags: dict[str, str | None]) -> ByteRead:
+    text = nbytes_text.strip()
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
+        # A variable set by an earlier byte_extract/byte_math (Suricata 7 accepts one for
+        # byte_test, byte_jump and byte_math); its value is checked when read.
+        return ByteRead(text, _value(keyword, offset_text), "relative" in flags,
+                        "little" in flags or flags.get("endian") == "little", None,
+                        _bitmask(flags), "dce" in flags)
     try:
-        nbytes = int(nbytes_text.strip())
+        nbytes = int(text, 0)
     except ValueError:
         raise KeywordError(f"'{keyword}': invalid byte count {nbytes_text!r}") from None
     string = None
@@ -350,14 +357,22 @@ def _read(keyword: str, nbytes_text: str, offset_text: str,
         # http.content_len); otherwise at most 23 digits fit a 64-bit value.
         if not 0 <= nbytes <= 23:
             raise KeywordError(f"'{keyword}': string reads take 0 to 23 bytes")
-    elif not 1 <= nbytes <= 8:
+    elif not (1 if keyword != "byte_jump" else 0) <= nbytes <= 8:
+        # byte_jump may read 0 bytes: a jump of post_offset from the current position.
         raise KeywordError(f"'{keyword}': byte count must be 1 to 8")
-    bitmask = None
-    if flags.get("bitmask"):
-        bitmask = int(str(flags["bitmask"]), 0)
     little = "little" in flags or flags.get("endian") == "little"
     return ByteRead(nbytes, _value(keyword, offset_text), "relative" in flags, little,
-                    string, bitmask, "dce" in flags)
+                    string, _bitmask(flags), "dce" in flags)
+
+
+def _bitmask(flags: dict[str, str | None]) -> int | None:
+    b = flags.get("bitmask")
+    if not b:
+        return None
+    try:
+        return int(b, 0)
+    except ValueError:
+        raise KeywordError(f"invalid bitmask {b!r}") from None
 
 
 def parse_byte_test(value: str | None) -> ByteTest:

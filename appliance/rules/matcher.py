@@ -20,7 +20,7 @@ from typing import Any
 
 import hyperscan
 
-from appliance.rules.compiler import BufferKey, Program, RuleInfo
+from appliance.rules.compiler import HEADER_BUFFERS, BufferKey, Program, RuleInfo
 from appliance.rules.variables import AddressSet, PortSet
 
 # Group of a packet rule by IP protocol; app-layer buffers are shared by all protocols.
@@ -157,11 +157,19 @@ class PrefilterSet:
     cache_hits: int = 0
 
 
+def _fast(r: RuleInfo) -> tuple[BufferKey, bytes, bool] | None:
+    """The rule's fast pattern, unless it is in a header buffer (ipv4.hdr, tcp.hdr...):
+    headers are not scanned, such a rule is checked like one without content."""
+    f = r.fast
+    return None if f is not None and f[0][0] in HEADER_BUFFERS else f
+
+
 def _group_keys(r: RuleInfo) -> list[GroupKey]:
     """Where a rule's fast pattern (or, without one, the rule) is looked up."""
-    if r.fast is not None:
-        key = r.fast[0]
-    elif r.first_key is not None:
+    fast = _fast(r)
+    if fast is not None:
+        key = fast[0]
+    elif r.first_key is not None and r.first_key[0] not in HEADER_BUFFERS:
         key = r.first_key
     else:
         key = ("pkt_data", ())
@@ -188,8 +196,9 @@ def build_prefilters(program: Program, cache_dir: Path | None = None,
         if r.events and r.first_key is None:
             events.setdefault(r.events[0], []).append(r.order)
             continue
+        fast = _fast(r)
         for gk in _group_keys(r):
-            if r.fast is None:
+            if fast is None:
                 if gk[0] != APP_GROUP and _indexable(r.src):
                     src_entries.setdefault(gk[0], []).append((r.src, r.order))
                     if r.bidir:
@@ -211,7 +220,7 @@ def build_prefilters(program: Program, cache_dir: Path | None = None,
                 else:
                     ps.always.setdefault(gk, []).append(r.order)
             else:
-                _k, pat, nocase = r.fast
+                _k, pat, nocase = fast
                 patterns.setdefault(gk, {}).setdefault((pat, nocase), []).append(r.order)
     ps.by_event = {e: tuple(v) for e, v in events.items()}
     ps.by_sport = {g: {p: tuple(v) for p, v in m.items()} for g, m in sport.items()}

@@ -213,7 +213,17 @@ def _read(r: ByteRead, buf: bytes, prev_end: int, env: dict[str, int]) -> tuple[
     if off is None:
         return None
     pos = (prev_end if r.relative else 0) + off
-    end = pos + r.nbytes if r.nbytes else len(buf)
+    nb = r.nbytes
+    if isinstance(nb, str):  # a byte_extract/byte_math variable: 0 to 8 bytes
+        got = env.get(nb)
+        if got is None or not 0 <= got <= 8:
+            return None
+        n = got
+    else:
+        n = nb
+    if n == 0 and r.string is None:  # byte_jump:0 reads nothing
+        return (0, pos) if 0 <= pos <= len(buf) else None
+    end = pos + n if n else len(buf)
     if pos < 0 or end > len(buf):
         return None
     raw = buf[pos:end]
@@ -275,7 +285,11 @@ def _byte_jump(bj: ByteJump, buf: bytes, prev_end: int, env: dict[str, int]) -> 
         pos = len(buf) + jump + bj.post_offset
     else:
         pos = after + jump + bj.post_offset
-    if pos < 0 or pos > len(buf):
+    if pos < 0:
+        # A (negative) post_offset before the buffer's start stops at the start, as
+        # Suricata (suricata-verify detect-bytejump-05).
+        pos = 0
+    if pos > len(buf):
         return None
     return pos
 
@@ -313,7 +327,8 @@ def _byte_math(bm: ByteMath, buf: bytes, prev_end: int, env: dict[str, int]) -> 
         res = v << min(rv, 64)
     else:
         res = v >> min(rv, 64)
-    env[bm.result] = res
+    # Suricata keeps byte_math results as unsigned 64-bit numbers: 0 - 1 wraps around.
+    env[bm.result] = res & 0xFFFF_FFFF_FFFF_FFFF
     return True
 
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
-from appliance.core.decode import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Packet
+from appliance.core.decode import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet
 from appliance.core.detect.inspect import apply_transforms, match_chain
 from appliance.core.flows import Flow
 from appliance.core.stream import FLOW_ESTABLISHED, TcpState
@@ -181,13 +181,19 @@ class SignatureEngine:
             ok = True
             for ch in r.chains:
                 if raw is None:
-                    if ch.key[0] != "pkt_data":
-                        ok = False
-                        break
                     elems = buffers.get(ch.key)
                     if elems is None:
-                        elems = buffers[ch.key] = [
-                            apply_transforms(buffers[_PKT_KEY][0], ch.key[1])]
+                        if ch.key[0] == "pkt_data":
+                            base: bytes | None = buffers[_PKT_KEY][0]
+                        else:
+                            base = header_buffer(ch.key[0], p)
+                        if base is None:
+                            ok = False
+                            break
+                        elems = buffers[ch.key] = [apply_transforms(base, ch.key[1])]
+                    if not elems:
+                        ok = False
+                        break
                 else:
                     if ch.key[0] not in raw:
                         ok = False
@@ -483,6 +489,42 @@ def packet_events(p: Packet, upd: StreamUpdate | None, app: AppResult | None,
         proto = (flow.app_proto if flow is not None else None) or "unknown"
         out.update(f"app:{proto}.{name.lower()}" for name, _ts, _tx in an)
     return frozenset(out)
+
+
+def header_buffer(name: str, p: Packet) -> bytes | None:
+    """A header sticky buffer of the packet (Suricata's ipv4.hdr, ipv6.hdr, tcp.hdr,
+    udp.hdr, icmpv4.hdr, icmpv6.hdr): the header's bytes, options included, or None when
+    the packet has no such (complete) header. ipv6.hdr runs up to the transport header
+    (extension headers included, as Suricata: suricata-verify ipv6-hdr-keyword-02);
+    icmp*.hdr is the 8-byte ICMP header."""
+    d = p.data
+    if name == "ipv4.hdr" or name == "ipv6.hdr":
+        o = p.l3_off
+        if o < 0 or p.ipver != (4 if name == "ipv4.hdr" else 6):
+            return None
+        if p.ipver == 4:
+            n = (d[o] & 0x0F) * 4
+        else:
+            n = p.l4_off - o if p.l4_off > o + 40 else 40
+        return d[o:o + n] if len(d) >= o + n else None
+    o = p.l4_off
+    if o < 0:
+        return None
+    if name == "tcp.hdr":
+        if p.proto != PROTO_TCP or len(d) < o + 20:
+            return None
+        n = (d[o + 12] >> 4) * 4
+    elif name == "udp.hdr":
+        if p.proto != PROTO_UDP:
+            return None
+        n = 8
+    elif name == "icmpv4.hdr" or name == "icmpv6.hdr":
+        if p.proto != (PROTO_ICMP if name == "icmpv4.hdr" else PROTO_ICMPV6):
+            return None
+        n = 8
+    else:
+        return None
+    return d[o:o + n] if len(d) >= o + n else None
 
 
 def _elements(cache: dict[BufferKey, list[bytes]], key: BufferKey,

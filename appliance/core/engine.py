@@ -385,11 +385,16 @@ class Engine:
         the fragment's verdict: the rebuilt datagram's for the one that completed it."""
         refused = self.defrag.stats.memcap_refused
         rebuilt = self.defrag.add(p)
+        own = VerdictKind.ACCEPT
+        if p.events is not None and self.detector is not None:
+            # The fragment's own anomalies (overlap, bad length, too large...): Suricata
+            # inspects each fragment packet, so decode-event rules match on it.
+            own = self._detect(p, None, True, pkt_id, out, packet_events(p, None, None, None))
         if rebuilt is None:
             if self.defrag.stats.memcap_refused != refused:
                 self._exc_hit = "defrag_memcap"
                 self._decide_exception(p, None, pkt_id, out)
-            return VerdictKind.ACCEPT
+            return own
         q = self.decoder.decode_rebuilt(rebuilt, p.l3_off, p.ipver, p.vlan, p.ts)
         if q.events is not None:
             self.anomalies += len(q.events)

@@ -91,3 +91,22 @@ def test_bad_event_name_is_a_load_failure() -> None:
     loaded = detection_from_text(['alert ip any any -> any any (decode-event:; sid:9;)'])
     (f,) = loaded.failure_records()
     assert f.sid == 9
+
+
+def test_decode_event_on_a_fragment() -> None:
+    """A fragment's own anomaly (here an overlap) is matched on that fragment."""
+    loaded = detection_from_text([
+        'alert pkthdr any any -> any any (msg:"overlap"; decode-event:ipv4.frag_overlap; '
+        'sid:7;)'])
+    eng = Engine(EngineConfig(), loaded.engine)
+    base = IP(src=A, dst=B, id=77, proto=17)
+    frags = [Ether() / base.copy() / (b"A" * 16), Ether() / base.copy() / (b"B" * 16)]
+    frags[0][IP].flags = "MF"
+    frags[1][IP].flags = "MF"
+    frags[1][IP].frag = 1  # 8 bytes in: overlaps the first fragment's second half
+    alerts = []
+    for n, f in enumerate(frags, 1):
+        for c in eng.handle(PacketIn(n, 1.0 + n, bytes(f), LINKTYPE_ETHERNET)):
+            if isinstance(c, Log) and c.record["event_type"] in ("alert", "anomaly"):
+                alerts.append((n, c.record.get("alert", c.record.get("anomaly"))))
+    assert [(n, a["signature_id"]) for n, a in alerts if "signature_id" in a] == [(2, 7)]

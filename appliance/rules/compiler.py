@@ -57,6 +57,7 @@ from appliance.rules.parser import (
     Rule,
     parse_rule,
 )
+from appliance.rules.pcre import PcreError, translate_pcre
 from appliance.rules.variables import AddressSet, PortSet, Variables
 
 ACTION_ORDER: Final = {"pass": 0, "drop": 1, "reject": 2, "rejectsrc": 2, "rejectdst": 2,
@@ -101,7 +102,7 @@ PACKET_BUFFERS: Final = frozenset({"pkt_data", "ipv4.hdr", "ipv6.hdr", "tcp.hdr"
 HEADER_BUFFERS: Final = PACKET_BUFFERS - {"pkt_data"}
 TRANSFORMS_IMPLEMENTED: Final = frozenset({
     "dotprefix", "to_lowercase", "to_uppercase", "strip_whitespace", "compress_whitespace",
-    "to_md5", "to_sha1", "to_sha256", "url_decode", "header_lowercase", "xor",
+    "to_md5", "to_sha1", "to_sha256", "url_decode", "header_lowercase", "xor", "pcrexform",
 })
 
 
@@ -339,9 +340,11 @@ def compile_rule(rule: Rule, order: int,
         transforms: tuple[tuple[str, str | None], ...] = ()
         if isinstance(m, Content | Pcre):
             transforms = m.transforms
-        for t, _arg in transforms:
+        for t, targ in transforms:
             if t not in TRANSFORMS_IMPLEMENTED:
                 raise CompileError(f"unsupported transform '{t}'")
+            if t == "pcrexform":
+                _check_pcrexform(targ)
         if buf not in PACKET_BUFFERS:
             if buf not in BUFFER_APP:
                 raise CompileError(f"unsupported buffer '{buf}'")
@@ -371,6 +374,7 @@ def compile_rule(rule: Rule, order: int,
     cr.flowbit_checks, cr.flowbit_sets, cr.noalert = _flowbits(rule)
     flowints: list[FlowInt] = []
     events: list[str] = []
+    legacy: list[Chain] = []
     for kw, value in rule.options:
         if kw in UNSUPPORTED:
             raise CompileError(f"unsupported keyword '{kw}'")
@@ -429,6 +433,8 @@ def compile_rule(rule: Rule, order: int,
             flowints.append(parse_flowint(value))
         elif kw == "noalert":
             cr.noalert = True
+        elif kw in _TLS_LEGACY:
+            legacy.append(_tls_legacy(kw, value))
         elif kw in ("decode-event", "stream-event", "app-layer-event"):
             ev_name, ev_proto = _event_name(kw, value)
             events.append(ev_name)
@@ -438,6 +444,11 @@ def compile_rule(rule: Rule, order: int,
             pass
     cr.flowints = tuple(flowints)
     cr.events = tuple(events)
+    if legacy:
+        cr.chains = (*cr.chains, *legacy)
+        cr.app = True
+        if cr.app_proto is None:
+            cr.app_proto = "tls"
     if cr.dns_opcode is not None or cr.dns_rrtype is not None:
         # Checked on the DNS transaction (see signatures.py): an app-layer rule.
         cr.chains = (*cr.chains, Chain(("dns.opcode", ()), ()))
@@ -462,6 +473,45 @@ def compile_rule(rule: Rule, order: int,
         if cr.app_proto is None:
             cr.app_proto = "tls"
     return cr
+
+
+# Suricata's legacy TLS keywords with a value: (buffer, exact). tls.subject/tls.issuerdn
+# match when the value occurs in the certificate's subject/issuer (case-sensitive);
+# tls.fingerprint when it equals the SHA-1 fingerprint (hex case ignored). "!" negates.
+_TLS_LEGACY: Final = {
+    "tls.subject": ("tls.cert_subject", False),
+    "tls.issuerdn": ("tls.cert_issuer", False),
+    "tls.fingerprint": ("tls.cert_fingerprint", True),
+}
+
+
+def _check_pcrexform(arg: str | None) -> None:
+    """pcrexform needs a regex that compiles (the same translation as pcre's)."""
+    src = (arg or "").strip()
+    if len(src) >= 2 and src[0] == src[-1] == '"':
+        src = src[1:-1]
+    if not src:
+        raise CompileError("'pcrexform' needs a regular expression")
+    try:
+        regex.compile(translate_pcre(src).encode("utf-8", "surrogateescape"))
+    except (regex.error, PcreError, ValueError) as e:
+        raise CompileError(f"pcrexform {src!r} does not compile: {e}") from None
+
+
+def _tls_legacy(kw: str, value: str | None) -> Chain:
+    v = (value or "").strip()
+    negated = v.startswith("!")
+    v = v.lstrip("!").strip()
+    if len(v) >= 2 and v[0] == v[-1] == '"':
+        v = v[1:-1]
+    if not v:
+        raise CompileError(f"'{kw}' needs a value")
+    buf, exact = _TLS_LEGACY[kw]
+    pat = v.encode("utf-8", "surrogateescape")
+    if exact:
+        pat = pat.lower()
+    item = CContent(pat, exact, negated, None, None, None, None, exact, exact, False)
+    return Chain((buf, ()), (item,))
 
 
 _EVENT_NAME = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")

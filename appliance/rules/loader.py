@@ -29,7 +29,7 @@ from appliance.rules.thresholds import ThresholdConfig, beside, load_threshold_f
 from appliance.rules.variables import DEFAULT_ADDRESS_GROUPS, DEFAULT_PORT_GROUPS, Variables
 
 # Bump when RuleInfo, the compiler's ordering or the parser's output changes shape.
-CACHE_FORMAT: Final = 4
+CACHE_FORMAT: Final = 5
 
 
 @dataclass

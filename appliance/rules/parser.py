@@ -167,7 +167,8 @@ GENERIC_KEYWORDS = frozenset(
         # app-layer keywords with values
         "urilen", "ftpbounce", "ftpdata_command", "tls.version", "ssl_version", "ssl_state",
         "tls_cert_notbefore", "tls_cert_notafter", "tls_cert_expired", "tls_cert_valid",
-        "tls.store", "tls_store", "ssh.protoversion", "ssh.softwareversion", "dns.opcode",
+        "tls.store", "tls_store", "tls.subject", "tls.issuerdn", "tls.fingerprint",
+        "ssh.protoversion", "ssh.softwareversion", "dns.opcode",
         "dns.rrtype",
         "dce_iface", "dce_opnum", "krb5_msg_type", "krb5_err_code", "nfs_procedure",
         "nfs.version", "snmp.version", "snmp.pdu_type", "modbus", "dnp3_func", "dnp3_ind",

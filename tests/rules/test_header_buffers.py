@@ -91,3 +91,40 @@ def test_urilen_alone_makes_an_http_rule() -> None:
     r = loaded.program.rules[0]
     assert r.app and r.app_proto == "http"
     assert r.chains[0].key == ("http.uri", ())
+
+
+def test_legacy_tls_keywords_compile_to_certificate_buffer_checks() -> None:
+    from appliance.core.detect.inspect import match_chain
+
+    loaded = detection_from_text([
+        'alert tls any any -> any any (tls.subject:"O=Stamus, CN=SELKS"; sid:1;)',
+        'alert tls any any -> any any (tls.issuerdn:!"CN=Evil"; sid:2;)',
+        'alert tls any any -> any any (tls.fingerprint:"90:86:A4:3B"; sid:3;)',
+    ])
+    assert not loaded.failure_records()
+    subj, issuer, fp = loaded.program.rules
+    assert (subj.app, subj.app_proto) == (True, "tls")
+    (ch,) = subj.chains
+    assert ch.key == ("tls.cert_subject", ())
+    assert match_chain(ch, b"C=FR, O=Stamus, CN=SELKS", {})
+    assert not match_chain(ch, b"C=FR, O=stamus, CN=SELKS", {})  # case-sensitive
+    (ch,) = issuer.chains
+    assert match_chain(ch, b"CN=Good CA", {}) and not match_chain(ch, b"O=x, CN=Evil", {})
+    (ch,) = fp.chains
+    assert ch.key == ("tls.cert_fingerprint", ())
+    assert match_chain(ch, b"90:86:a4:3b", {})  # hex case ignored, whole value
+    assert not match_chain(ch, b"90:86:a4:3b:00", {})
+
+
+def test_pcrexform_keeps_the_first_capture() -> None:
+    from appliance.core.detect.inspect import apply_transforms
+
+    tf = (("pcrexform", '"[a-zA-Z]+\\s+(.*)\\s+HTTP"'),)
+    assert apply_transforms(b"GET /z4d4kWk.jpg HTTP/1.1", tf) == b"/z4d4kWk.jpg"
+    assert apply_transforms(b"no match here", tf) == b"no match here"
+    whole = (("pcrexform", '"d+"'),)  # no group: the whole match
+    assert apply_transforms(b"abdddc", whole) == b"ddd"
+    bad = detection_from_text(['alert http any any -> any any (http.uri; '
+                               'pcrexform:"(unclosed"; content:"x"; sid:1;)'])
+    (f,) = bad.failure_records()
+    assert "pcrexform" in f.reason and "does not compile" in f.reason

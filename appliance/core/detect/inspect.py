@@ -14,9 +14,12 @@ detect-engine-content-inspection.c semantics).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
+
+import regex
 
 from appliance.rules.compiler import CContent, Chain, CPcre
 from appliance.rules.keywords import (
@@ -28,6 +31,7 @@ from appliance.rules.keywords import (
     ByteTest,
     IsDataAt,
 )
+from appliance.rules.pcre import PcreError, translate_pcre
 
 # Seconds one pcre call may run: far above any sane pattern on a 64 KiB buffer
 # (microseconds), far below what would stall a queue. A pattern that needs more on
@@ -335,6 +339,19 @@ def _byte_math(bm: ByteMath, buf: bytes, prev_end: int, env: dict[str, int]) -> 
 # -- transforms (Suricata 7 transformations) ---------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)
+def pcrexform_regex(arg: str) -> Any:
+    """The compiled regex of a pcrexform argument (a quoted PCRE without delimiters), or
+    None when it does not compile (the compiler refuses such rules first)."""
+    src = arg.strip()
+    if len(src) >= 2 and src[0] == src[-1] == '"':
+        src = src[1:-1]
+    try:
+        return regex.compile(translate_pcre(src).encode("utf-8", "surrogateescape"))
+    except (regex.error, PcreError, ValueError):
+        return None
+
+
 def apply_transforms(buf: bytes, transforms: tuple[tuple[str, str | None], ...]) -> bytes:
     for name, arg in transforms:
         if name == "dotprefix":
@@ -359,6 +376,18 @@ def apply_transforms(buf: bytes, transforms: tuple[tuple[str, str | None], ...])
             buf = b"\r\n".join(
                 (ln.split(b":", 1)[0].lower() + b":" + ln.split(b":", 1)[1]) if b":" in ln
                 else ln for ln in buf.split(b"\r\n"))
+        elif name == "pcrexform" and arg:
+            # The buffer becomes the regex's first capture (the whole match without a
+            # group); without a match it is left as it is (Suricata's pcrexform).
+            rx = pcrexform_regex(arg)
+            if rx is not None:
+                try:
+                    m = rx.search(buf, timeout=PCRE_TIMEOUT)
+                except TimeoutError:
+                    STATS.pcre_timeouts += 1
+                    m = None
+                if m is not None:
+                    buf = m.group(1) if rx.groups else m.group(0)
         elif name == "xor" and arg:
             key = bytes.fromhex(arg.strip().strip('"'))
             if key:

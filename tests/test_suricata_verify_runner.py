@@ -102,3 +102,20 @@ def test_missing_pcap_and_version_skip(sv: ModuleType, index: dict[str, Any]) ->
                  and t.suricata != "pass")
     r = sv.run_test(newer, SV_DATA)
     assert r.status == "skip" and "min_version" in r.reason
+
+
+def test_test_args_and_threshold_config_beside_the_rules(sv: ModuleType,
+                                                         index: dict[str, Any]) -> None:
+    cfg = sv.engine_config(["-k", "none", "--simulate-ips"])
+    assert cfg.flow.stream.checksum_validation == "no" and cfg.mode == "ips"
+    plain = sv.engine_config(["--set", "x=1"])
+    assert plain.flow.stream.checksum_validation == "auto" and plain.mode == "ids"
+    test = index["threshold-config-byrule"]
+    assert sv.test_args(test, SV_DATA)[:2] == ["--set", "threshold-file=${TEST_DIR}/"
+                                                          "threshold.config"]
+    # Its threshold.config (limit 3 by_rule) is beside its rules: 3 alerts, not 30.
+    r = sv.run_test(test, SV_DATA, time_limit=20.0)
+    assert r.status == "pass" and r.alerts == {1000001: 3}, (r.reason, r.alerts)
+    listing = sv.list_failures([r, sv.Result("x", "fail", "missing alert sid 1",
+                                             "missing alert")])
+    assert listing.splitlines() == ["missing alert (1):", "  x  missing alert sid 1"]

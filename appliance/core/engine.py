@@ -246,6 +246,9 @@ class Engine:
                         if self.detector is not None or (flow is not None and flow.action):
                             kind = self._detect(p, flow, to_server, ev.id, out,
                                                 packet_events(p, upd, app, flow))
+                        if upd is not None and flow is not None and (
+                                upd.to_server or upd.to_client):
+                            kind = self._detect_stream(p, flow, upd, kind, ev.id, out)
                         if app is not None and flow is not None:
                             kind = self._app_results(p, flow, app, kind, ev.id, out)
                         if upd is not None and flow is not None:
@@ -403,13 +406,27 @@ class Engine:
                     out.append(Log(anomaly_record(q, None, name, pkt_id, self.config.pkt_src)))
         if not q.ipver:
             return VerdictKind.ACCEPT
-        flow, to_server, _upd = self._flow_update(q)
+        flow, to_server, upd = self._flow_update(q)
         if self._exc_hit is not None and self._exc_hit != "reassembly_memcap":
             self._decide_exception(q, flow, pkt_id, out)
+        # The rebuilt datagram goes through the same stages as a packet (app layer,
+        # both payload views, stream anomalies); its verdict goes to the fragment that
+        # completed it.
+        app = None
+        if flow is not None and flow.action is None and self.config.app_layer:
+            app = self._app(q, flow, to_server, upd)
+        kind = VerdictKind.ACCEPT
         if self.detector is not None or (flow is not None and flow.action):
-            # The verdict of the rebuilt datagram goes to the fragment that completed it.
-            return self._detect(q, flow, to_server, pkt_id, out)
-        return VerdictKind.ACCEPT
+            kind = self._detect(q, flow, to_server, pkt_id, out)
+        if flow is not None and upd is not None:
+            if upd.to_server or upd.to_client:
+                kind = self._detect_stream(q, flow, upd, kind, pkt_id, out)
+            if app is not None:
+                kind = self._app_results(q, flow, app, kind, pkt_id, out)
+            kind = self._stream(q, flow, upd, kind, pkt_id, out)
+        elif app is not None and flow is not None:
+            kind = self._app_results(q, flow, app, kind, pkt_id, out)
+        return kind
 
     # -- exception policies (core/exception_policy.py) -----------------------------------
 
@@ -488,6 +505,26 @@ class Engine:
         if not matches:
             return VerdictKind.ACCEPT
         return self._act(p, flow, to_server, pkt_id, matches, out)
+
+    def _detect_stream(self, p: Packet, flow: Flow, upd: StreamUpdate, kind: VerdictKind,
+                       pkt_id: int, out: list[Command]) -> VerdictKind:
+        """Stream rules on the reassembled bytes this packet delivered, per direction
+        (the second view of TCP payload, besides the packet's own: issue 3 item 5)."""
+        if flow.action is not None:
+            return kind
+        det = self.role_detectors.get(flow.role, self.detector)
+        if det is None or not det.has_stream_rules:
+            return kind
+        for chunk_ts, data, gap in ((True, upd.to_server, upd.gap_ts),
+                                    (False, upd.to_client, upd.gap_tc)):
+            if not data:
+                continue
+            matches = det.inspect_stream(p, flow, chunk_ts, data, gap)
+            if matches:
+                k = self._act(p, flow, chunk_ts, pkt_id, matches, out)
+                if _SEVERITY[k] > _SEVERITY[kind]:
+                    kind = k
+        return kind
 
     def _act(self, p: Packet, flow: Flow | None, to_server: bool, pkt_id: int,
              matches: list[RuleMatch], out: list[Command]) -> VerdictKind:

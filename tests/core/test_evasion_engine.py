@@ -207,3 +207,19 @@ def test_a_second_occurrence_near_the_first_is_left_to_the_packet_view() -> None
     # bytes of the first is seen by the packet view only when one packet holds it.
     sids = _run_frames(_conn([b"split", b"-me", b"x", b"y", b" split-me"]), VIEW_RULES)
     assert sorted(sids) == [31, 31, 32, 33, 34, 35, 36]
+
+
+def test_tfo_data_matched_on_the_syn_is_not_reported_again_from_the_stream() -> None:
+    from scapy.layers.inet import IP, TCP, Ether
+    c, s = "192.0.2.10", "198.51.100.20"
+    frames = [bytes(p) for p in (
+        Ether() / IP(src=c, dst=s) / TCP(sport=40000, dport=7000, flags="S", seq=99)
+        / b"a split-me b",
+        Ether() / IP(src=s, dst=c) / TCP(sport=7000, dport=40000, flags="SA", seq=499,
+                                         ack=100 + 12),
+        Ether() / IP(src=c, dst=s) / TCP(sport=40000, dport=7000, flags="A", seq=112,
+                                         ack=500))]
+    sids = _run_frames(frames, VIEW_RULES)
+    # the SYN's payload (packet view: every packet rule), then the SYN/ACK delivers the
+    # same bytes to the stream: only the stream-only rules report them there
+    assert sorted(sids) == [31, 32, 33, 34, 35, 36]

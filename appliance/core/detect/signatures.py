@@ -13,6 +13,7 @@ suppressions, rate filters; appliance/rules/thresholds.py) share that one table.
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -36,6 +37,17 @@ if TYPE_CHECKING:
 THRESHOLD_MAX_ENTRIES: Final = 100_000
 
 _PKT_KEY: BufferKey = ("pkt_data", ())
+
+# Stream rules inspect each new reassembled chunk together with the last STREAM_TAIL
+# bytes of the same direction already inspected, so a pattern split over segments (or
+# over chunks) still matches; a match already possible within those bytes alone was
+# reported with an earlier chunk and is not reported again. 512 bytes covers the
+# content spans of nearly all ET Open payload rules; a longer span that straddles two
+# chunks is missed (Suricata's raw-stream windows have a similar bound).
+STREAM_TAIL: Final = 512
+# Packet-view matches remembered so the stream view does not repeat them (see
+# SignatureEngine._pkt_seen).
+PKT_SEEN_MAX: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +104,19 @@ class SignatureEngine:
             if group == APP_GROUP:
                 self._app_always[key[0]] = tuple(sorted(
                     set(self._app_always.get(key[0], ())) | set(orders)))
+        # Suricata's two views of TCP payload: `tcp-stream` / flow:only_stream rules see
+        # only the reassembled stream, `tcp-pkt` / flow:no_stream rules only packets,
+        # plain payload rules both (one alert per packet).
+        self._stream_ok = frozenset(r.order for r in self.rules if _stream_capable(r))
+        self._stream_only = frozenset(r.order for r in self.rules if not r.app and (
+            r.rule.proto == "tcp-stream" or (r.flow is not None and r.flow.only_stream)))
+        self.has_stream_rules = bool(self._stream_ok)
+        self._last_pkt: tuple[Packet | None, frozenset[int]] = (None, frozenset())
+        # Plain rules that matched a TCP packet's own payload, with that payload, per
+        # (flow, direction, rule): when the stream delivers those bytes later (TFO data
+        # on the SYN/ACK, out-of-order data on the segment filling the hole), the rule
+        # is not reported a second time for them. Bounded, oldest first out.
+        self._pkt_seen: OrderedDict[tuple[int, bool, int], bytes] = OrderedDict()
 
     # -- entry points ----------------------------------------------------------------
 
@@ -130,7 +155,64 @@ class SignatureEngine:
         if not hits:
             return []
         buffers = {_PKT_KEY: [payload]}
-        return self._run(sorted(hits), p, flow, to_server, buffers, None, app=False)
+        found = self._run(sorted(hits), p, flow, to_server, buffers, None, app=False)
+        if self.has_stream_rules:
+            self._last_pkt = (p, frozenset(m.rule.order for m in found))
+            if found and flow is not None and flow.tcp is not None:
+                seen = self._pkt_seen
+                for m in found:
+                    o = m.rule.order
+                    if o in self._stream_ok and o not in self._stream_only:
+                        seen[(flow.flow_id, to_server, o)] = payload
+                while len(seen) > PKT_SEEN_MAX:
+                    seen.popitem(last=False)
+        return found
+
+    def inspect_stream(self, p: Packet, flow: Flow, to_server: bool, data: bytes,
+                       gap: bool = False) -> list[RuleMatch]:
+        """Stream rules on a new chunk of one direction's reassembled stream (`to_server`
+        is the chunk's direction; the packet that delivered it may go the other way when
+        its ACK released held data). `gap`: bytes were skipped before `data`. Rules that
+        already matched this packet's own payload are not reported twice."""
+        tcp = flow.tcp
+        if tcp is None or not data:
+            return []
+        tail = b"" if gap else (tcp.insp_ts if to_server else tcp.insp_tc)
+        window = tail + data if tail else data
+        keep = window[-STREAM_TAIL:]
+        if to_server:
+            tcp.insp_ts = keep
+        else:
+            tcp.insp_tc = keep
+        gk = ("tcp", _PKT_KEY)
+        hits: set[int] = set()
+        db = self.pf.dbs.get(gk)
+        if db is not None:
+            db.scan(window, hits)
+        always = self._always.get(gk)
+        if always:
+            hits.update(always)
+        hits &= self._stream_ok
+        last, done = self._last_pkt
+        if last is p:
+            hits -= done
+        seen = self._pkt_seen
+        if seen:
+            fid = flow.flow_id
+            for o in list(hits):
+                pl = seen.get((fid, to_server, o))
+                if pl is not None and pl in window:
+                    del seen[(fid, to_server, o)]
+                    hits.discard(o)
+        if not hits:
+            return []
+        q = p
+        if (p.sp == flow.sp and p.src == flow.src) != to_server:
+            # Judge the header in the chunk's direction.
+            q = copy.copy(p)
+            q.src, q.dst, q.sp, q.dp = p.dst, p.src, p.dp, p.sp
+        return self._run(sorted(hits), q, flow, to_server, {_PKT_KEY: [window]}, None,
+                         app=False, stream=True, prior=tail or None)
 
     def inspect_tx(self, p: Packet, flow: Flow, to_server: bool, tx_id: int,
                    raw_buffers: Mapping[str, bytes | list[bytes]]) -> list[RuleMatch]:
@@ -156,13 +238,20 @@ class SignatureEngine:
     def _run(self, orders: list[int], p: Packet, flow: Flow | None, to_server: bool,
              buffers: dict[BufferKey, list[bytes]],
              raw: Mapping[str, bytes | list[bytes]] | None, app: bool,
-             tx_id: int | None = None) -> list[RuleMatch]:
+             tx_id: int | None = None, stream: bool = False,
+             prior: bytes | None = None) -> list[RuleMatch]:
+        """`stream`: `buffers` holds a stream window (candidates are stream-capable
+        rules); `prior`: the bytes at its start inspected before (a match within them
+        alone is not new)."""
         out: list[RuleMatch] = []
         rules = self.rules
         st = self.stats
+        stream_only = self._stream_only
         for order in orders:
             r = rules[order]
             if r.app != app:
+                continue
+            if not stream and order in stream_only:
                 continue
             st.candidates += 1
             if app and flow is not None and (order, tx_id) in flow.tx_alerted:
@@ -204,6 +293,8 @@ class SignatureEngine:
                     break
             if not ok:
                 continue
+            if prior is not None and _chains_match(r, prior):
+                continue  # matched within bytes inspected before: reported then
             if r.dns_opcode is not None or r.dns_rrtype is not None:
                 op = (raw or {}).get("dns.opcode")
                 types = (raw or {}).get("dns.rrtype")
@@ -271,8 +362,6 @@ class SignatureEngine:
                 return False
             if fo.established is not None and fo.established != _established(flow):
                 return False
-            if fo.only_stream:
-                return False  # stream-only rules need reassembled data (not wired yet)
         if r.dsize is not None and not r.dsize.test(len(p.payload)):
             return False
         if p.proto == PROTO_ICMP or p.proto == PROTO_ICMPV6:
@@ -538,6 +627,32 @@ def _elements(cache: dict[BufferKey, list[bytes]], key: BufferKey,
         got = [apply_transforms(x, key[1]) for x in vals] if key[1] else vals
         cache[key] = got
     return got
+
+
+def _stream_capable(r: CompiledRule) -> bool:
+    """Can this rule match reassembled TCP stream data? Payload rules on TCP (or any IP
+    protocol) whose buffers are all pkt_data, unless they are packet-only: `tcp-pkt`,
+    flow:no_stream, or a packet-level keyword (dsize, flags, seq, ttl...), as Suricata
+    (a rule with such a keyword inspects packets only)."""
+    if r.app or not r.chains or r.ipproto not in (None, PROTO_TCP):
+        return False
+    if r.rule.proto == "tcp-pkt" or (r.flow is not None and r.flow.no_stream):
+        return False
+    if any(ch.key[0] != "pkt_data" for ch in r.chains):
+        return False
+    return (r.dsize is None and r.flags is None and r.seq is None and r.ack is None
+            and r.window is None and r.ttl is None and r.ip_id is None and r.tos is None
+            and r.fragbits is None and r.itype is None and r.icode is None
+            and r.icmp_id is None and r.icmp_seq is None and not r.sameip)
+
+
+def _chains_match(r: CompiledRule, data: bytes) -> bool:
+    env: dict[str, int] = {}
+    for ch in r.chains:
+        buf = apply_transforms(data, ch.key[1]) if ch.key[1] else data
+        if not match_chain(ch, buf, env):
+            return False
+    return True
 
 
 def _established(flow: Flow | None) -> bool:

@@ -57,42 +57,62 @@ def ping(lab: Lab, guest: str) -> bool:
                       "203.0.113.10", timeout=10).returncode == 0
 
 
-def desktop_round(lab: Lab, n: int, c: Counter[str]) -> None:
-    c["http ok" if curl(lab, "desktop", "/") == "200" else "http FAILED"] += 1
-    c["http ok" if curl(lab, "desktop", "/text/200000") == "200" else "http FAILED"] += 1
-    c["dns ok" if dig(lab, "desktop", "A") else "dns FAILED"] += 1
-    c["ping ok" if ping(lab, "desktop") else "ping FAILED"] += 1
+class Tally:
+    """Outcomes by kind, and the first failures in detail (when, what, what came back)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self.t0 = time.monotonic()
+
+    def add(self, kind: str, ok: bool, what: str, got: object, good: str = "ok",
+            bad: str = "FAILED") -> None:
+        self.counts[f"{kind} {good if ok else bad}"] += 1
+        if not ok and len(self.failures) < 50:
+            self.failures.append(f"{time.monotonic() - self.t0:.0f} s {what}: {got}")
+
+
+def desktop_round(lab: Lab, n: int, t: Tally) -> None:
+    for path in ("/", "/text/200000"):
+        got = curl(lab, "desktop", path)
+        t.add("http", got == "200", f"desktop GET {path}", got)
+    t.add("dns", dig(lab, "desktop", "A"), "desktop DNS A", "no answer")
+    t.add("ping", ping(lab, "desktop"), "desktop ping", "lost")
     if n % 4 == 0:
         # The reject rule answers with a reset: curl 52/56, never a page.
         got = curl(lab, "desktop", "/x;/bin/sh", timeout=4)
-        c["probe blocked" if got in ("rc52", "rc56") else "probe PASSED"] += 1
-        auth = curl(lab, "desktop", "/admin", "-u", "soak:secret")
-        c["alerting ok" if auth == "200" else "alerting FAILED"] += 1
+        t.add("probe", got in ("rc52", "rc56"), "desktop probe", got, good="blocked",
+              bad="PASSED")
+        got = curl(lab, "desktop", "/admin", "-u", "soak:secret")
+        t.add("alerting", got == "200", "desktop GET /admin with basic auth", got)
 
 
-def proxy_round(lab: Lab, n: int, c: Counter[str]) -> None:
-    c["http ok" if curl(lab, "proxy", "/bulk/5000000") == "200" else "http FAILED"] += 1
-    c["http ok" if curl(lab, "proxy", "/files/shared.txt") == "200" else "http FAILED"] += 1
-    c["dns ok" if dig(lab, "proxy", "AAAA") else "dns FAILED"] += 1
+def proxy_round(lab: Lab, n: int, t: Tally) -> None:
+    for path in ("/bulk/5000000", "/files/shared.txt"):
+        got = curl(lab, "proxy", path)
+        t.add("http", got == "200", f"proxy GET {path}", got)
+    t.add("dns", dig(lab, "proxy", "AAAA"), "proxy DNS AAAA", "no answer")
 
 
 def drive(lab: Lab, seconds: float, every: float = 0.0,
-          sample: Callable[[], None] | None = None) -> tuple[Counter[str], int]:
+          sample: Callable[[], None] | None = None) -> tuple[Tally, int]:
     """Both guests' loops in threads until `seconds` have passed (each command has its
     own timeout, so a round always ends); `sample()` is called every `every` s meanwhile."""
-    counts: Counter[str] = Counter()
+    tally = Tally()
     rounds = Counter[str]()
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
 
-    def loop(name: str, one: Callable[[Lab, int, Counter[str]], None]) -> None:
+    def loop(name: str, one: Callable[[Lab, int, Tally], None]) -> None:
         n = 0
         while time.monotonic() < deadline:
-            c: Counter[str] = Counter()
-            one(lab, n, c)
+            t = Tally()
+            t.t0 = tally.t0
+            one(lab, n, t)
             n += 1
             with lock:
-                counts.update(c)
+                tally.counts.update(t.counts)
+                tally.failures += t.failures[:50 - len(tally.failures)]
                 rounds[name] += 1
 
     threads = [threading.Thread(target=loop, args=a) for a in
@@ -104,7 +124,7 @@ def drive(lab: Lab, seconds: float, every: float = 0.0,
         sample()
     for t in threads:
         t.join(timeout=seconds + 120)
-    return counts, sum(rounds.values())
+    return tally, sum(rounds.values())
 
 
 def memory(pid: int) -> dict[str, float]:
@@ -133,7 +153,7 @@ def run_soak(lab: Lab, start: Callable[..., Any], tmp: Path, seconds: float) -> 
         timeline.append((time.monotonic() - t0,
                          sum(v for k, v in m.items() if k != "supervisor")))
 
-    counts, rounds = drive(lab, seconds, max(seconds / 10, 1.0), sample)
+    tally, rounds = drive(lab, seconds, max(seconds / 10, 1.0), sample)
     elapsed = time.monotonic() - t0
     time.sleep(1.2)
     st1 = status(lab) or {}
@@ -142,7 +162,8 @@ def run_soak(lab: Lab, start: Callable[..., Any], tmp: Path, seconds: float) -> 
     return {
         "seconds": elapsed,
         "rounds": rounds,
-        "outcomes": dict(counts),
+        "outcomes": dict(tally.counts),
+        "failures": tally.failures,
         "verdicts": {k: v1.get(k, 0) - v0.get(k, 0) for k in sorted(set(v0) | set(v1))},
         "packets": st1["traffic"]["packets"] - st0["traffic"]["packets"],
         "alerts": st1["traffic"]["alerts"] - st0["traffic"]["alerts"],
@@ -163,6 +184,7 @@ def report(fig: dict[str, Any]) -> str:
              f"{fig['errors']}",
              f"  kernel queue drops: {fig['queue_drops']}; worker restarts: "
              f"{fig['worker_restarts']}"]
+    lines += [f"  failed: {f}" for f in fig["failures"]]
     for name, start in fig["rss_start_mib"].items():
         end = fig["rss_end_mib"].get(name)
         if end is None:

@@ -98,7 +98,15 @@ _BODY_CLOSE: Final = 7  # body until the connection closes (responses)
 _TUNNEL: Final = 8  # CONNECT / 101 Switching Protocols: no more HTTP
 
 _TOKEN_RE: Final = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_HEX_RE: Final = re.compile(rb"^[0-9A-Fa-f]+$")
+# A chunk-size line as libhtp reads it: whitespace and control bytes (CR, VT, FF...)
+# around it are ignored, then hex digits; what follows the digits is an extension
+# (";name=value" by RFC 9112 section 7.1.1; anything at all is tolerated).
+_CHUNK_WS: Final = b" \t\r\n\x0b\x0c"
+_CHUNK_LEN_RE: Final = re.compile(rb"[ \t\r\n\x0b\x0c]*([0-9A-Fa-f]*)")
+_HEXDIGITS: Final = frozenset(b"0123456789abcdefABCDEF")
+_CHUNK_SKIP: Final = frozenset(b" \t\r\x0b\x0c")
+# After a CR, these bytes keep it from ending a line on its own (see _read_line).
+_NOT_AFTER_LONE_CR: Final = frozenset(b"\n\r \t")
 _PCT_RE: Final = re.compile(rb"%(?:[uU]([0-9A-Fa-f]{4})|([0-9A-Fa-f]{2}))")
 _SLASHES_RE: Final = re.compile(rb"/{2,}")
 _CD_FILENAME_RE: Final = re.compile(rb"""filename\*?\s*=\s*(?:"([^"]*)"|([^;\s]*))""", re.I)
@@ -237,6 +245,28 @@ def split_host_port(value: bytes) -> tuple[bytes, int | None]:
     return host.strip(b" \t").lower().rstrip(b"."), port
 
 
+def _chunk_length(line: bytes) -> tuple[int | None, bool]:
+    """(size, has extension) of a chunk-size line; size -1 for a blank line, None when
+    there is no hex number (or one too large to be real)."""
+    m = _CHUNK_LEN_RE.match(line)
+    digits = m.group(1) if m else b""
+    rest = line[m.end():].strip(_CHUNK_WS) if m else line
+    if not digits:
+        return (-1 if not rest else None), False
+    if len(digits) > 15:
+        return None, bool(rest)
+    return int(digits, 16), bool(rest)
+
+
+def _not_chunk_length(buf: bytearray, pos: int) -> bool:
+    """Whether the line starting at pos already shows it is no chunk-size line: its
+    first byte after blanks is neither a hex digit nor the end of the line."""
+    n = len(buf)
+    while pos < n and buf[pos] in _CHUNK_SKIP:
+        pos += 1
+    return pos < n and buf[pos] != 0x0A and buf[pos] not in _HEXDIGITS
+
+
 # --- files ----------------------------------------------------------------------------
 
 _MAGIC: Final = (
@@ -362,70 +392,132 @@ class HttpFile:
 # --- decompression ----------------------------------------------------------------------
 
 
+_GZIP_FEXTRA: Final = 0x04
+_GZIP_FNAME: Final = 0x08
+_GZIP_FCOMMENT: Final = 0x10
+_GZIP_FHCRC: Final = 0x02
+
+
+def _gzip_header_len(head: bytes) -> int:
+    """Length of the gzip member header (RFC 1952 section 2.3) at the start of ``head``:
+    0 when more bytes are needed, -1 when it is not gzip (no magic or method not deflate).
+
+    Read leniently, as libhtp and browsers do: reserved flag bits are ignored and the
+    header CRC is skipped, not checked (zlib's own gzip mode rejects both, and a server
+    that sets them still delivers a body the browser decodes)."""
+    if len(head) < 10:
+        return 0 if head[:3] == b"\x1f\x8b\x08"[: len(head)] else -1
+    if head[:3] != b"\x1f\x8b\x08":
+        return -1
+    flags = head[3]
+    pos = 10
+    if flags & _GZIP_FEXTRA:
+        if len(head) < pos + 2:
+            return 0
+        pos += 2 + (head[pos] | head[pos + 1] << 8)
+    for bit in (_GZIP_FNAME, _GZIP_FCOMMENT):
+        if flags & bit:
+            nul = head.find(b"\x00", pos)
+            if nul == -1:
+                return 0
+            pos = nul + 1
+    if flags & _GZIP_FHCRC:
+        pos += 2
+    return pos if len(head) >= pos else 0
+
+
+class _Layer:
+    """One gzip or deflate layer. The member header (gzip) or the first two bytes
+    (deflate: zlib-wrapped or raw) are read first; then raw deflate data. A layer that
+    cannot decode passes its input through unchanged from then on, as libhtp does: with
+    "Content-Encoding: gzip, gzip" on a body gzipped once, the second layer fails and
+    hands on what the first one decoded."""
+
+    __slots__ = ("d", "gzip", "head", "passthrough", "pending", "produced")
+
+    def __init__(self, gzip: bool) -> None:
+        self.gzip = gzip
+        self.d: Any = None
+        self.pending = b""  # input held until the header is known
+        self.head = b""  # input kept until the first output, for a late passthrough
+        self.produced = 0
+        self.passthrough = False
+
+
 class _Decoder:
     """gzip/deflate layers for a response body with libhtp's bomb guard."""
 
-    __slots__ = ("_head", "_layers", "bytes_in", "bytes_out", "failed", "stopped")
+    __slots__ = ("_layers", "bytes_in", "bytes_out", "failed", "stopped")
 
     def __init__(self, encodings: list[bytes]) -> None:
         # Content-Encoding lists codings in the order applied (RFC 9110 section 8.4):
-        # decode from the last one. A deflate layer starts as None: its first two bytes
-        # decide between zlib-wrapped and raw deflate.
-        self._layers: list[list[Any]] = []
-        for enc in reversed(encodings):
-            gz = enc in (b"gzip", b"x-gzip")
-            self._layers.append([zlib.decompressobj(16 + zlib.MAX_WBITS) if gz else None,
-                                 b""])
+        # decode from the last one.
+        self._layers = [_Layer(enc in _GZIP) for enc in reversed(encodings)]
         self.bytes_in = 0
         self.bytes_out = 0
-        self.failed = False
+        self.failed = False  # some layer could not decode (it passes data through)
         self.stopped = False
-        self._head = b""
 
     def decode(self, data: bytes, events: list[str]) -> bytes:
-        """Decompressed output; on failure the data passes through (libhtp does too)."""
+        """Decompressed output; a layer that fails passes its data through."""
         if self.stopped:
             return b""
-        if self.failed:
-            return data
         self.bytes_in += len(data)
-        if self.bytes_out == 0 and len(self._head) < DECOMPRESS_PASSTHROUGH_HEAD:
-            self._head += data
         out = data
         for layer in self._layers:
             out = self._run(layer, out, events)
-            if self.failed:
-                return self._head if self.bytes_out == 0 and self._head else data
+            if self.stopped:
+                break
         self.bytes_out += len(out)
-        if out:
-            self._head = b""
         return out
 
-    def _run(self, layer: list[Any], data: bytes, events: list[str]) -> bytes:
-        d = layer[0]
+    def _fail(self, layer: _Layer, data: bytes, events: list[str]) -> bytes:
+        events.append("GZIP_DECOMPRESSION_FAILED")
+        self.failed = True
+        layer.passthrough = True
+        layer.d = None
+        # Nothing came out yet: everything this layer took in goes on as it was.
+        out = layer.head if layer.produced == 0 and layer.head else data
+        layer.head = layer.pending = b""
+        return out
+
+    def _run(self, layer: _Layer, data: bytes, events: list[str]) -> bytes:
+        if layer.passthrough or not data:
+            return data
+        if layer.produced == 0 and len(layer.head) < DECOMPRESS_PASSTHROUGH_HEAD:
+            layer.head += data
+        d = layer.d
         if d is None:
-            # "deflate" should be zlib-wrapped (RFC 9110 section 8.4.1.2) but servers
-            # send raw deflate too; like libhtp and browsers, look at the zlib header
-            # (RFC 1950: CM=8 and the 16-bit check value divisible by 31).
-            head = layer[1] + data
-            if len(head) < 2:
-                layer[1] = head
-                return b""
-            zlib_hdr = head[0] & 0x0F == 8 and ((head[0] << 8) | head[1]) % 31 == 0
-            d = zlib.decompressobj(zlib.MAX_WBITS if zlib_hdr else -zlib.MAX_WBITS)
-            layer[0] = d
-            layer[1] = b""
-            data = head
+            head = layer.pending + data
+            if layer.gzip:
+                n = _gzip_header_len(head)
+                if n < 0:
+                    return self._fail(layer, data, events)
+                if n == 0:
+                    layer.pending = head
+                    return b""
+                d = zlib.decompressobj(-zlib.MAX_WBITS)
+                data = head[n:]
+            else:
+                # "deflate" should be zlib-wrapped (RFC 9110 section 8.4.1.2) but
+                # servers send raw deflate too; like libhtp and browsers, look at the
+                # zlib header (RFC 1950: CM=8 and the check value divisible by 31).
+                if len(head) < 2:
+                    layer.pending = head
+                    return b""
+                zlib_hdr = head[0] & 0x0F == 8 and ((head[0] << 8) | head[1]) % 31 == 0
+                d = zlib.decompressobj(zlib.MAX_WBITS if zlib_hdr else -zlib.MAX_WBITS)
+                data = head
+            layer.d = d
+            layer.pending = b""
         parts: list[bytes] = []
         produced = 0
         buf = data
-        while buf:
+        while buf and not d.eof:
             try:
                 chunk = d.decompress(buf, DECOMPRESS_STEP)
             except zlib.error:
-                events.append("GZIP_DECOMPRESSION_FAILED")
-                self.failed = True
-                return b""
+                return self._fail(layer, data, events)
             parts.append(chunk)
             produced += len(chunk)
             total = self.bytes_out + produced
@@ -436,47 +528,85 @@ class _Decoder:
                 events.append("COMPRESSION_BOMB")
                 self.stopped = True
                 break  # keep what came out up to the limit, then nothing more
-            if d.eof:
-                break
             buf = d.unconsumed_tail
+        # After the end of the compressed stream (a gzip trailer, trailing bytes)
+        # nothing more comes out of this layer.
+        layer.produced += produced
+        if produced:
+            layer.head = b""
         return b"".join(parts)
 
 
 # --- transactions ------------------------------------------------------------------------
 
 
-def _header_table(lines: list[bytes], to_server: bool, ev: list[str]) -> list[list[bytes]]:
-    """Raw header lines -> ordered [name, value] pairs, duplicates joined with ", "."""
+# What libhtp trims around header names and values: C's isspace set, so a vertical tab
+# or form feed next to the colon hides nothing ("Transfer-Encoding\x0b: chunked").
+_WS: Final = b" \t\r\n\x0b\x0c"
+
+
+def _is_continuation(line: bytes) -> bool:
+    """An obs-fold line (RFC 9112 section 5.2): it starts with SP or HT, or with NUL
+    (libhtp counts NUL as a folding character), or it is only whitespace (libhtp ends
+    the header block only on an empty line)."""
+    return line[:1] in (b" ", b"\t", b"\x00") or not line.strip(_WS)
+
+
+def _name_key(name: bytes) -> bytes:
+    """Header names compare case-insensitively and ignoring NUL bytes, as libhtp's
+    lookups do ("Content\x00-Encoding" is Content-Encoding)."""
+    k = name.lower()
+    return k.replace(b"\x00", b"") if b"\x00" in k else k
+
+
+def _header_table(lines: list[bytes], to_server: bool, ev: list[str],
+                  colon_folds_split: bool = False) -> list[list[bytes]]:
+    """Raw header lines -> ordered [name, value] pairs, duplicates joined with ", ".
+
+    ``colon_folds_split``: a folded line holding a colon, after a line that has one,
+    starts a new field instead (libhtp does so in HTTP/1.1 responses, where
+    " Transfer-Encoding: chunked" after "Connection: close" is a header of its own).
+    """
     side = "REQUEST" if to_server else "RESPONSE"
+    # Folding first, on whole lines, like libhtp: a continuation joins the line before it
+    # before that line is split at its colon, so a folded colon ("Name\r\n :value") still
+    # separates the name from the value.
+    fields: list[bytes] = []
+    for line in lines:
+        if _is_continuation(line):
+            if fields and colon_folds_split and b":" in line and b":" in fields[-1]:
+                ev.append(f"INVALID_{side}_FIELD_FOLDING")
+                fields.append(line[1:])
+                continue
+            if fields:
+                cont = line.strip(b" \t")
+                if cont:
+                    fields[-1] += b" " + cont
+                continue
+            ev.append(f"INVALID_{side}_FIELD_FOLDING")
+            if not line.strip(_WS):
+                continue
+        fields.append(line)
     merged: list[list[bytes]] = []
     index: dict[bytes, int] = {}
     reps: dict[bytes, int] = {}
-    prev: list[bytes] | None = None
-    for line in lines:
-        if line[:1] in (b" ", b"\t"):
-            # obs-fold (RFC 9112 section 5.2): continuation of the previous value.
-            if prev is not None:
-                v = line.strip(b" \t")
-                prev[1] = prev[1] + b" " + v if prev[1] else v
-                continue
-            ev.append(f"INVALID_{side}_FIELD_FOLDING")
+    for line in fields:
         colon = line.find(b":")
         if colon == -1:
             # libhtp keeps such a line as a header name with an empty value.
             ev.append(f"{side}_FIELD_MISSING_COLON")
-            name, value = line.strip(b" \t"), b""
+            name, value = line.strip(_WS), b""
         else:
-            name, value = line[:colon], line[colon + 1 :].strip(b" \t")
-            stripped = name.strip(b" \t")
+            name, value = line[:colon], line[colon + 1 :].strip(_WS)
+            stripped = name.strip(_WS)
             if stripped != name or not stripped or not _TOKEN_RE.match(stripped):
                 ev.append(f"{side}_HEADER_INVALID")
             name = stripped
-        key = name.lower()
+        key = _name_key(name)
         j = index.get(key)
         if j is None:
             index[key] = len(merged)
-            prev = [name, value]
-            merged.append(prev)
+            merged.append([name, value])
         else:
             prev = merged[j]
             prev[1] = prev[1] + b", " + value
@@ -485,6 +615,28 @@ def _header_table(lines: list[bytes], to_server: bool, ev: list[str]) -> list[li
             if n == MAX_HEADER_REPETITIONS + 1:
                 ev.append(f"{side}_HEADER_REPETITION")
     return merged
+
+
+_CODING_RE: Final = re.compile(rb"[A-Za-z0-9_-]+")
+_GZIP: Final = (b"gzip", b"x-gzip")
+_DEFLATE: Final = (b"deflate", b"x-deflate")
+
+
+def _content_codings(value: bytes) -> tuple[list[bytes], bool]:
+    """Content-Encoding -> (the gzip/deflate layers in the order applied, whether the
+    value held anything else). Like libhtp, the value is read as a list of tokens: any
+    separator counts (comma, whitespace, NUL, a stray colon or byte 0xA0) and a token
+    that is not a known coding is skipped rather than disabling decompression, so
+    "x gzip" or ": gzip" are still decoded. "identity" (and "none") means no layer."""
+    encs: list[bytes] = []
+    unknown = False
+    for tok in _CODING_RE.findall(value.replace(b"\x00", b"")):
+        t = tok.lower()
+        if t in _GZIP or t in _DEFLATE:
+            encs.append(t)
+        elif t not in (b"identity", b"none"):
+            unknown = True
+    return encs, unknown
 
 
 @dataclass(slots=True)
@@ -694,8 +846,9 @@ def _s(b: bytes) -> str:
 
 
 def _get(headers: list[list[bytes]], name: bytes) -> bytes | None:
+    """The value of header ``name`` (given in lower case)."""
     for n, v in headers:
-        if n.lower() == name:
+        if _name_key(n) == name:
             return v
     return None
 
@@ -738,8 +891,8 @@ def _common_header_buffers(b: dict[str, bytes], headers: list[list[bytes]],
 class _Side:
     """Parsing state of one direction."""
 
-    __slots__ = ("buf", "decoder", "file", "hdr_bytes", "hdr_lines", "line_start",
-                 "remaining", "skip_line", "state", "too_many", "tx")
+    __slots__ = ("bare_lf", "buf", "decoder", "file", "hdr_bytes", "hdr_lines", "line_end",
+                 "line_start", "remaining", "skip_line", "state", "too_many", "tx")
 
     def __init__(self) -> None:
         self.buf = bytearray()
@@ -751,6 +904,8 @@ class _Side:
         self.remaining = 0
         self.skip_line = False
         self.line_start = 0
+        self.line_end = 0
+        self.bare_lf = False  # the last line read ended with a LF alone
         self.decoder: _Decoder | None = None
         self.file: HttpFile | None = None
 
@@ -767,6 +922,7 @@ class HttpParser:
         self._resp = _Side()
         self._resp_tx_index = 0  # index in transactions of the next tx to answer
         self._broken = False
+        self._closing = False  # close() is flushing what is left in the buffers
         # Bytes of bodies and raw headers kept in self.transactions (for memuse()).
         self._tx_bytes = 0
         # Set by the engine when it scans files: downloads' content is kept within it.
@@ -794,6 +950,10 @@ class HttpParser:
         out: list[AppEvent] = []
         try:
             rs = self._resp
+            if rs.state == _LINE and rs.buf and not self._broken:
+                # A last line held back to see what follows it: nothing follows.
+                self._closing = True
+                self._feed_response(b"", out)
             if rs.state == _BODY_CLOSE and rs.tx is not None:
                 self._end_response(rs.tx, out, truncated=False)
             for side in (self._req, self._resp):
@@ -865,10 +1025,14 @@ class HttpParser:
         return tx
 
     def _read_line(self, side: _Side, pos: int, to_server: bool,
-                   out: list[AppEvent]) -> tuple[bytes | None, int]:
+                   out: list[AppEvent], lone_cr: bool = False) -> tuple[bytes | None, int]:
         """Next line (without CR/LF) from pos, or None when more data is needed.
 
-        ``side.line_start`` is set to where the returned line starts in the buffer.
+        ``side.line_start`` / ``side.line_end`` are set to where the returned line and its
+        terminator start and end in the buffer, ``side.bare_lf`` to whether it ended with
+        a LF alone. With ``lone_cr`` a CR ends a line too unless LF, CR, SP or HT follows
+        it: libhtp reads response status and header lines that way (a CR at the end of
+        the data waits for the next byte to decide).
         """
         buf = side.buf
         while True:
@@ -879,7 +1043,22 @@ class HttpParser:
                 side.skip_line = False
                 pos = nl + 1
                 continue
-            if nl == -1:
+            end = nl
+            after = nl + 1
+            if lone_cr:
+                limit = len(buf) if nl == -1 else nl
+                cr = buf.find(b"\r", pos, limit)
+                while cr != -1 and cr + 1 < len(buf) and buf[cr + 1] in _NOT_AFTER_LONE_CR:
+                    cr = buf.find(b"\r", cr + 1, limit)
+                if cr != -1:
+                    if cr + 1 >= len(buf):
+                        if not self._closing:
+                            return None, pos  # CR last: is it CRLF or a lone CR?
+                    else:
+                        end, after = cr, cr + 1
+            if end == -1 and self._closing and pos < len(buf):
+                end = after = len(buf)  # the flow ends: the last line has no end
+            if end == -1:
                 if len(buf) - pos > FIELD_LIMIT:
                     side.skip_line = True
                     self._anom(out, ("REQUEST" if to_server else "RESPONSE")
@@ -887,15 +1066,35 @@ class HttpParser:
                     return None, len(buf)
                 return None, pos
             side.line_start = pos
-            end = nl
-            if end > pos and buf[end - 1] == 0x0D:
-                end -= 1
+            side.line_end = after
+            cr_before = end > pos and buf[end - 1] == 0x0D
+            side.bare_lf = end == nl and not cr_before
+            if cr_before and (end == nl or end == len(buf)):
+                end -= 1  # CRLF, or a CR the flow ended on
             line = bytes(buf[pos:end])
             if len(line) > FIELD_LIMIT:
                 self._anom(out, ("REQUEST" if to_server else "RESPONSE")
                            + "_FIELD_TOO_LONG", to_server, side.tx)
                 line = line[:FIELD_LIMIT]
-            return line, nl + 1
+            return line, after
+
+    def _blank_line(self, side: _Side, line: bytes, npos: int,
+                    prev_lf: bool) -> bytes | None:
+        """A header line made only of whitespace ("\\r\\r\\n", " \\n") is a continuation,
+        except where libhtp takes it for the end of the header block: right after a line
+        ended by a LF alone, when no line end follows at once (after "Name: v\\n", the
+        line " \\n" ends the block before a body but not before "\\r\\n", which does).
+        Returns the line to use (b"" for the end of the block), or None when the next
+        byte is not there yet."""
+        if not line or not prev_lf or line.strip(_WS):
+            return line
+        buf = side.buf
+        if npos >= len(buf):
+            if not self._closing:
+                side.bare_lf = prev_lf
+                return None
+            return b""
+        return line if buf[npos] in (0x0A, 0x0D) else b""
 
     # request side -----------------------------------------------------------------------
 
@@ -916,9 +1115,15 @@ class HttpParser:
                     continue  # leading empty lines are ignored (libhtp, RFC 9112 2.2)
                 self._request_line(line, out)
             elif st in (_HEADERS, _TRAILERS):
-                line, pos = self._read_line(side, pos, True, out)
+                prev_lf = side.bare_lf
+                line, npos = self._read_line(side, pos, True, out)
                 if line is None:
+                    pos = npos
                     break
+                line = self._blank_line(side, line, npos, prev_lf)
+                if line is None:
+                    break  # wait for the byte after this blank line
+                pos = npos
                 self._header_line(side, line, True, out)
             elif st == _TUNNEL:
                 pos = len(buf)
@@ -978,10 +1183,11 @@ class HttpParser:
         raw = tx.request_headers_raw if to_server else tx.response_headers_raw
         if side.state == _HEADERS and len(raw) < RAW_HEADERS_LIMIT:
             n = len(raw)
-            raw += side.buf[side.line_start : side.line_start + len(line) + 2].split(
-                b"\n", 1)[0] + b"\n"
+            # the line as sent, with its terminator (cut like the line when too long)
+            raw += side.buf[side.line_start : min(side.line_end,
+                                                  side.line_start + len(line) + 2)]
             self._tx_bytes += len(raw) - n
-        if line.strip(b" \t") and line:
+        if line:
             side.hdr_bytes += len(line)
             if len(side.hdr_lines) >= MAX_HEADERS or side.hdr_bytes > MAX_HEADER_BYTES:
                 if not side.too_many:
@@ -992,7 +1198,8 @@ class HttpParser:
             return
         # blank line: end of the header block (or of the trailers)
         ev: list[str] = []
-        table = _header_table(side.hdr_lines, to_server, ev)
+        table = _header_table(side.hdr_lines, to_server, ev, colon_folds_split=(
+            not to_server and tx.response_protocol.upper() == b"HTTP/1.1"))
         side.hdr_lines = []
         for name in ev:
             self._anom(out, name, to_server, tx)
@@ -1019,7 +1226,9 @@ class HttpParser:
         side = "REQUEST" if to_server else "RESPONSE"
         te = _get(headers, b"transfer-encoding")
         if te is not None:
-            if b"chunked" in te.lower():
+            # libhtp: any value containing "chunked" (case and NUL bytes ignored) means a
+            # chunked body, whatever else the value or a Content-Length says.
+            if b"chunked" in _name_key(te):
                 return "chunked", 0
             self._anom(out, f"INVALID_TRANSFER_ENCODING_VALUE_IN_{side}", to_server, tx)
         cl = _get(headers, b"content-length")
@@ -1073,7 +1282,7 @@ class HttpParser:
         while pos < len(buf):
             st = side.state
             if st == _LINE:
-                line, npos = self._read_line(side, pos, False, out)
+                line, npos = self._read_line(side, pos, False, out, lone_cr=True)
                 if line is None:
                     pos = npos
                     break
@@ -1081,6 +1290,13 @@ class HttpParser:
                     pos = npos
                     continue
                 if not line.lstrip().upper().startswith(b"HTTP"):
+                    if npos >= len(buf) and not self._closing:
+                        break  # is the next line a status line? wait and see
+                    if npos < len(buf) and buf[npos] == 0x48:  # 'H'
+                        # libhtp skips a junk line followed by one starting with 'H'
+                        # (what comes next is taken for the status line).
+                        pos = npos
+                        continue
                     # Not a status line: libhtp treats the data as a body read until
                     # the connection closes (an HTTP/0.9-style response).
                     tx = self._response_tx(out)
@@ -1092,9 +1308,15 @@ class HttpParser:
                 pos = npos
                 self._status_line(line, out)
             elif st in (_HEADERS, _TRAILERS):
-                line, pos = self._read_line(side, pos, False, out)
+                prev_lf = side.bare_lf
+                line, npos = self._read_line(side, pos, False, out, lone_cr=True)
                 if line is None:
+                    pos = npos
                     break
+                line = self._blank_line(side, line, npos, prev_lf)
+                if line is None:
+                    break  # wait for the byte after this blank line
+                pos = npos
                 self._header_line(side, line, False, out)
             elif st == _TUNNEL:
                 pos = len(buf)
@@ -1143,35 +1365,43 @@ class HttpParser:
         side = self._resp
         st = tx.status
         out.append(AppEvent(TX_RESPONSE, False, "", tx.tx_id, {"tx": tx}))
-        if st is not None and 100 <= st < 200 and st != 101:
+        # Like libhtp, a status that has no body (1xx, 204, 304) still gets the body its
+        # Transfer-Encoding or Content-Length announce: browsers read it, so must we.
+        framed = (_get(tx.response_headers, b"transfer-encoding") is not None
+                  or _get(tx.response_headers, b"content-length") is not None)
+        if st is not None and 100 <= st < 200 and st != 101 and not framed:
             # Interim response (RFC 9110 section 15.2): the final one follows.
             side.state = _LINE
             return
-        if st == 101 or (tx.method.upper() == b"CONNECT" and st is not None
-                         and 200 <= st < 300):
+        if (st == 101 and not framed) or (tx.method.upper() == b"CONNECT" and st is not None
+                                          and 200 <= st < 300):
             # Switching protocols / CONNECT tunnel: the rest is not HTTP.
             self._end_response(tx, out, truncated=False)
             side.state = _TUNNEL
             self._req.state = _TUNNEL
             return
         kind, length = self._framing(tx.response_headers, False, tx, out)
-        if tx.method.upper() == b"HEAD" or st in (204, 304):
-            # No body whatever the headers say (RFC 9110 sections 9.3.2, 15.3.5, 15.4.5).
+        if tx.method.upper() == b"HEAD":
+            # No body whatever the headers say (RFC 9110 section 9.3.2).
             self._end_response(tx, out, truncated=False)
             return
-        ce = tx.response_header(b"content-encoding")
+        if st is not None and (100 <= st < 200 or st in (204, 304)):
+            if not framed:
+                # No body (RFC 9110 sections 15.3.5, 15.4.5).
+                self._end_response(tx, out, truncated=False)
+                return
+            self._anom(out, "RESPONSE_BODY_UNEXPECTED", False, tx)
         side.decoder = None
+        ce = tx.response_header(b"content-encoding")
         if ce is not None:
-            encs = [e.strip(b" \t").lower() for e in ce.split(b",") if e.strip(b" \t")]
-            encs = [e for e in encs if e != b"identity"]
+            encs, unknown = _content_codings(ce)
             if len(encs) > DECOMPRESS_LAYER_LIMIT:
                 self._anom(out, "TOO_MANY_ENCODING_LAYERS", False, tx)
                 encs = encs[-DECOMPRESS_LAYER_LIMIT:]
-            if encs and all(e in (b"gzip", b"x-gzip", b"deflate", b"x-deflate")
-                            for e in encs):
-                side.decoder = _Decoder(encs)
-            elif encs:
+            if unknown:
                 self._anom(out, "ABNORMAL_CE_HEADER", False, tx)
+            if encs:
+                side.decoder = _Decoder(encs)
         if kind == "chunked":
             side.state = _CHUNK_LEN
         elif kind == "length":
@@ -1301,24 +1531,26 @@ class HttpParser:
                 return pos
             return npos
         if st == _CHUNK_LEN:
+            if not to_server and _not_chunk_length(buf, pos):
+                # libhtp looks at a response's chunk-size line as it arrives: a first
+                # byte (after whitespace) that is no hex digit means the body was not
+                # chunked after all ("Transfer-Encoding: chunked" over a plain body).
+                self._anom(out, f"INVALID_{prefix}_CHUNK_LEN", to_server, tx)
+                side.state = _BODY_CLOSE
+                return pos
             line, npos = self._read_line(side, pos, to_server, out)
             if line is None:
                 return npos
-            spec = line
-            semi = spec.find(b";")
-            if semi != -1:
-                spec = spec[:semi]
-                if to_server:
-                    self._anom(out, "REQUEST_CHUNK_EXTENSION", True, tx)
-            spec = spec.strip(b" \t")
-            if not spec:
+            size, ext = _chunk_length(line)
+            if size == -1:
                 return npos  # stray empty line between chunks: tolerated like libhtp
-            if not _HEX_RE.match(spec) or len(spec) > 15:
+            if ext and to_server:
+                self._anom(out, "REQUEST_CHUNK_EXTENSION", True, tx)
+            if size is None:
                 self._anom(out, f"INVALID_{prefix}_CHUNK_LEN", to_server, tx)
                 # libhtp gives up on chunking and treats the rest as plain body.
                 side.state = _BODY_CLOSE
                 return pos
-            size = int(spec, 16)
             if size == 0:
                 side.state = _TRAILERS
                 side.hdr_lines = []

@@ -238,7 +238,7 @@ def test_interim_head_304_and_close_delimited() -> None:
             b"HEAD /h HTTP/1.1\r\n\r\nGET /n HTTP/1.1\r\n\r\nGET /c HTTP/1.0\r\n\r\n")
     resps = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
              b"HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n"
-             b"HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\n\r\n"
+             b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n"
              b"HTTP/1.0 200 OK\r\n\r\nuntil the end")
     p, ev = check_all_chunkings([(True, reqs), (False, resps)])
     assert [t.status for t in p.transactions] == [201, 200, 304, 200]
@@ -370,6 +370,170 @@ def test_bad_chunk_length_and_content_length() -> None:
     assert bytes(p.transactions[0].response_body) == b"zz\r\nrest"
     _, ev = check_all_chunkings([(True, b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n")])
     assert names(ev) == ["INVALID_CONTENT_LENGTH_FIELD_IN_REQUEST"]
+
+
+# --- evasions libhtp sees through (the "HTTP Evader" captures of suricata-verify) ----------
+
+EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+GET = (True, b"GET /eicar.txt HTTP/1.1\r\nHost: h\r\n\r\n")
+
+
+def body_of(resp: bytes) -> tuple[bytes, list[str], HttpParser]:
+    """The response body (decoded) and the anomalies, the same for every chunking."""
+    p, ev = check_all_chunkings([GET, (False, resp)])
+    tx = p.transactions[0]
+    if tx.files:
+        assert tx.files[0].sha256 == hashlib.sha256(bytes(tx.response_body)).hexdigest()
+        assert tx.files[0].size == len(tx.response_body)
+    return bytes(tx.response_body), names(ev), p
+
+
+def chunked(data: bytes, size_line: bytes = b"%x\r\n", n: int = 15) -> bytes:
+    parts = [data[i : i + n] for i in range(0, len(data), n)]
+    return b"".join((size_line % len(c)) + c + b"\r\n" for c in parts) + b"0\r\n\r\n"
+
+
+TE = b"HTTP/1.1 200 ok\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("size_line", [b"%x\r\r\n", b"%x\x0b\r\n", b"%x\x0c\r\n",
+                                       b"\x0b%x\r\n", b" %x\t\r\n", b"%x junk\r\n",
+                                       b"0%x\n"])
+def test_chunk_size_lines_read_like_libhtp(size_line: bytes) -> None:
+    # Whitespace and control bytes around the hex number are ignored; what follows the
+    # number is an extension.
+    body, anomalies, _ = body_of(TE + chunked(EICAR, size_line))
+    assert body == EICAR
+    assert "INVALID_RESPONSE_CHUNK_LEN" not in anomalies
+
+
+@pytest.mark.parametrize("te", [b"chunked", b"chunked x", b"x chunked", b"lalala, chunked",
+                                b": chunked", b"CHUN\x00KED"])
+def test_chunked_announced_over_a_plain_body(te: bytes) -> None:
+    # Any Transfer-Encoding value holding "chunked" means chunked (also next to a
+    # Content-Length); a body that is no chunk-size line is then read as it is, even
+    # without a line end anywhere in it.
+    resp = (b"HTTP/1.0 200 ok\r\nTransfer-Encoding: " + te
+            + b"\r\nContent-Length: 68\r\n\r\n" + EICAR)
+    body, anomalies, p = body_of(resp)
+    assert body == EICAR
+    assert anomalies == ["INVALID_RESPONSE_CHUNK_LEN"]
+    assert p.transactions[0].files[0].state == "CLOSED"
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 ok\r\nX: 1\rTransfer-Encoding: chunked\r\n\r\n",  # lone CR ends a line
+    b"HTTP/1.1 200\rTransfer-Encoding: chunked\r\n\r\n",  # also the status line
+    b"HTTP/1.1 200 ok\rX: 1\rTransfer-Encoding: chunked\rY: 2\r\n\n",
+    b"HTTP/1.1 200 ok\r\nX: 1\r\n\r\r\nTransfer-Encoding: chunked\r\n\r\n",  # CR CR: no end
+    b"HTTP/1.1 200 ok\r\nX: 1\r\n\r\rTransfer-Encoding: chunked\r\n\r\n",
+    b"HTTP/1.1 200 ok\r\nX: 1\r\n\r \rTransfer-Encoding: chunked\r\n\r\n",
+    b"HTTP/1.1 200 ok\r\nTransfer-Encoding: chunked\r\nY: 2\n\r\r\n",  # LF, then CR CR LF
+    b"HTTP/1.1 200 ok\r\nTransfer-Encoding: chunked\r\nY: 2\n \n",  # LF, then SP LF
+    b"HTTP/1.1 200 ok\r\nTransfer-Encoding: chunked\r\nY: 2\n\r\r\n\r\n",
+    b"foobar\r\nHTTP/1.1 200 ok\r\nTransfer-Encoding: chunked\r\n\r\n",  # junk line skipped
+])
+def test_response_line_ends_like_libhtp(head: bytes) -> None:
+    body, _, p = body_of(head + chunked(EICAR, n=4))
+    assert body == EICAR
+    assert p.transactions[0].status == 200
+
+
+def test_blank_line_ends_headers_only_before_a_body() -> None:
+    # After a line ended by LF alone, "\r\r\n" or " \n" end the headers when no other
+    # line end follows at once; else the next empty line does.
+    gz = gzip.compress(EICAR)
+    for sep in (b"\n\r\r\n", b"\n \n", b"\n\r\r\n\r\n", b"\n \n\n", b"\r\n\t\r\n\r\n"):
+        resp = (b"HTTP/1.1 200 ok\r\nContent-Encoding: gzip\r\nContent-Length: %d" % len(gz)
+                + sep + gz)
+        body, anomalies, _ = body_of(resp)
+        assert (body, anomalies) == (EICAR, []), sep
+    # After CRLF lines a whitespace line is a continuation, not the end.
+    p, _ = check_all_chunkings([GET, (False, b"HTTP/1.1 200 ok\r\nA: 1\r\n\t\r\nB: 2\r\n\r\n")])
+    assert p.transactions[0].response_headers == [[b"A", b"1"], [b"B", b"2"]]
+
+
+@pytest.mark.parametrize("ce", [
+    b"Content-Encoding:\r\n \r\n gzip",  # folded value
+    b"Content-Encoding\r\n :gzip",  # folded colon
+    b"Content-Encoding\r\n :\r\n gzip",
+    b"Content-Encoding\x0b:gzip",  # VT / FF around the name or value are trimmed
+    b"Content-Encoding:\x0cgzip",
+    b"Content\x00-Encoding: gzip",  # NUL bytes in a name are ignored
+    b"Content-Encoding:\n\x00gzip",  # NUL folds a line
+    b"Content-Encoding:\x00gzip",
+    b"Content-Encoding:\xa0gzip",  # a value is read as a list of tokens
+    b"Content-Encoding: x gzip",
+    b"Content-Encoding: gzip x",
+    b"Content-Encoding:: gzip",
+    b"Content-Encoding : gzip",
+])
+def test_content_encoding_found_like_libhtp(ce: bytes) -> None:
+    gz = gzip.compress(EICAR)
+    resp = b"HTTP/1.1 200 ok\r\n" + ce + b"\r\nContent-Length: %d\r\n\r\n" % len(gz) + gz
+    body, anomalies, _ = body_of(resp)
+    assert body == EICAR
+    assert "GZIP_DECOMPRESSION_FAILED" not in anomalies
+
+
+def test_folded_colon_line_is_a_new_header_in_http11_responses() -> None:
+    resp = b"HTTP/1.1 200 ok\r\nConnection: close\r\n Transfer-Encoding: chunked\r\n\r\n"
+    body, anomalies, p = body_of(resp + chunked(EICAR, n=4))
+    assert body == EICAR
+    assert anomalies == ["INVALID_RESPONSE_FIELD_FOLDING"]
+    assert p.transactions[0].response_header(b"connection") == b"close"
+    # HTTP/1.0 (and requests): the line continues the value before it.
+    p, _ = check_all_chunkings([GET, (False, b"HTTP/1.0 200 ok\r\nA: b\r\n c: d\r\n\r\n")])
+    assert p.transactions[0].response_headers == [[b"A", b"b c: d"]]
+
+
+def _gzip_with(flags: int, extra: bytes) -> bytes:
+    raw = zlib.compress(EICAR)[2:-4]  # raw deflate
+    return b"\x1f\x8b\x08" + bytes((flags,)) + b"\0\0\0\0\0\x03" + extra + raw + b"\0" * 8
+
+
+@pytest.mark.parametrize("enc, comp", [
+    (b"gzip, gzip", gzip.compress(EICAR)),  # a layer that cannot decode passes through
+    (b"gzip, deflate", gzip.compress(EICAR)),
+    (b"deflate, gzip", zlib.compress(EICAR)[2:-4]),
+    (b"deflate, deflate", zlib.compress(zlib.compress(EICAR)[2:-4])[2:-4]),
+    (b"gzip", _gzip_with(0x02, b"\0\0")),  # header CRC present and wrong
+    (b"gzip", _gzip_with(0x20, b"")),  # reserved flag bits
+    (b"gzip", _gzip_with(0x80, b"")),
+    (b"gzip", _gzip_with(0x04, b"\x03\0abc")),  # FEXTRA
+    (b"gzip", _gzip_with(0x18, b"name\0comment\0")),  # FNAME, FCOMMENT
+], ids=["gzip-gzip", "gzip-deflate", "deflate-gzip", "deflate-deflate", "fhcrc", "flag20",
+        "flag80", "fextra", "fname-fcomment"])
+def test_compression_layers_decode_leniently(enc: bytes, comp: bytes) -> None:
+    resp = (b"HTTP/1.1 200 ok\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n"
+            % (enc, len(comp)) + comp)
+    body, _, p = body_of(resp)
+    assert body == EICAR
+    assert p.transactions[0].response_body_len == len(comp)
+
+
+def test_unknown_coding_is_reported_and_body_kept() -> None:
+    resp = b"HTTP/1.1 200 ok\r\nContent-Encoding: br\r\nContent-Length: 68\r\n\r\n" + EICAR
+    body, anomalies, _ = body_of(resp)
+    assert (body, anomalies) == (EICAR, ["ABNORMAL_CE_HEADER"])
+
+
+@pytest.mark.parametrize("status", [b"101", b"102", b"204", b"304"])
+def test_bodyless_status_with_framing_gets_its_body(status: bytes) -> None:
+    # libhtp reads the body a Content-Length announces even where none is allowed, as
+    # browsers do: an evasion otherwise.
+    resp = b"HTTP/1.1 " + status + b" ok\r\nContent-Length: 68\r\n\r\n" + EICAR
+    body, anomalies, p = body_of(resp)
+    assert body == EICAR
+    assert anomalies == ["RESPONSE_BODY_UNEXPECTED"]
+    assert p.transactions[0].response_complete
+
+
+def test_http09_response_without_line_end_is_the_body() -> None:
+    body, anomalies, p = body_of(EICAR)
+    assert body == EICAR
+    assert p.transactions[0].files[0].state == "CLOSED"
+    assert anomalies == []
 
 
 def test_many_pipelined_requests_keep_bounded_state() -> None:

@@ -72,6 +72,8 @@ _ICMP = struct.Struct("!BBH")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _TS_OPT = struct.Struct("!II")
+_TCPOPT_MD5: Final = 19  # RFC 2385
+_TCPOPT_AO: Final = 29  # RFC 5925
 
 # IPv6 extension headers that carry a (next header, length) pair at their start.
 _IP6_EXT_HOP: Final = 0
@@ -95,7 +97,7 @@ GENEVE_PORT: Final = 6081
 class TcpOptions:
     """Decoded TCP options; only allocated when the header carries options."""
 
-    __slots__ = ("mss", "sack", "sackok", "tsecr", "tsval", "wscale")
+    __slots__ = ("auth", "mss", "sack", "sackok", "tsecr", "tsval", "wscale")
 
     def __init__(self) -> None:
         self.mss: int | None = None
@@ -104,6 +106,9 @@ class TcpOptions:
         self.tsval: int | None = None
         self.tsecr: int | None = None
         self.sack: tuple[tuple[int, int], ...] = ()
+        # A TCP MD5 signature (RFC 2385, kind 19) or TCP-AO (RFC 5925, kind 29) option:
+        # the receiver checks it with a key we do not have (core/stream.py, RST handling).
+        self.auth = False
 
 
 class Packet:
@@ -765,6 +770,8 @@ def _tcp_options(p: Packet, data: bytes, pos: int, end: int) -> TcpOptions:
                 o.tsval, o.tsecr = _TS_OPT.unpack_from(data, pos + 2)
             else:
                 p.event("decoder.tcp.opt_invalid_len")
+        elif kind == _TCPOPT_MD5 or kind == _TCPOPT_AO:
+            o.auth = True
         pos += ln
     return o
 

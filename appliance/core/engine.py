@@ -247,7 +247,7 @@ class Engine:
                             kind = self._detect(p, flow, to_server, ev.id, out,
                                                 packet_events(p, upd, app, flow))
                         if upd is not None and flow is not None and (
-                                upd.to_server or upd.to_client):
+                                upd.to_server or upd.to_client or upd.raw_ts or upd.raw_tc):
                             kind = self._detect_stream(p, flow, upd, kind, ev.id, out)
                         if app is not None and flow is not None:
                             kind = self._app_results(p, flow, app, kind, ev.id, out)
@@ -419,7 +419,7 @@ class Engine:
         if self.detector is not None or (flow is not None and flow.action):
             kind = self._detect(q, flow, to_server, pkt_id, out)
         if flow is not None and upd is not None:
-            if upd.to_server or upd.to_client:
+            if upd.to_server or upd.to_client or upd.raw_ts or upd.raw_tc:
                 kind = self._detect_stream(q, flow, upd, kind, pkt_id, out)
             if app is not None:
                 kind = self._app_results(q, flow, app, kind, pkt_id, out)
@@ -515,8 +515,11 @@ class Engine:
         det = self.role_detectors.get(flow.role, self.detector)
         if det is None or not det.has_stream_rules:
             return kind
-        for chunk_ts, data, gap in ((True, upd.to_server, upd.gap_ts),
-                                    (False, upd.to_client, upd.gap_tc)):
+        chunks = [(True, upd.to_server, upd.gap_ts), (False, upd.to_client, upd.gap_tc)]
+        # Held bytes an RST left behind holes: each chunk follows a hole (core/stream.py).
+        chunks += [(True, c, True) for c in upd.raw_ts]
+        chunks += [(False, c, True) for c in upd.raw_tc]
+        for chunk_ts, data, gap in chunks:
             if not data:
                 continue
             matches = det.inspect_stream(p, flow, chunk_ts, data, gap)

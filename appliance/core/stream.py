@@ -354,6 +354,14 @@ class StreamUpdate(NamedTuple):
     # The segment could not be buffered (per-flow or global memcap): the receiver may
     # get bytes we never inspect; inline policy may drop it.
     memcap_drop: bool = False
+    # Bytes held out of order behind a hole, handed over when an accepted RST ends the
+    # session (`StreamTracker._flush_held`): one chunk per run of contiguous bytes, each
+    # after a hole. For stream (raw) rules only, never for the app layer, which cannot
+    # cross a hole nobody acknowledged. Suricata's raw reassembly likewise inspects the
+    # unacknowledged data at the end of a session, moving past holes without a gap
+    # event (suricata-verify tcp-rst-unacked-stream-03/04/07/08).
+    raw_ts: tuple[bytes, ...] = ()
+    raw_tc: tuple[bytes, ...] = ()
 
 
 EMPTY: Final = StreamUpdate()
@@ -364,6 +372,10 @@ EV_BAD_TS: Final = "stream.pkt_invalid_timestamp"
 EV_SYNACK_WRONG_ACK: Final = "stream.3whs_synack_with_wrong_ack"
 EV_GAP: Final = "stream.reassembly_seq_gap"
 EV_DEPTH: Final = "stream.reassembly_depth_reached"
+# The sender of an RST carrying a TCP MD5 (RFC 2385) or TCP-AO (RFC 5925) option went on
+# sending: the receiver evidently discarded the RST (its signature did not verify), so it
+# was likely injected (Suricata's event; suricata-verify security-4710-01/02).
+EV_RST_INJECT: Final = "stream.suspected_rst_inject"
 # Ours (Suricata raises no event for these; it ignores the packet or only counts it):
 EV_RST_INVALID: Final = "stream.rst_invalid"  # RST outside the receiver's window: ignored
 EV_BAD_CSUM: Final = "stream.invalid_checksum"  # bad TCP checksum: never reassembled
@@ -460,8 +472,8 @@ class TcpSession:
     """Per-flow TCP state (lives on the Flow). Created by the flow table when the flow
     starts with a SYN, or on any ACK when midstream pickup is on."""
 
-    __slots__ = ("cli", "insp_tc", "insp_ts", "live", "midstream", "srv", "state", "ts_ok",
-                 "win_ok")
+    __slots__ = ("cli", "insp_tc", "insp_ts", "live", "midstream", "rst_auth", "srv", "state",
+                 "ts_ok", "win_ok")
 
     def __init__(self, state: TcpState, cli_policy: frozenset[int],
                  srv_policy: frozenset[int]) -> None:
@@ -478,6 +490,10 @@ class TcpSession:
         # may span them and the next chunk (core/detect/signatures.py STREAM_TAIL).
         self.insp_ts = b""
         self.insp_tc = b""
+        # An accepted RST that carried an MD5/AO signature we cannot verify: (the state
+        # before it, sent by the client?). If its sender goes on sending, the receiver
+        # ignored it: the state comes back and EV_RST_INJECT is raised.
+        self.rst_auth: tuple[TcpState, bool] | None = None
 
 
 class StreamStats:
@@ -742,7 +758,28 @@ class StreamTracker:
                 st.rst_invalid += 1
                 return StreamUpdate(events=(EV_RST_INVALID,))
             sess.state = next_state(state, SEG_RST, to_server)
-            return EMPTY
+            if opts is not None and opts.auth:
+                # A signature we cannot verify (its key is exchanged out of band): the
+                # receiver may well discard this RST. Taken as Suricata does, but
+                # remembered, and nothing held is given up yet.
+                if state is not TcpState.CLOSED:
+                    sess.rst_auth = (state, to_server)
+                return EMPTY
+            sess.rst_auth = None
+            if state is TcpState.CLOSED or not (s.ooo or r.ooo):
+                return EMPTY
+            # The session ends: what waits behind a hole will never be completed.
+            raw_s, raw_r = self._flush_held(s), self._flush_held(r)
+            if to_server:
+                return StreamUpdate(raw_ts=raw_s, raw_tc=raw_r)
+            return StreamUpdate(raw_ts=raw_r, raw_tc=raw_s)
+
+        if sess.rst_auth is not None and sess.rst_auth[1] == to_server:
+            # The signed RST's sender carries on: its peer did not take the RST.
+            if state is TcpState.CLOSED:
+                sess.state = state = sess.rst_auth[0]
+                events.append(EV_RST_INJECT)
+            sess.rst_auth = None
 
         if not s.started:
             # Nothing known of this direction's sequence space (e.g. server data while
@@ -1097,6 +1134,34 @@ class StreamTracker:
             left = [o for o in urg if o >= h.nxt_off]
             h.urg = left or None
         return u
+
+    def _flush_held(self, s: _Half) -> tuple[bytes, ...]:
+        """Give up the out-of-order segments of a direction whose session ends: each run
+        of contiguous held bytes (cut at depth) becomes one chunk, for stream rules. The
+        reassembly point does not move and no gap is counted: nobody acknowledged the
+        missing bytes, the session simply ended before they came."""
+        segs = s.ooo
+        if not segs:
+            return ()
+        limit = self._depth  # stream offsets past depth are never inspected
+        runs: list[tuple[int, bytearray]] = []
+        run_end = -1
+        for h in segs:  # sorted by start; held segments may overlap (already resolved)
+            if h.start >= limit:
+                break
+            end = min(h.end, limit)
+            if runs and h.start <= run_end:
+                if end > run_end:
+                    runs[-1][1].extend(h.data[run_end - h.start:end - h.start])
+                    run_end = end
+            else:
+                runs.append((h.start, bytearray(h.data[:end - h.start])))
+                run_end = end
+        self.reassembly_memuse -= s.ooo_bytes
+        s.ooo = []
+        s.ooo_bytes = 0
+        s.ooo_maxlen = 0
+        return tuple(bytes(data) for _start, data in runs)
 
     def _forget_kept(self, s: _Half) -> None:
         if s.kept:

@@ -223,3 +223,25 @@ def test_tfo_data_matched_on_the_syn_is_not_reported_again_from_the_stream() -> 
     # the SYN's payload (packet view: every packet rule), then the SYN/ACK delivers the
     # same bytes to the stream: only the stream-only rules report them there
     assert sorted(sids) == [31, 32, 33, 34, 35, 36]
+
+
+def test_data_held_behind_a_hole_is_inspected_when_an_rst_ends_the_session() -> None:
+    # suricata-verify tcp-rst-unacked-stream-07: the request's second line is split over
+    # two segments held behind a hole (bytes 16-31 never seen); the server resets. Stream
+    # rules see the held bytes on the RST; the HTTP parser never does (it cannot cross a
+    # hole nobody acknowledged), and no gap anomaly is raised.
+    from scapy.layers.inet import IP, TCP, Ether
+    c, s = "192.0.2.10", "198.51.100.20"
+    frames = _conn([b"GET / HTTP/1.0\r\n"])
+    for seq, data in ((132, b"User-Agent: "), (144, b"Mozilla\r\n\r\n")):
+        frames.append(bytes(Ether() / IP(src=c, dst=s) / TCP(
+            sport=40000, dport=7000, flags="A", seq=seq, ack=500) / data))
+    rst = bytes(Ether() / IP(src=s, dst=c) / TCP(sport=7000, dport=40000, flags="RA",
+                                                 seq=500, ack=116))
+    rules = ['alert tcp any any -> any any (msg:"raw"; content:"User-Agent: Mozilla"; sid:1;)',
+             'alert http any any -> any any (msg:"app"; http.user_agent; content:"Mozilla"; '
+             'sid:2;)',
+             'alert tcp any any -> any any (msg:"gap"; stream-event:reassembly_seq_gap; '
+             'sid:3;)']
+    assert _run_frames(frames, rules) == []
+    assert _run_frames([*frames, rst], rules) == [1]

@@ -30,6 +30,7 @@ from appliance.core.stream import (
     EV_NO_ACK,
     EV_OUT_OF_WINDOW,
     EV_OVERLAP_DIFF,
+    EV_RST_INJECT,
     EV_RST_INVALID,
     EV_SYNACK_WRONG_ACK,
     FLOW_STATE_OF,
@@ -200,6 +201,71 @@ def test_rst_out_of_window_is_ignored() -> None:
     k.c("PA", 0, b"still here")
     assert k.ts == b"still here"
     assert k.tracker.stats.rst == 1 and k.tracker.stats.rst_invalid == 1
+
+
+def test_rst_hands_held_data_to_stream_rules_without_a_gap() -> None:
+    # suricata-verify tcp-rst-unacked-stream-03: "Please " in order, "Let " never seen,
+    # "Me " and "In!" held behind the hole, then the client resets.
+    k = Conn()
+    k.handshake()
+    k.s("PA", 0, b"Please ")
+    k.s("PA", 11, b"Me ")
+    k.s("PA", 14, b"In!")
+    k.s("PA", 30, b"tail")  # a second run, after a second hole
+    held = k.tracker.reassembly_memuse
+    u = k.c("RA", 0, ack_off=7)
+    assert u is not None and k.state() is TcpState.CLOSED
+    # One chunk per run, for stream rules only: nothing joins the in-order stream.
+    assert (u.raw_tc, u.raw_ts, u.to_client, u.gap_tc) == ((b"Me In!", b"tail"), (), b"", False)
+    assert k.tc == b"Please "
+    assert k.tracker.stats.reassembly_gap == 0 and k.events == []
+    assert k.tracker.reassembly_memuse < held  # the held segments are freed
+    # Given once: another RST on the closed session has nothing to give.
+    u2 = k.c("RA", 0, ack_off=7)
+    assert u2 is not None and u2.raw_tc == ()
+
+
+def test_rst_without_held_data_or_past_depth() -> None:
+    k = Conn()
+    k.handshake()
+    k.c("PA", 0, b"abc")
+    assert k.c("RA", 3) == StreamUpdate()
+    # Held bytes past depth are never inspected: the chunk is cut there.
+    k = Conn(StreamConfig(depth=12))
+    k.handshake()
+    k.c("PA", 0, b"GET ")
+    k.c("PA", 8, b"abcdefgh")
+    u = k.s("RA", 0, ack_off=4)
+    assert u is not None and u.raw_ts == (b"abcd",)
+
+
+def test_rst_with_an_md5_signature_ignored_by_its_sender_is_suspected_injection() -> None:
+    # suricata-verify security-4710-01: an RST with a TCP MD5 option right after the
+    # handshake, then the client sends its request as if nothing happened.
+    k = Conn()
+    k.handshake()
+    k.s("PA", 10, b"held")  # out of order: not given up on a signed RST
+    u = k.c("RA", 0, options=[("MD5", b"\x01" * 16)])
+    assert k.state() is TcpState.CLOSED
+    assert u == StreamUpdate()
+    k.s("A", 0)  # the receiver speaking does not tell anything
+    assert k.state() is TcpState.CLOSED and EV_RST_INJECT not in k.events
+    u = k.c("PA", 0, b"GET /ultrasurf.html")
+    assert u is not None and u.events == (EV_RST_INJECT,)
+    assert k.state() is TcpState.ESTABLISHED and k.ts == b"GET /ultrasurf.html"
+    k.c("PA", 19, b" HTTP/1.1")
+    assert k.events.count(EV_RST_INJECT) == 1
+    # TCP-AO (kind 29) is treated the same; a plain RST whose sender goes on is not.
+    k = Conn()
+    k.handshake()
+    k.c("RA", 0, options=[(29, b"\xa6\x28")])
+    k.c("PA", 0, b"x")
+    assert k.events == [EV_RST_INJECT]
+    k = Conn()
+    k.handshake()
+    k.c("RA", 0)
+    k.c("PA", 0, b"x")
+    assert k.events == [] and k.state() is TcpState.CLOSED
 
 
 def test_rst_in_syn_sent_must_ack_the_syn() -> None:

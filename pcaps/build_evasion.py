@@ -192,7 +192,8 @@ CASES: list[Case] = [
     Case("tiny-fragments",
          "the request in one segment cut into 8-byte IP fragments sent last first",
          [*handshake(), Seg(True, "PA", 0, REQ, frag=8), server_ack(len(REQ))],
-         {"*": REQ}),
+         {"*": REQ}, event="decoder.ipv4.frag_tiny_first",
+         event_v6="decoder.ipv6.frag_tiny_first"),
     Case("bad-ip-options",
          "'GET /good.exe' in a packet the receiver's IP layer discards (IPv4: an option "
          "whose length runs past the header; IPv6: a destination option of unknown type "

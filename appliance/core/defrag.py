@@ -51,6 +51,38 @@ FRAG_OVERHEAD: Final = 150
 
 DefragKey = tuple[int, tuple[int, ...], bytes, bytes, int, int]
 
+# A first fragment too short to hold the whole transport header (and, for IPv6, the
+# rest of the header chain): the "tiny fragment" attack of RFC 1858 section 3, which
+# hides the TCP flags or ports from a filter that only looks at first fragments; RFC
+# 7112 forbids it for IPv6. Reassembly still takes it (the receiver will), so what is
+# inspected is the rebuilt datagram. Suricata has no event for it: these names are ours
+# (Suricata-style, so decode-event rules and anomaly records treat them alike).
+EV_TINY_FIRST_V4: Final = "decoder.ipv4.frag_tiny_first"
+EV_TINY_FIRST_V6: Final = "decoder.ipv6.frag_tiny_first"
+APPLIANCE_EVENTS: Final = frozenset({EV_TINY_FIRST_V4, EV_TINY_FIRST_V6})
+# The fixed part of each transport header (RFC 9293, 768, 792, 4443, 9260).
+_L4_MIN: Final = {6: 20, 17: 8, 1: 8, 58: 8, 132: 12}
+# IPv6 extension headers that may follow a fragment header (hop-by-hop may not).
+_IP6_CHAIN: Final = frozenset({43, 60, 135, 51})
+
+
+def _first_fragment_needs(proto: int, payload: bytes) -> int:
+    """How many bytes a first fragment must carry: the rest of the IPv6 header chain,
+    then the transport header (TCP: its data offset, when that byte is there)."""
+    pos = 0
+    for _ in range(8):  # a chain longer than this is odd enough already
+        if proto not in _IP6_CHAIN:
+            break
+        if len(payload) < pos + 2:
+            return pos + 8
+        size = (payload[pos + 1] + 2) * 4 if proto == 51 else (payload[pos + 1] + 1) * 8
+        proto = payload[pos]
+        pos += size
+    need = _L4_MIN.get(proto, 0)
+    if proto == 6 and len(payload) > pos + 12:
+        need = max(need, (payload[pos + 12] >> 4) * 4)
+    return pos + need
+
 
 @dataclass(frozen=True, slots=True)
 class DefragConfig:
@@ -133,7 +165,7 @@ def _newer_wins(policy: str, new: _Frag, old: _Frag) -> bool:
 
 class DefragStats:
     __slots__ = ("fragments", "max_frag_hits", "memcap_hits", "memcap_refused", "overlaps",
-                 "reassembled", "timeouts", "too_large")
+                 "reassembled", "timeouts", "tiny_first", "too_large")
 
     def __init__(self) -> None:
         self.fragments = 0
@@ -144,6 +176,7 @@ class DefragStats:
         self.memcap_hits = 0  # the memcap was reached (the oldest datagram was evicted)
         self.memcap_refused = 0  # ... and this fragment could still not be stored
         self.max_frag_hits = 0
+        self.tiny_first = 0  # first fragments shorter than their transport header
 
 
 class Defragmenter:
@@ -189,6 +222,9 @@ class Defragmenter:
         if more and len(payload) % 8 and p.ipver == 6:
             # RFC 8200: all but the last fragment carry a multiple of 8 bytes.
             p.event("decoder.ipv6.frag_invalid_length")
+        if off == 0 and more and len(payload) < _first_fragment_needs(p.proto, payload):
+            st.tiny_first += 1
+            p.event(EV_TINY_FIRST_V4 if p.ipver == 4 else EV_TINY_FIRST_V6)
         cost = len(payload) + FRAG_OVERHEAD
         t = self.trackers.get(key)
         if t is None:

@@ -26,6 +26,7 @@ from appliance.core.decode import (
     Decoder,
     Packet,
 )
+from appliance.core.defrag import APPLIANCE_EVENTS as DEFRAG_EVENTS
 from appliance.core.defrag import DefragConfig, Defragmenter
 from appliance.core.detect.heuristics import (
     HeuristicHit,
@@ -78,7 +79,8 @@ _SEVERITY: Final = {VerdictKind.BYPASS: 0, VerdictKind.ACCEPT: 1, VerdictKind.DR
 FILE_GID: Final = 9003
 FILE_SID_MALICIOUS: Final = 9003001
 
-NON_SURICATA_EVENTS: Final = frozenset({"decoder.malformed", "decoder.unsupported_linktype"})
+NON_SURICATA_EVENTS: Final = frozenset({"decoder.malformed", "decoder.unsupported_linktype",
+                                        *DEFRAG_EVENTS})
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from scapy.layers.inet import IP, UDP, Ether
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
+from scapy.layers.inet import IP, TCP, UDP, Ether, fragment
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment
 
-from appliance.core.decode import Decoder
-from appliance.core.defrag import DefragConfig, Defragmenter
+from appliance.core.decode import LINKTYPE_C_HDLC, LINKTYPE_PPP, Decoder
+from appliance.core.defrag import EV_TINY_FIRST_V4, EV_TINY_FIRST_V6, DefragConfig, Defragmenter
 from appliance.core.events import LINKTYPE_ETHERNET
 
 
@@ -186,3 +186,102 @@ def test_memcap_bounds_incomplete_trains_with_their_overhead() -> None:
     feed(d, [v4frag(0, b"q" * 16, True, ident=i) for i in range(1000)])
     assert len(d.trackers) == 100 and d.memuse <= 100 * est
     assert d.stats.memcap_hits == 900
+
+
+# -- tiny first fragments (RFC 1858 section 3, RFC 7112) ------------------------------------
+
+TCP_SEG = bytes(TCP(sport=40000, dport=80, flags="S", seq=1) / b"payload!")
+
+
+def _events(frames: list[bytes]) -> list[list[str]]:
+    dec, d = Decoder(), Defragmenter()
+    out = []
+    for fr in frames:
+        p = dec.decode(fr, LINKTYPE_ETHERNET, 1.0)
+        d.add(p)
+        out.append(list(p.events or []))
+    return out
+
+
+def test_tiny_first_fragment_is_an_anomaly_and_still_reassembled() -> None:
+    # The first fragment carries 8 of the 20 TCP header bytes: the flags are in the second.
+    frames = [v4frag(0, TCP_SEG[:8], True, proto=6), v4frag(1, TCP_SEG[8:], False, proto=6)]
+    assert _events(frames) == [[EV_TINY_FIRST_V4], []]
+    (rebuilt,) = feed(Defragmenter(), frames)
+    assert l4_of(rebuilt) == TCP_SEG
+
+
+def test_first_fragment_holding_the_whole_header_is_not_tiny() -> None:
+    assert _events([v4frag(0, TCP_SEG[:24], True, proto=6),
+                    v4frag(3, TCP_SEG[24:], False, proto=6)]) == [[], []]
+    # A TCP header with options (data offset 6: 24 bytes) cut after 20 bytes is tiny.
+    opt = bytes(TCP(sport=1, dport=2, options=[("MSS", 1460)]) / b"12345678")
+    assert (opt[12] >> 4) * 4 == 24
+    assert _events([v4frag(0, opt[:16], True, proto=6)]) == [[EV_TINY_FIRST_V4]]
+    # UDP needs 8 bytes; a later fragment is never "first".
+    assert _events([v4frag(0, UDP_DGRAM[:8], True), v4frag(5, b"x" * 4, True)]) == [[], []]
+
+
+def test_ipv6_first_fragment_must_hold_the_header_chain() -> None:
+    base = IPv6(src="2001:db8::1", dst="2001:db8::2")
+    tiny = bytes(Ether() / base / IPv6ExtHdrFragment(nh=6, offset=0, m=1, id=3)
+                 / TCP_SEG[:16])
+    whole = bytes(Ether() / base / IPv6ExtHdrFragment(nh=6, offset=0, m=1, id=4)
+                  / TCP_SEG[:24])
+    # A destination options header (8 bytes) after the fragment header, then TCP: the
+    # first fragment must reach past both (8 + 20 bytes).
+    dst = bytes(IPv6ExtHdrDestOpt(nh=6))
+    assert len(dst) == 8
+    chained = bytes(Ether() / base / IPv6ExtHdrFragment(nh=60, offset=0, m=1, id=5)
+                    / (dst + TCP_SEG[:16]))
+    assert _events([tiny, whole, chained]) == [[EV_TINY_FIRST_V6], [], [EV_TINY_FIRST_V6]]
+
+
+# -- link layers and atomic fragments seen in suricata-verify ----------------------------
+
+def test_ppp_framed_fragments_reassemble() -> None:
+    # libpcap LINKTYPE_PPP with a compressed (1-byte) protocol field, as scapy writes
+    # PPP() (suricata-verify defrag/bug-6887-defrag-ppp-ipv4-tcp-syn).
+    pkt = IP(src="1.1.1.1", dst="2.2.2.2", id=1) / TCP(sport=12345, dport=8080, flags="S")
+    frags = [b"\x21" + bytes(f) for f in fragment(pkt, fragsize=8)]
+    dec, d = Decoder(), Defragmenter()
+    rebuilt = []
+    for fr in frags:
+        p = dec.decode(fr, LINKTYPE_PPP, 1.0)
+        assert p.frag is not None and p.l3_off == 1
+        r = d.add(p)
+        if r is not None:
+            rebuilt.append(dec.decode_rebuilt(r, p.l3_off, p.ipver, p.vlan, 1.0))
+    (q,) = rebuilt
+    assert (q.proto, q.sp, q.dp, q.tcp_flags) == (6, 12345, 8080, 0x02)
+    # The uncompressed field, with the HDLC-like address/control pair (RFC 1662).
+    p = dec.decode(b"\xff\x03\x00\x21" + bytes(pkt), LINKTYPE_PPP, 1.0)
+    assert (p.ipver, p.dp, p.events) == (4, 8080, None)
+    assert dec.decode(b"\x00\x99" + bytes(pkt), LINKTYPE_PPP, 1.0).events == [
+        "decoder.ppp.wrong_type"]
+    assert dec.decode(b"\x21" + bytes(pkt)[:12], LINKTYPE_PPP, 1.0).events == [
+        "decoder.ppp.ip4_pkt_too_small"]
+
+
+def test_cisco_hdlc_carries_an_ethertype() -> None:
+    pkt = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=53) / b"q")
+    p = Decoder().decode(b"\x0f\x00\x08\x00" + pkt, LINKTYPE_C_HDLC, 1.0)
+    assert (p.ipver, p.proto, p.dp, p.payload) == (4, 17, 53, b"q")
+    assert Decoder().decode(b"\x0f\x00", LINKTYPE_C_HDLC, 1.0).events == [
+        "decoder.chdlc.pkt_too_small"]
+
+
+@pytest.mark.parametrize(("tail", "events"), [
+    # An atomic fragment (offset 0, M=0) with nothing or one byte after it: the chain is
+    # truncated (Suricata), not the transport header (ipv6-malformed-fragments-25/27/28).
+    (b"", ["decoder.ipv6.exthdr_useless_fh", "decoder.ipv6.trunc_exthdr"]),
+    (b"\x80", ["decoder.ipv6.exthdr_useless_fh", "decoder.ipv6.trunc_exthdr"]),
+    # Two bytes or more reach the transport decoder, which finds its header short.
+    (b"\x80\x00", ["decoder.ipv6.exthdr_useless_fh", "decoder.icmpv6.pkt_too_small"]),
+])
+def test_atomic_fragment_with_too_little_after_it(tail: bytes, events: list[str]) -> None:
+    base = IPv6(src="2001:db8::1", dst="2001:db8::2")
+    fr = bytes(Ether() / base / IPv6ExtHdrFragment(nh=58, offset=0, m=0, id=1) / tail)
+    p = Decoder().decode(fr, LINKTYPE_ETHERNET, 1.0)
+    assert p.frag is None
+    assert p.events == events

@@ -590,7 +590,7 @@ class Decoder:
             if t in (ICMP6_ERRORS if v6 else ICMP4_ERRORS):
                 p.icmp_inner = _quoted_tuple(p, data, off + 8, end, v6)
         elif proto == PROTO_IPV6 or proto == PROTO_IPIP:
-            self._tunnel_ip(p, data, off, end, depth, c)
+            self._tunnel_ip(p, data, off, end, depth, c, 6 if proto == PROTO_IPV6 else 4)
         elif proto == PROTO_GRE:
             c["gre"] += 1
             if depth < MAX_TUNNEL_DEPTH:
@@ -620,7 +620,18 @@ class Decoder:
         return q
 
     def _tunnel_ip(self, p: Packet, data: bytes, off: int, end: int, depth: int,
-                   c: dict[str, int]) -> None:
+                   c: dict[str, int], want: int) -> None:
+        """IP in IP; `want` is the IP version the outer next header announced (4, 6)."""
+        if p.ipver == 6:
+            # Suricata's checks for IPv4-in-IPv6 and IPv6-in-IPv6 (decode-ipv6.c); it has
+            # no such events for tunnels in IPv4.
+            kind = "ipv4_in_ipv6" if want == 4 else "ipv6_in_ipv6"
+            if end - off < (20 if want == 4 else 40):
+                p.event(f"decoder.ipv6.{kind}_too_small")
+                return
+            if data[off] >> 4 != want:
+                p.event(f"decoder.ipv6.{kind}_wrong_version")
+                return
         if depth >= MAX_TUNNEL_DEPTH or end - off < 20:
             return
         v = data[off] >> 4

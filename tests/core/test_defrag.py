@@ -285,3 +285,20 @@ def test_atomic_fragment_with_too_little_after_it(tail: bytes, events: list[str]
     p = Decoder().decode(fr, LINKTYPE_ETHERNET, 1.0)
     assert p.frag is None
     assert p.events == events
+
+
+@pytest.mark.parametrize(("nh", "inner", "event"), [
+    # IPv6-in-IPv6 whose inner version nibble is not 6 (suricata-verify bug-7964-02).
+    (41, b"\x45" + bytes(39), "decoder.ipv6.ipv6_in_ipv6_wrong_version"),
+    (41, b"\x60" + bytes(20), "decoder.ipv6.ipv6_in_ipv6_too_small"),
+    (4, b"\x60" + bytes(39), "decoder.ipv6.ipv4_in_ipv6_wrong_version"),
+    (4, b"\x45" + bytes(10), "decoder.ipv6.ipv4_in_ipv6_too_small"),
+])
+def test_ip_in_ipv6_checks_the_inner_header(nh: int, inner: bytes, event: str) -> None:
+    fr = bytes(Ether() / IPv6(src="2001:db8::1", dst="2001:db8::2", nh=nh) / inner)
+    p = Decoder().decode(fr, LINKTYPE_ETHERNET, 1.0)
+    assert p.events == [event] and p.inner is None
+    ok = bytes(Ether() / IPv6(src="2001:db8::1", dst="2001:db8::2")
+               / IPv6(src="2001:db8::3", dst="2001:db8::4") / UDP(sport=1, dport=2))
+    q = Decoder().decode(ok, LINKTYPE_ETHERNET, 1.0)
+    assert q.events is None and q.inner is not None and q.inner.dp == 2

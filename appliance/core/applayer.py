@@ -26,6 +26,7 @@ from appliance.core.app import (
     TLS_HANDSHAKE,
     TX_COMPLETE,
     TX_REQUEST,
+    TX_REQUEST_LINE,
     TX_RESPONSE,
     AppEvent,
     new_parser,
@@ -171,10 +172,20 @@ def close(flow: Flow, res: AppResult) -> None:
 
 
 def _events(flow: Flow, st: AppState, events: list[AppEvent], res: AppResult) -> None:
+    full: set[int] | None = None  # transactions whose headers this call parsed
     for ev in events:
         k = ev.kind
         if k == ANOMALY:
             res.anomalies.append((ev.name, ev.to_server, ev.tx_id))
+        elif k == TX_REQUEST_LINE:
+            # The request line alone: its buffers are inspected now, unless the headers
+            # were parsed in this same call (the full inspection covers them then).
+            if full is None:
+                full = {e.tx_id for e in events if e.kind == TX_REQUEST}
+            tx = ev.data.get("tx")
+            if tx is not None and ev.tx_id not in full:
+                res.inspections.append(Inspection(True, tx.tx_id,
+                                                  dict(tx.request_line_buffers())))
         elif k == TX_REQUEST or k == TX_RESPONSE:
             tx = ev.data.get("tx")
             if tx is not None and k == TX_RESPONSE and tx.status is not None:

@@ -20,6 +20,7 @@ from typing import Any, Final, Protocol
 
 # Event kinds a parser can return.
 ANOMALY: Final = "anomaly"
+TX_REQUEST_LINE: Final = "request_line"  # a request line is parsed, headers to follow
 TX_REQUEST: Final = "request"  # request line + headers of a transaction are parsed
 TX_RESPONSE: Final = "response"  # response line + headers are parsed
 TX_COMPLETE: Final = "tx_complete"  # both sides of a transaction are done
@@ -111,6 +112,7 @@ __all__ = [
     "TLS_HANDSHAKE",
     "TX_COMPLETE",
     "TX_REQUEST",
+    "TX_REQUEST_LINE",
     "TX_RESPONSE",
     "AppEvent",
     "StreamParser",

@@ -29,6 +29,7 @@ from appliance.core.app import (
     FILE_CLOSED,
     TX_COMPLETE,
     TX_REQUEST,
+    TX_REQUEST_LINE,
     TX_RESPONSE,
     AppEvent,
 )
@@ -727,8 +728,9 @@ class HttpTransaction:
             out += b"#" + u.fragment
         return out
 
-    def request_buffers(self) -> dict[str, bytes]:
-        """To-server sticky buffers (only the ones that exist in this transaction)."""
+    def request_line_buffers(self) -> dict[str, bytes]:
+        """The to-server buffers the request line alone fills (Suricata registers them
+        at libhtp's request-line progress); the rest wait for the headers."""
         b: dict[str, bytes] = {}
         if not self.request_seen:
             return b
@@ -738,6 +740,13 @@ class HttpTransaction:
         b["http.uri"] = self.uri_normalized
         if self.request_protocol:
             b["http.protocol"] = self.request_protocol
+        return b
+
+    def request_buffers(self) -> dict[str, bytes]:
+        """To-server sticky buffers (only the ones that exist in this transaction)."""
+        b = self.request_line_buffers()
+        if not b:
+            return b
         host = self.hostname
         if host is not None:
             b["http.host"] = host
@@ -1174,6 +1183,9 @@ class HttpParser:
         side.hdr_lines = []
         side.hdr_bytes = 0
         side.too_many = False
+        # The request line is a progress point of its own (libhtp's REQUEST_LINE): rules
+        # on the method and URI run now, not only once the headers are complete.
+        out.append(AppEvent(TX_REQUEST_LINE, True, "", tx.tx_id, {"tx": tx}))
 
     def _header_line(self, side: _Side, line: bytes, to_server: bool,
                      out: list[AppEvent]) -> None:

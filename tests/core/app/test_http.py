@@ -630,3 +630,42 @@ def test_real_traffic_http_packets_parses_cleanly() -> None:
           f"{anomalies} anomalies")
     assert parsed >= 100
     assert anomalies == 0
+
+
+# --- the request line as a progress point ----------------------------------------------------
+
+
+def test_request_line_is_inspected_before_the_headers_end() -> None:
+    from tests.core.test_signatures import CLIENT, SERVER, Run, tcp
+
+    r = Run('alert http any any -> any any (http.uri; content:"/now_this"; sid:1;)',
+            'alert http any any -> any any (http.method; content:"POST"; '
+            'http.uri; content:"is_big"; sid:2;)',
+            'alert http any any -> any any (http.header; content:"Mozilla"; sid:3;)',
+            'alert http any any -> any any (http.uri; content:"/now"; '
+            'http.user_agent; content:"Mozilla"; sid:4;)',
+            'alert http any any -> any any (http.header; content:!"Evil"; sid:5;)')
+    r.handshake()
+    seg = b"POST /now_this_is_big HTTP/1.0\r\nUser-Agent: Mozilla/1.0\r\n"
+    # Only the request line's buffers exist yet: no header rule runs (not even a negated
+    # one on an empty header buffer).
+    assert sorted(r.sids(tcp(CLIENT, SERVER, 40000, 80, "PA", 101, 501, seg))) == [1, 2]
+    # The headers end: the header rules run; the URI rules do not alert twice.
+    end = tcp(CLIENT, SERVER, 40000, 80, "PA", 101 + len(seg), 501, b"Evil: no\r\n\r\n")
+    assert sorted(r.sids(end)) == [3, 4]
+
+
+def test_request_line_progress_event_only_when_headers_follow() -> None:
+    from appliance.core.app import TX_REQUEST, TX_REQUEST_LINE
+
+    p = HttpParser()
+    ev = p.feed(b"GET /a?b HTTP/1.1\r\nHost: x\r\n", True)
+    assert [(e.kind, e.tx_id) for e in ev] == [(TX_REQUEST_LINE, 0)]
+    assert p.transactions[0].request_line_buffers() == {
+        "http.method": b"GET", "http.request_line": b"GET /a?b HTTP/1.1",
+        "http.uri.raw": b"/a?b", "http.uri": b"/a?b", "http.protocol": b"HTTP/1.1"}
+    ev = p.feed(b"\r\n", True)
+    assert [e.kind for e in ev] == [TX_REQUEST]
+    # An HTTP/0.9 request line is the whole request: one event.
+    ev = HttpParser().feed(b"GET /x\r\n", True)
+    assert [e.kind for e in ev if e.kind != ANOMALY] == [TX_REQUEST]

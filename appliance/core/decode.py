@@ -723,6 +723,27 @@ _IP6_DUP_EVENT: Final = {
 }
 
 
+_PSEUDO_DECODER: Final = Decoder()  # its counters are never reported
+_PSEUDO_IP4 = struct.Struct("!BBHHHBBH4s4s")
+_PSEUDO_IP6 = struct.Struct("!IHBB16s16s")
+_PSEUDO_TCP = struct.Struct("!HHIIBBHHH")
+
+
+def pseudo_tcp_packet(ts: float, ipver: int, src: bytes, dst: bytes, sp: int, dp: int,
+                      vlan: tuple[int, ...] = ()) -> Packet:
+    """A header-only TCP ACK from `src` to `dst`, decoded: what detection judges when
+    something is inspected with no packet of its own (Suricata's flow-timeout pseudo
+    packet). Checksums are left zero: it never reaches reassembly."""
+    tcp = _PSEUDO_TCP.pack(sp, dp, 0, 0, 5 << 4, TH_ACK, 0, 0, 0)
+    if ipver == 4:
+        raw = _PSEUDO_IP4.pack(0x45, 0, 40, 0, 0, 64, PROTO_TCP, 0, src, dst) + tcp
+    else:
+        raw = _PSEUDO_IP6.pack(6 << 28, 20, PROTO_TCP, 64, src, dst) + tcp
+    p = _PSEUDO_DECODER.decode(raw, LINKTYPE_RAW, ts)
+    p.vlan = vlan
+    return p
+
+
 def _lift_events(outer: Packet, inner: Packet) -> None:
     """An inner packet's decode events are reported on the packet that carried it."""
     if inner.events:

@@ -25,6 +25,7 @@ from appliance.core.decode import (
     PROTO_UDP,
     Decoder,
     Packet,
+    pseudo_tcp_packet,
 )
 from appliance.core.defrag import APPLIANCE_EVENTS as DEFRAG_EVENTS
 from appliance.core.defrag import DefragConfig, Defragmenter
@@ -833,12 +834,33 @@ class Engine:
         return out
 
     def _flow_end(self, f: Flow, now: float, out: list[Command]) -> None:
+        if f.tcp is not None and f.tcp.leftover is not None:
+            try:
+                self._stream_leftover(f, now, out)
+            except Exception:  # a detection bug must not lose the flow record
+                self.stats.errors += 1
         self._app_close(f, now, out)
         if self.heuristics is not None:
             h = self.role_heuristics.get(f.role, self.heuristics)
             for hit in h.on_flow_end(f):
                 self._heuristic_alert(hit, f, out)
         out.append(Log(flow_record(f, now)))
+
+    def _stream_leftover(self, f: Flow, now: float, out: list[Command]) -> None:
+        """Stream rules on what the session still held behind holes when it ended
+        (core/stream.py TcpSession.leftover), judged on a pseudo packet as Suricata
+        does at flow timeout; its alerts say so in pkt_src and carry no pcap_cnt."""
+        assert f.tcp is not None
+        upd, f.tcp.leftover = f.tcp.leftover, None
+        if upd is None or f.action is not None:
+            return
+        p = pseudo_tcp_packet(now, f.ipver, f.src, f.dst, f.sp, f.dp, f.vlan)
+        n = len(out)
+        self._detect_stream(p, f, upd, VerdictKind.ACCEPT, 0, out)
+        for c in out[n:]:
+            if isinstance(c, Log) and c.record.get("event_type") == "alert":
+                c.record.pop("pcap_cnt", None)
+                c.record["pkt_src"] = "stream (flow timeout)"
 
     def _app_close(self, f: Flow, now: float, out: list[Command]) -> None:
         if f.app is None or not self.config.app_layer:

@@ -472,8 +472,8 @@ class TcpSession:
     """Per-flow TCP state (lives on the Flow). Created by the flow table when the flow
     starts with a SYN, or on any ACK when midstream pickup is on."""
 
-    __slots__ = ("cli", "insp_tc", "insp_ts", "live", "midstream", "rst_auth", "srv", "state",
-                 "ts_ok", "win_ok")
+    __slots__ = ("cli", "insp_tc", "insp_ts", "leftover", "live", "midstream", "rst_auth", "srv",
+                 "state", "ts_ok", "win_ok")
 
     def __init__(self, state: TcpState, cli_policy: frozenset[int],
                  srv_policy: frozenset[int]) -> None:
@@ -494,6 +494,10 @@ class TcpSession:
         # before it, sent by the client?). If its sender goes on sending, the receiver
         # ignored it: the state comes back and EV_RST_INJECT is raised.
         self.rst_auth: tuple[TcpState, bool] | None = None
+        # What was still held behind holes when the session was released (raw_ts /
+        # raw_tc only): the engine gives it to stream rules with the flow's end, as
+        # Suricata inspects unacknowledged data at flow timeout, then drops it.
+        self.leftover: StreamUpdate | None = None
 
 
 class StreamStats:
@@ -622,6 +626,11 @@ class StreamTracker:
         if sess.live:
             sess.live = False
             self.active -= 1
+            if sess.cli.ooo or sess.srv.ooo:
+                # Moved out of the memcaps with the rest; the engine takes it at once.
+                raw_ts, raw_tc = self._flush_held(sess.cli), self._flush_held(sess.srv)
+                if raw_ts or raw_tc:
+                    sess.leftover = StreamUpdate(raw_ts=raw_ts, raw_tc=raw_tc)
             for h in (sess.cli, sess.srv):
                 self.reassembly_memuse -= h.ooo_bytes + h.kept_bytes + h.weak_bytes
                 h.ooo = []

@@ -245,3 +245,33 @@ def test_data_held_behind_a_hole_is_inspected_when_an_rst_ends_the_session() -> 
              'sid:3;)']
     assert _run_frames(frames, rules) == []
     assert _run_frames([*frames, rst], rules) == [1]
+
+
+def test_data_held_behind_a_hole_is_inspected_when_the_flow_ends() -> None:
+    # No RST: the flow simply ends (here: the end of the replay). Its held bytes are
+    # judged once, on a pseudo packet, as Suricata does at flow timeout.
+    from scapy.layers.inet import IP, TCP, Ether
+    c, s = "192.0.2.10", "198.51.100.20"
+    frames = _conn([b"GET / HTTP/1.0\r\n"])
+    for seq, data in ((132, b"User-Agent: "), (144, b"Mozilla\r\n\r\n")):
+        frames.append(bytes(Ether() / IP(src=c, dst=s) / TCP(
+            sport=40000, dport=7000, flags="A", seq=seq, ack=500) / data))
+    loaded = detection_from_text(
+        ['alert tcp any any -> any any (msg:"raw"; flow:to_server; '
+         'content:"User-Agent: Mozilla"; sid:1;)'])
+    eng = Engine(EngineConfig(), loaded.engine)
+    recs = []
+    for i, fr in enumerate(frames, 1):
+        recs += [c.record for c in eng.handle(PacketIn(i, 1000.0 + i / 100, fr, 1))
+                 if isinstance(c, Log)]
+    assert [r for r in recs if r["event_type"] == "alert"] == []
+    assert eng.flows.stream.reassembly_memuse > 0
+    end = [c.record for c in eng.handle(Shutdown()) if isinstance(c, Log)]
+    (alert,) = [r for r in end if r["event_type"] == "alert"]
+    assert alert["alert"]["signature_id"] == 1
+    assert (alert["src_ip"], alert["dest_port"]) == (c, 7000)
+    assert alert["pkt_src"] == "stream (flow timeout)" and "pcap_cnt" not in alert
+    assert eng.flows.stream.reassembly_memuse == 0
+    # The flow record follows its alert, marked alerted.
+    (flow,) = [r for r in end if r["event_type"] == "flow"]
+    assert flow["flow"]["alerted"] is True

@@ -239,6 +239,26 @@ def test_rst_without_held_data_or_past_depth() -> None:
     assert u is not None and u.raw_ts == (b"abcd",)
 
 
+def test_release_keeps_what_was_held_behind_holes_for_the_flow_end() -> None:
+    k = Conn()
+    k.handshake()
+    k.c("PA", 0, b"ab")
+    k.c("PA", 5, b"held")
+    k.s("PA", 3, b"xyz")
+    assert k.tracker.reassembly_memuse > 0
+    assert k.sess is not None
+    k.tracker.release(k.sess)
+    assert k.sess.leftover == StreamUpdate(raw_ts=(b"held",), raw_tc=(b"xyz",))
+    assert k.tracker.reassembly_memuse == 0 and k.tracker.active == 0
+    # Nothing held: nothing left over.
+    k2 = Conn()
+    k2.handshake()
+    k2.c("PA", 0, b"ab")
+    assert k2.sess is not None
+    k2.tracker.release(k2.sess)
+    assert k2.sess.leftover is None
+
+
 def test_rst_with_an_md5_signature_ignored_by_its_sender_is_suspected_injection() -> None:
     # suricata-verify security-4710-01: an RST with a TCP MD5 option right after the
     # handshake, then the client sends its request as if nothing happened.

@@ -11,9 +11,10 @@ Versions: a test whose min/max version excludes 7.0.4 is skipped, unless Suricat
 passes it anyway (then the expectation holds for 7.0.4 and it belongs to the issue's goal
 of the 583 tests Suricata passes); ``--strict-versions`` skips those too.
 
-With ``--test-args`` the replay also honours two command-line arguments a test's
-test.yaml gives Suricata: ``-k none`` (no checksum validation) and ``--simulate-ips``
-(inline semantics). A threshold.config beside a test's rules is always used (the tests that
+With ``--test-args`` the replay also honours the command-line arguments a test's
+test.yaml gives Suricata that the engine has a setting for: ``-k none`` (no checksum
+validation), ``--simulate-ips`` (inline semantics), ``--set stream.midstream=`` and
+``--set stream.async-oneside=``. A threshold.config beside a test's rules is always used (the tests that
 ship one pass it with ``--set threshold-file``).
 
 ``--list-failures`` prints every failing test under its reason category.
@@ -213,7 +214,8 @@ def test_args(test: SvTest, data_dir: Path = DEFAULT_DATA) -> list[str]:
 
 
 def engine_config(args: Sequence[str]) -> EngineConfig:
-    """What ``-k none`` and ``--simulate-ips`` among ``args`` ask of the engine."""
+    """What ``-k none``, ``--simulate-ips`` and ``--set stream.midstream=`` /
+    ``stream.async-oneside=`` among ``args`` ask of the engine."""
     cfg = EngineConfig()
     if any(a == "-k" and b == "none" for a, b in itertools.pairwise(args)):
         flow = cfg.flow
@@ -221,7 +223,19 @@ def engine_config(args: Sequence[str]) -> EngineConfig:
                                                              checksum_validation="no")))
     if "--simulate-ips" in args:
         cfg = replace(cfg, mode="ips")
+    stream = cfg.flow.stream
+    for a, b in itertools.pairwise(args):
+        # The stream settings the stream-async and tunnel tests set on the command line.
+        if a == "--set" and b.split("=", 1)[0] in _STREAM_SETS:
+            key, _, value = b.partition("=")
+            stream = replace(stream, **{_STREAM_SETS[key]: value.lower() in ("true", "yes")})
+    if stream != cfg.flow.stream:
+        cfg = replace(cfg, flow=replace(cfg.flow, stream=stream))
     return cfg
+
+
+_STREAM_SETS: dict[str, str] = {"stream.midstream": "midstream",
+                                "stream.async-oneside": "async_oneside"}
 
 
 def run_test(test: SvTest, data_dir: Path = DEFAULT_DATA, time_limit: float = TIME_LIMIT,
@@ -440,7 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no per-test progress lines")
     ap.add_argument("--top", type=int, default=20, help="how many keywords to list")
     ap.add_argument("--test-args", action="store_true",
-                    help="honour the test's -k none and --simulate-ips arguments")
+                    help="honour the test's -k none, --simulate-ips and --set "
+                         "stream.midstream/async-oneside arguments")
     ap.add_argument("--list-failures", action="store_true",
                     help="print every failing test under its reason category")
     a = ap.parse_args(argv)

@@ -110,6 +110,11 @@ def test_test_args_and_threshold_config_beside_the_rules(sv: ModuleType,
     assert cfg.flow.stream.checksum_validation == "no" and cfg.mode == "ips"
     plain = sv.engine_config(["--set", "x=1"])
     assert plain.flow.stream.checksum_validation == "auto" and plain.mode == "ids"
+    assert not plain.flow.stream.midstream and not plain.flow.stream.async_oneside
+    both = sv.engine_config(["--set", "stream.midstream=true", "--set",
+                             "stream.async-oneside=true"])
+    assert both.flow.stream.midstream and both.flow.stream.async_oneside
+    assert not sv.engine_config(["--set", "stream.midstream=false"]).flow.stream.midstream
     test = index["threshold-config-byrule"]
     assert sv.test_args(test, SV_DATA)[:2] == ["--set", "threshold-file=${TEST_DIR}/"
                                                           "threshold.config"]

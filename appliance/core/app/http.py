@@ -254,7 +254,7 @@ def _chunk_length(line: bytes) -> tuple[int | None, bool]:
     rest = line[m.end():].strip(_CHUNK_WS) if m else line
     if not digits:
         return (-1 if not rest else None), False
-    if len(digits) > 15:
+    if len(digits.lstrip(b"0")) > 15:  # leading zeros are no overflow ("000...0")
         return None, bool(rest)
     return int(digits, 16), bool(rest)
 
@@ -610,7 +610,13 @@ def _header_table(lines: list[bytes], to_server: bool, ev: list[str],
             merged.append([name, value])
         else:
             prev = merged[j]
-            prev[1] = prev[1] + b", " + value
+            if key == b"content-length":
+                # Like libhtp, a repeated Content-Length is not appended: the first one
+                # frames the body, a different value is reported.
+                if value != prev[1]:
+                    ev.append(f"DUPLICATE_CONTENT_LENGTH_FIELD_IN_{side}")
+            else:
+                prev[1] = prev[1] + b", " + value
             n = reps.get(key, 0) + 1
             reps[key] = n
             if n == MAX_HEADER_REPETITIONS + 1:
@@ -1245,10 +1251,13 @@ class HttpParser:
             self._anom(out, f"INVALID_TRANSFER_ENCODING_VALUE_IN_{side}", to_server, tx)
         cl = _get(headers, b"content-length")
         if cl is not None:
-            vals = {v.strip(b" \t") for v in cl.split(b",")}
+            # A decimal number within whitespace (or a list of one number repeated);
+            # anything else ("34 68", "68A") is invalid and the body then runs until the
+            # connection closes: that reads at least what the client reads.
+            vals = {v.strip(_WS) for v in cl.split(b",")}
             if len(vals) == 1:
                 v = vals.pop()
-                if v.isdigit() and len(v) <= 18:
+                if v.isdigit() and len(v.lstrip(b"0")) <= 18:
                     return "length", int(v)
             self._anom(out, f"INVALID_CONTENT_LENGTH_FIELD_IN_{side}", to_server, tx)
             return "invalid", 0

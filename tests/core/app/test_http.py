@@ -512,6 +512,39 @@ def test_compression_layers_decode_leniently(enc: bytes, comp: bytes) -> None:
     assert p.transactions[0].response_body_len == len(comp)
 
 
+def test_last_chunk_with_many_zeros_ends_the_body() -> None:
+    body, anomalies, p = body_of(TE + chunked(EICAR)[:-5] + b"00000000000000000000\r\n\r\n")
+    assert (body, anomalies) == (EICAR, [])
+    assert p.transactions[0].response_complete
+
+
+@pytest.mark.parametrize("cl, framed", [
+    (b"068", True), (b" 68\x0b", True), (b"68, 68", True),
+    (b"68A", False), (b"68.9", False), (b"34 68", False), (b"34\r\n 68", False),
+])
+def test_content_length_values(cl: bytes, framed: bool) -> None:
+    # A number within whitespace frames the body; anything else is invalid and the body
+    # runs until the connection closes (a folded "34\r\n 68" must not cut it at 34).
+    resp = b"HTTP/1.1 200 ok\r\nContent-Length: " + cl + b"\r\n\r\n" + EICAR + b"XXXX"
+    p, ev = check_all_chunkings([GET, (False, resp)])
+    tx = p.transactions[0]
+    assert bytes(tx.response_body) == (EICAR if framed else EICAR + b"XXXX")
+    assert ("INVALID_CONTENT_LENGTH_FIELD_IN_RESPONSE" in names(ev)) is not framed
+
+
+def test_repeated_content_length_keeps_the_first() -> None:
+    resp = (b"HTTP/1.1 200 ok\r\nContent-Length: 68\r\nContent-Length: 136\r\n\r\n"
+            + EICAR + b"X" * 68)
+    p, ev = check_all_chunkings([GET, (False, resp)])
+    tx = p.transactions[0]
+    assert bytes(tx.response_body) == EICAR
+    assert tx.response_buffers()["http.content_len"] == b"68"
+    assert "DUPLICATE_CONTENT_LENGTH_FIELD_IN_RESPONSE" in names(ev)
+    # The same value twice is no conflict.
+    p, ev = check_all_chunkings([GET, (False, resp.replace(b"136", b"68"))])
+    assert "DUPLICATE_CONTENT_LENGTH_FIELD_IN_RESPONSE" not in names(ev)
+
+
 def test_unknown_coding_is_reported_and_body_kept() -> None:
     resp = b"HTTP/1.1 200 ok\r\nContent-Encoding: br\r\nContent-Length: 68\r\n\r\n" + EICAR
     body, anomalies, _ = body_of(resp)

@@ -57,9 +57,9 @@ def test_a_large_download_is_scanned_whole(lab: Lab, start_appliance: Any,
     the scanners still get all of it, and the download is stopped."""
     yara_dir = tmp_path / "yara"
     yara_dir.mkdir()
+    marker = LARGE_MARKER.decode()
     (yara_dir / "marker.yar").write_text(
-        'rule Lab_Large_Marker { strings: $m = "%s" condition: $m }\n'
-        % LARGE_MARKER.decode())
+        f'rule Lab_Large_Marker {{ strings: $m = "{marker}" condition: $m }}\n')
     app = start_appliance("--yara", str(yara_dir))
     assert LARGE_FILE.index(LARGE_MARKER) > 500 * 1024
     rc, out = fetch(lab, "desktop", "/files/large.bin", timeout=3)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from appliance.lab import Lab
+from appliance.lab import Lab, LabError
 
 sys.path.append(str(Path(__file__).parent))
 from flood import children, nfqueue_drops, rss_mib, status, wait_status
@@ -38,23 +38,33 @@ REPO = Path(__file__).resolve().parents[1]
 URL = "http://203.0.113.10"
 
 
+def run(lab: Lab, guest: str, *argv: str, timeout: float) -> tuple[int, str]:
+    """(exit code, stdout); -1 when the command itself did not finish in time (a
+    loaded machine), which counts as a failure, not as the end of the soak."""
+    try:
+        cp = lab.run_in(guest, *argv, timeout=timeout)
+    except LabError:
+        return -1, ""
+    return cp.returncode, cp.stdout
+
+
 def curl(lab: Lab, guest: str, path: str, *extra: str, timeout: float = 10) -> str:
     """'200' etc., or 'rcN' when curl failed with exit code N."""
-    cp = lab.run_in(guest, "curl", "-s", "-g", "--path-as-is", "-m", str(timeout), "-o",
-                    "/dev/null", "-w", "%{http_code}", *extra, f"{URL}{path}",
-                    timeout=timeout + 5)
-    return cp.stdout if cp.returncode == 0 else f"rc{cp.returncode}"
+    rc, out = run(lab, guest, "curl", "-s", "-g", "--path-as-is", "-m", str(timeout), "-o",
+                  "/dev/null", "-w", "%{http_code}", *extra, f"{URL}{path}",
+                  timeout=timeout + 5)
+    return out if rc == 0 else f"rc{rc}"
 
 
 def dig(lab: Lab, guest: str, qtype: str) -> bool:
-    cp = lab.run_in(guest, "dig", "+short", "+time=2", "+tries=1", "@203.0.113.10",
-                    "soak.example.test", qtype, timeout=10)
-    return cp.returncode == 0 and bool(cp.stdout.strip())
+    rc, out = run(lab, guest, "dig", "+short", "+time=2", "+tries=1", "@203.0.113.10",
+                  "soak.example.test", qtype, timeout=10)
+    return rc == 0 and bool(out.strip())
 
 
 def ping(lab: Lab, guest: str) -> bool:
-    return lab.run_in(guest, "ping", "-c", "2", "-i", "0.2", "-W", "2", "-q",
-                      "203.0.113.10", timeout=10).returncode == 0
+    return run(lab, guest, "ping", "-c", "2", "-i", "0.2", "-W", "2", "-q", "203.0.113.10",
+               timeout=10)[0] == 0
 
 
 class Tally:

@@ -104,10 +104,12 @@ def test_worker_faults(lab: Lab, start_appliance: Any, tmp_path: Path, mode: str
         time.sleep(0.5)
         worker = _worker(app)
         os.kill(app.proc.pid, signal.SIGSTOP)
-        t_kill = time.time()
-        os.kill(worker, signal.SIGKILL)
-        time.sleep(0.5)
-        os.kill(app.proc.pid, signal.SIGCONT)
+        try:
+            t_kill = time.time()
+            os.kill(worker, signal.SIGKILL)
+            time.sleep(0.5)
+        finally:
+            os.kill(app.proc.pid, signal.SIGCONT)
         ev_kill = _next_event(app, 0)
         sender.wait(timeout=20)
 

@@ -97,6 +97,7 @@ _CHUNK_END: Final = 5  # CRLF after chunk data
 _TRAILERS: Final = 6
 _BODY_CLOSE: Final = 7  # body until the connection closes (responses)
 _TUNNEL: Final = 8  # CONNECT / 101 Switching Protocols: no more HTTP
+_PROBE09: Final = 9  # request line without protocol: do header lines follow?
 
 _TOKEN_RE: Final = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # A chunk-size line as libhtp reads it: whitespace and control bytes (CR, VT, FF...)
@@ -257,6 +258,21 @@ def _chunk_length(line: bytes) -> tuple[int | None, bool]:
     if len(digits.lstrip(b"0")) > 15:  # leading zeros are no overflow ("000...0")
         return None, bool(rest)
     return int(digits, 16), bool(rest)
+
+
+def _header_follows(buf: bytearray, pos: int) -> bool | None:
+    """After a request line without protocol: whether the next bytes start a header line
+    (a name, maybe blanks, then a colon), as libhtp probes; None when undecided yet."""
+    blanks = False
+    for i in range(pos, len(buf)):
+        c = buf[i]
+        if c == 0x3A:  # ':'
+            return True
+        if c in (0x20, 0x09):
+            blanks = True
+        elif blanks or c in (0x0A, 0x0D, 0x0B, 0x0C):
+            return False
+    return None
 
 
 def _not_chunk_length(buf: bytearray, pos: int) -> bool:
@@ -624,6 +640,9 @@ def _header_table(lines: list[bytes], to_server: bool, ev: list[str],
     return merged
 
 
+# Sticky buffers of a transaction; a list is a multi-buffer (any element may match).
+HttpBuffers = dict[str, bytes | list[bytes]]
+
 _CODING_RE: Final = re.compile(rb"[A-Za-z0-9_-]+")
 _GZIP: Final = (b"gzip", b"x-gzip")
 _DEFLATE: Final = (b"deflate", b"x-deflate")
@@ -748,9 +767,9 @@ class HttpTransaction:
             b["http.protocol"] = self.request_protocol
         return b
 
-    def request_buffers(self) -> dict[str, bytes]:
+    def request_buffers(self) -> HttpBuffers:
         """To-server sticky buffers (only the ones that exist in this transaction)."""
-        b = self.request_line_buffers()
+        b: HttpBuffers = dict(self.request_line_buffers())
         if not b:
             return b
         host = self.hostname
@@ -760,7 +779,8 @@ class HttpTransaction:
         if hraw is not None:
             b["http.host.raw"] = hraw
         _common_header_buffers(b, self.request_headers, self.request_headers_raw,
-                               self.request_line, cookie=b"cookie")
+                               self.request_line, cookie=b"cookie",
+                               each="http.request_header")
         for key, name in (
             ("http.user_agent", b"user-agent"),
             ("http.referer", b"referer"),
@@ -777,9 +797,9 @@ class HttpTransaction:
             b["file_data"] = body
         return b
 
-    def response_buffers(self) -> dict[str, bytes]:
+    def response_buffers(self) -> HttpBuffers:
         """To-client sticky buffers."""
-        b: dict[str, bytes] = {}
+        b: HttpBuffers = {}
         if not self.response_seen:
             return b
         b["http.response_line"] = self.response_line
@@ -787,7 +807,8 @@ class HttpTransaction:
         b["http.stat_code"] = self.status_raw
         b["http.stat_msg"] = self.status_msg
         _common_header_buffers(b, self.response_headers, self.response_headers_raw,
-                               self.response_line, cookie=b"set-cookie")
+                               self.response_line, cookie=b"set-cookie",
+                               each="http.response_header")
         for key, name in (("http.server", b"server"), ("http.location", b"location")):
             v = self.response_header(name)
             if v is not None:
@@ -868,8 +889,9 @@ def _get(headers: list[list[bytes]], name: bytes) -> bytes | None:
     return None
 
 
-def _common_header_buffers(b: dict[str, bytes], headers: list[list[bytes]],
-                           raw: bytearray, first_line: bytes, cookie: bytes) -> None:
+def _common_header_buffers(b: HttpBuffers, headers: list[list[bytes]],
+                           raw: bytearray, first_line: bytes, cookie: bytes,
+                           each: str) -> None:
     # http.header: "Name: value\r\n" per (merged) header, without Cookie (requests) or
     # Set-Cookie (responses): those are only in http.cookie (Suricata's
     # detect-http-header.c skips them). Values are trimmed (libhtp trims LWS).
@@ -883,6 +905,9 @@ def _common_header_buffers(b: dict[str, bytes], headers: list[list[bytes]],
         if n.lower() != cookie:
             parts.append(line)
     b["http.header"] = b"".join(parts)
+    # http.request_header / http.response_header: a multi-buffer, one "Name: value" per
+    # (merged) header, cookies included, no line end (Suricata 7 "HTTP Keywords").
+    b[each] = [n + b": " + v for n, v in headers]
     b["http.header.raw"] = bytes(raw)
     # http.header_names: "\r\nName1\r\nName2\r\n\r\n" (Suricata docs).
     names.append(b"\r\n")
@@ -965,6 +990,9 @@ class HttpParser:
         out: list[AppEvent] = []
         try:
             rs = self._resp
+            rq = self._req
+            if rq.state == _PROBE09 and rq.tx is not None:
+                self._complete_09(rq.tx, out)
             if rs.state == _LINE and rs.buf and not self._broken:
                 # A last line held back to see what follows it: nothing follows.
                 self._closing = True
@@ -1129,6 +1157,20 @@ class HttpParser:
                 if not line.strip():
                     continue  # leading empty lines are ignored (libhtp, RFC 9112 2.2)
                 self._request_line(line, out)
+            elif st == _PROBE09:
+                follows = _header_follows(buf, pos)
+                if follows is None:
+                    break  # not decided by the bytes so far
+                tx = side.tx
+                if tx is None:
+                    side.state = _LINE
+                elif follows:
+                    side.state = _HEADERS
+                    side.hdr_lines = []
+                    side.hdr_bytes = 0
+                    side.too_many = False
+                else:
+                    self._complete_09(tx, out)
             elif st in (_HEADERS, _TRAILERS):
                 prev_lf = side.bare_lf
                 line, npos = self._read_line(side, pos, True, out)
@@ -1178,12 +1220,15 @@ class HttpParser:
         if not parts or not _TOKEN_RE.match(tx.method) or len(parts) < 2:
             self._anom(out, "REQUEST_LINE_INVALID", True, tx)
         tx.uri = parse_uri(tx.uri_raw, tx.method)
-        if len(parts) <= 2:
-            if len(parts) == 2:
-                self._anom(out, "REQUEST_LINE_MISSING_PROTOCOL", True, tx)
-            tx.request_complete = True
-            out.append(AppEvent(TX_REQUEST, True, "", tx.tx_id, {"tx": tx}))
-            self._maybe_done(tx, out)
+        if len(parts) == 2:
+            # No protocol: an HTTP/0.9 simple request, unless header lines follow (libhtp
+            # looks at what comes next; clients omitting the protocol still send them).
+            self._anom(out, "REQUEST_LINE_MISSING_PROTOCOL", True, tx)
+            side.state = _PROBE09
+            out.append(AppEvent(TX_REQUEST_LINE, True, "", tx.tx_id, {"tx": tx}))
+            return
+        if len(parts) < 2:
+            self._complete_09(tx, out)
             return
         side.state = _HEADERS
         side.hdr_lines = []
@@ -1192,6 +1237,14 @@ class HttpParser:
         # The request line is a progress point of its own (libhtp's REQUEST_LINE): rules
         # on the method and URI run now, not only once the headers are complete.
         out.append(AppEvent(TX_REQUEST_LINE, True, "", tx.tx_id, {"tx": tx}))
+
+    def _complete_09(self, tx: HttpTransaction, out: list[AppEvent]) -> None:
+        """The request is its line alone (HTTP/0.9: no headers, no body)."""
+        self._req.state = _LINE
+        self._req.tx = None
+        tx.request_complete = True
+        out.append(AppEvent(TX_REQUEST, True, "", tx.tx_id, {"tx": tx}))
+        self._maybe_done(tx, out)
 
     def _header_line(self, side: _Side, line: bytes, to_server: bool,
                      out: list[AppEvent]) -> None:

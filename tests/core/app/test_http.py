@@ -118,8 +118,15 @@ def test_simple_transaction_buffers_exact() -> None:
         "http.accept": b"*/*",
         "http.accept_enc": b"gzip",
         "http.accept_lang": b"en",
+        "http.request_header": [
+            b"Host: WWW.Example.COM:8080", b"User-Agent: curl/8.0", b"Accept: */*",
+            b"Accept-Encoding: gzip", b"Accept-Language: en", b"Referer: http://ref/",
+            b"Cookie: a=1", b"Connection: keep-alive"],
     }
     rs = tx.response_buffers()
+    assert rs["http.response_header"] == [
+        b"Server: nginx", b"Location: http://elsewhere/",
+        b"Content-Type: text/html; charset=utf-8", b"Set-Cookie: s=2", b"Content-Length: 5"]
     assert rs["http.response_line"] == b"HTTP/1.1 302 Found"
     assert rs["http.stat_code"] == b"302"
     assert rs["http.stat_msg"] == b"Found"
@@ -699,6 +706,28 @@ def test_request_line_progress_event_only_when_headers_follow() -> None:
         "http.uri.raw": b"/a?b", "http.uri": b"/a?b", "http.protocol": b"HTTP/1.1"}
     ev = p.feed(b"\r\n", True)
     assert [e.kind for e in ev] == [TX_REQUEST]
-    # An HTTP/0.9 request line is the whole request: one event.
-    ev = HttpParser().feed(b"GET /x\r\n", True)
-    assert [e.kind for e in ev if e.kind != ANOMALY] == [TX_REQUEST]
+    # A request line without protocol: an HTTP/0.9 request, or do headers follow?
+    # Its line is inspected at once; what comes next decides.
+    p = HttpParser()
+    ev = p.feed(b"GET /x\r\n", True)
+    assert [e.kind for e in ev if e.kind != ANOMALY] == [TX_REQUEST_LINE]
+    ev = p.feed(b"\r\n", True)
+    assert [e.kind for e in ev] == [TX_REQUEST]
+    assert p.transactions[0].request_complete
+
+
+@pytest.mark.parametrize("after, headers", [
+    (b"Host: h\r\nUser-Agent: u\r\n\r\n", [[b"Host", b"h"], [b"User-Agent", b"u"]]),
+    (b"Host : h\r\n\r\n", [[b"Host", b"h"]]),
+    (b"\r\n", []),
+    (b"GET /y HTTP/1.1\r\n\r\n", []),  # a second request, not a header
+    (b"", []),  # nothing more: complete when the flow ends
+])
+def test_request_line_without_protocol(after: bytes, headers: list[list[bytes]]) -> None:
+    p, ev = check_all_chunkings([(True, b"GET /gen.php?x=1\r\n" + after)])
+    tx = p.transactions[0]
+    assert (tx.method, tx.uri_raw, tx.request_protocol) == (b"GET", b"/gen.php?x=1", b"")
+    assert tx.request_headers == headers
+    assert tx.request_complete
+    assert names(ev)[0] == "REQUEST_LINE_MISSING_PROTOCOL"
+    assert len(p.transactions) == (2 if after.startswith(b"GET") else 1)

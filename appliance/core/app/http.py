@@ -260,6 +260,17 @@ def _chunk_length(line: bytes) -> tuple[int | None, bool]:
     return int(digits, 16), bool(rest)
 
 
+_AUTH_SCHEMES: Final = frozenset((b"basic", b"digest", b"bearer"))
+# The methods libhtp knows (case-sensitive): after a request without framing, a line
+# starting with one of them is the next request; any other line is body data.
+_METHODS: Final = frozenset((
+    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE",
+    b"PATCH", b"PROPFIND", b"PROPPATCH", b"MKCOL", b"COPY", b"MOVE", b"LOCK", b"UNLOCK",
+    b"VERSION-CONTROL", b"CHECKOUT", b"UNCHECKOUT", b"CHECKIN", b"UPDATE", b"LABEL",
+    b"REPORT", b"MKWORKSPACE", b"MKACTIVITY", b"BASELINE-CONTROL", b"MERGE", b"INVALID",
+))
+
+
 def _header_follows(buf: bytearray, pos: int) -> bool | None:
     """After a request line without protocol: whether the next bytes start a header line
     (a name, maybe blanks, then a colon), as libhtp probes; None when undecided yet."""
@@ -932,7 +943,8 @@ class _Side:
     """Parsing state of one direction."""
 
     __slots__ = ("bare_lf", "buf", "decoder", "file", "hdr_bytes", "hdr_lines", "line_end",
-                 "line_start", "remaining", "skip_line", "state", "too_many", "tx")
+                 "line_start", "remaining", "skip_line", "state", "too_many", "tx",
+                 "unframed")
 
     def __init__(self) -> None:
         self.buf = bytearray()
@@ -946,6 +958,9 @@ class _Side:
         self.line_start = 0
         self.line_end = 0
         self.bare_lf = False  # the last line read ended with a LF alone
+        # The last request, when it ended without framing (requests only): lines that
+        # follow it and are no request line are its body.
+        self.unframed: HttpTransaction | None = None
         self.decoder: _Decoder | None = None
         self.file: HttpFile | None = None
 
@@ -993,6 +1008,7 @@ class HttpParser:
             rq = self._req
             if rq.state == _PROBE09 and rq.tx is not None:
                 self._complete_09(rq.tx, out)
+            self._end_unexpected_body(out)
             if rs.state == _LINE and rs.buf and not self._broken:
                 # A last line held back to see what follows it: nothing follows.
                 self._closing = True
@@ -1151,11 +1167,20 @@ class HttpParser:
         while pos < len(buf):
             st = side.state
             if st == _LINE:
-                line, pos = self._read_line(side, pos, True, out)
+                line, npos = self._read_line(side, pos, True, out)
                 if line is None:
+                    pos = npos
                     break
                 if not line.strip():
+                    pos = npos
                     continue  # leading empty lines are ignored (libhtp, RFC 9112 2.2)
+                ut = side.unframed
+                if ut is not None and line.split(None, 1)[0] not in _METHODS:
+                    self._unexpected_body(side, ut, bytes(buf[pos:npos]), out)
+                    pos = npos
+                    continue
+                pos = npos
+                self._end_unexpected_body(out)
                 self._request_line(line, out)
             elif st == _PROBE09:
                 follows = _header_follows(buf, pos)
@@ -1285,6 +1310,12 @@ class HttpParser:
             return
         if to_server:
             tx.request_headers = table
+            auth = _get(table, b"authorization")
+            if auth is not None:
+                scheme = auth.strip(_WS).split(None, 1)[:1]
+                if not scheme or scheme[0].lower() not in _AUTH_SCHEMES:
+                    # libhtp parses Basic, Digest and Bearer credentials only.
+                    self._anom(out, "REQUEST_AUTH_UNRECOGNIZED", True, tx)
             out.append(AppEvent(TX_REQUEST, True, "", tx.tx_id, {"tx": tx}))
             self._request_body_start(tx, out)
         else:
@@ -1333,8 +1364,35 @@ class HttpParser:
             side.remaining = length
             self._open_file(side, tx, True)
         else:
-            # A request without framing has no body (RFC 9112 section 6.3 item 7).
+            # A request without framing has no body (RFC 9112 section 6.3 item 7), but
+            # libhtp reads lines that follow it and do not start with a known method as
+            # its body (REQUEST_BODY_UNEXPECTED): see _unexpected_body.
             self._end_request(tx, out)
+            side.unframed = tx
+
+    def _unexpected_body(self, side: _Side, tx: HttpTransaction, data: bytes,
+                         out: list[AppEvent]) -> None:
+        """A line after a request without framing, not starting with a known method:
+        libhtp takes it for body data of that request (a client sending a body without
+        Content-Length), so http.request_body / file_data see it."""
+        if "REQUEST_BODY_UNEXPECTED" not in tx.anomalies:
+            self._anom(out, "REQUEST_BODY_UNEXPECTED", True, tx)
+        if side.file is None:
+            self._open_file(side, tx, True)
+        side.tx = tx
+        self._body_data(side, data, True, out)
+        side.tx = None
+        # The request's buffers changed: inspect them again (alerts stay one per tx).
+        out.append(AppEvent(TX_REQUEST, True, "", tx.tx_id, {"tx": tx}))
+
+    def _end_unexpected_body(self, out: list[AppEvent]) -> None:
+        side = self._req
+        tx = side.unframed
+        side.unframed = None
+        if tx is not None and side.file is not None:
+            side.tx = tx
+            self._close_file(side, out, truncated=False)
+            side.tx = None
 
     def _end_request(self, tx: HttpTransaction, out: list[AppEvent]) -> None:
         side = self._req

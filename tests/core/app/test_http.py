@@ -731,3 +731,34 @@ def test_request_line_without_protocol(after: bytes, headers: list[list[bytes]])
     assert tx.request_complete
     assert names(ev)[0] == "REQUEST_LINE_MISSING_PROTOCOL"
     assert len(p.transactions) == (2 if after.startswith(b"GET") else 1)
+
+
+def test_body_after_request_without_framing() -> None:
+    # A POST without Content-Length whose body follows: libhtp reads lines that do not
+    # start with a known method as that request's body (REQUEST_BODY_UNEXPECTED); a line
+    # starting with a method is the next request.
+    req = (b"POST /login HTTP/1.1\r\nHost: h\r\n\r\nlogin=foo&password=bar\r\nmore\r\n"
+           b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")
+    p, ev = check_all_chunkings([(True, req)])
+    first, second = p.transactions
+    assert bytes(first.request_body) == b"login=foo&password=bar\r\nmore\r\n"
+    assert first.request_buffers()["http.request_body"] == bytes(first.request_body)
+    assert second.uri_raw == b"/next"
+    assert names(ev) == ["REQUEST_BODY_UNEXPECTED"]
+    (f,) = first.files
+    assert (f.size, f.state) == (30, "CLOSED")
+    # With a Content-Length, what follows the body is the next request as before.
+    req = b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nabXYZ / HTTP/1.1\r\n\r\n"
+    p, ev = check_all_chunkings([(True, req)])
+    assert [t.method for t in p.transactions] == [b"POST", b"XYZ"]
+    assert names(ev) == []
+
+
+@pytest.mark.parametrize("auth, unrecognized", [
+    (b"Basic dXNlcjpwYXNz", False), (b"digest username=x", False), (b"Bearer t", False),
+    (b"Turbo customAuthDataHere", True), (b"", True),
+])
+def test_authorization_scheme(auth: bytes, unrecognized: bool) -> None:
+    _, ev = check_all_chunkings([(True, b"GET / HTTP/1.1\r\nAuthorization: " + auth
+                                  + b"\r\n\r\n")])
+    assert ("REQUEST_AUTH_UNRECOGNIZED" in names(ev)) is unrecognized

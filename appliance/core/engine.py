@@ -171,6 +171,7 @@ class Engine:
         self.exc = self.config.exception_policy.resolved(self.config.mode)
         self.flows.evict_established = self.exc["flow_memcap"] == "ignore"
         self._exc_hit: str | None = None
+        self._flow_seen: Flow | None = None  # the flow of the packet being inspected
         self._ssn_drops = 0  # stream.stats.ssn_memcap_drop when last looked at
         self.app_memuse = 0  # bytes held by every flow's app-layer state
         self.anomalies = 0
@@ -224,47 +225,27 @@ class Engine:
         kind = VerdictKind.ACCEPT
         self._reject_how = ""
         self._hold = None
+        self._flow_seen = None
         flow: Flow | None = None
         try:
             p = self.decoder.decode(ev.data, ev.linktype, ts)
             if p.ipver:
-                self._exc_hit = None
-                try:
-                    if p.frag is None:
-                        flow, to_server, upd = self._flow_update(p)
-                        if flow is not None and self.policy is not None and \
-                                flow.ts_pkts + flow.tc_pkts == 1:
-                            self._assign_role(flow, p, ev, out)
-                        if self._exc_hit is not None and \
-                                self._exc_hit != "reassembly_memcap":  # that one: _stream
-                            self._decide_exception(p, flow, ev.id, out)
-                        app = None
-                        if flow is not None and flow.action is None and \
-                                self.config.app_layer:
-                            app = self._app(p, flow, to_server, upd)
-                            if self._exc_hit == "applayer_memcap":
-                                self._decide_exception(p, flow, ev.id, out)
-                        if self.heuristics is not None:
-                            self._heuristics(p, flow, to_server, app, out)
-                        if self.detector is not None or (flow is not None and flow.action):
-                            kind = self._detect(p, flow, to_server, ev.id, out,
-                                                packet_events(p, upd, app, flow))
-                        if upd is not None and flow is not None and (
-                                upd.to_server or upd.to_client or upd.raw_ts or upd.raw_tc):
-                            kind = self._detect_stream(p, flow, upd, kind, ev.id, out)
-                        if app is not None and flow is not None:
-                            kind = self._app_results(p, flow, app, kind, ev.id, out)
-                        if upd is not None and flow is not None:
-                            kind = self._stream(p, flow, upd, kind, ev.id, out)
-                    else:
-                        kind = self._fragment(p, out, ev.id)
-                except _Decided as d:
-                    kind = d.kind
+                kind = self._inspect(p, ev, out)
+                flow = self._flow_seen
                 inner = p.inner
                 while inner is not None:
-                    if inner.ipver and inner.frag is None:
-                        self._flow_update(inner)
+                    # Tunnelled traffic (IP-in-IP, GRE, VXLAN, Geneve, Teredo) is
+                    # inspected as well: the tunnel packet gets the strictest verdict of
+                    # its layers. A reset cannot be sent into a tunnel: an inner reject
+                    # drops it.
+                    if inner.ipver:
+                        k = self._inspect(inner, ev, out)
+                        if k is VerdictKind.REJECT:
+                            k = VerdictKind.DROP
+                        if _SEVERITY[k] > _SEVERITY[kind]:
+                            kind = k
                     inner = inner.inner
+                self._flow_seen = flow
             if p.events is not None:
                 self.anomalies += len(p.events)
                 if self.config.log_decode_anomalies:
@@ -278,7 +259,7 @@ class Engine:
                 out.extend(self._ended_flows(ts))
         except Exception:  # principle 7: count it, the packet still gets its verdict
             st.errors += 1
-            if self._fail_closed(flow):
+            if self._fail_closed(flow or self._flow_seen):
                 kind = VerdictKind.DROP  # the guest's role fails closed
         if kind is VerdictKind.BYPASS and not self.config.bypass:
             kind = VerdictKind.ACCEPT
@@ -292,9 +273,51 @@ class Engine:
             out.append(Hold(ev.id, self._hold))
             return out
         st.verdicts[kind.value] += 1
-        out.append(Verdict(ev.id, kind, self._reject_how) if self._reject_how
+        out.append(Verdict(ev.id, kind, self._reject_how)
+                   if self._reject_how and kind is VerdictKind.REJECT
                    else Verdict(ev.id, kind))
         return out
+
+    def _inspect(self, p: Packet, ev: PacketIn, out: list[Command]) -> VerdictKind:
+        """Every stage for one decoded IP packet (a tunnel's inner packets come here too);
+        returns its verdict. The flow it belongs to is left in self._flow_seen."""
+        kind = VerdictKind.ACCEPT
+        flow: Flow | None = None
+        self._flow_seen = None
+        self._exc_hit = None
+        try:
+            if p.frag is None:
+                flow, to_server, upd = self._flow_update(p)
+                self._flow_seen = flow
+                if flow is not None and self.policy is not None and \
+                        flow.ts_pkts + flow.tc_pkts == 1:
+                    self._assign_role(flow, p, ev, out)
+                if self._exc_hit is not None and \
+                        self._exc_hit != "reassembly_memcap":  # that one: _stream
+                    self._decide_exception(p, flow, ev.id, out)
+                app = None
+                if flow is not None and flow.action is None and \
+                        self.config.app_layer:
+                    app = self._app(p, flow, to_server, upd)
+                    if self._exc_hit == "applayer_memcap":
+                        self._decide_exception(p, flow, ev.id, out)
+                if self.heuristics is not None:
+                    self._heuristics(p, flow, to_server, app, out)
+                if self.detector is not None or (flow is not None and flow.action):
+                    kind = self._detect(p, flow, to_server, ev.id, out,
+                                        packet_events(p, upd, app, flow))
+                if upd is not None and flow is not None and (
+                        upd.to_server or upd.to_client or upd.raw_ts or upd.raw_tc):
+                    kind = self._detect_stream(p, flow, upd, kind, ev.id, out)
+                if app is not None and flow is not None:
+                    kind = self._app_results(p, flow, app, kind, ev.id, out)
+                if upd is not None and flow is not None:
+                    kind = self._stream(p, flow, upd, kind, ev.id, out)
+            else:
+                kind = self._fragment(p, out, ev.id)
+        except _Decided as d:
+            kind = d.kind
+        return kind
 
     def _file_scanned(self, ev: FileScanned) -> list[Command]:
         """The verdict on a held file: the held packet's Verdict, an alert and, by the

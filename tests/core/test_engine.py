@@ -96,3 +96,39 @@ def test_download_is_held_until_its_verdict_and_dropped_when_malicious() -> None
                         5: [VerdictKind.DROP]}
     (r,) = asked
     assert r.data == body and r.size == len(body) and r.packet_id == 5
+
+
+def test_tunnelled_traffic_is_inspected_and_the_tunnel_packet_dropped() -> None:
+    """An attack wrapped in IP-in-IP or GRE is seen: the inner packets go through every
+    stage, and the tunnel packet gets the strictest verdict of its layers."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import GRE
+    from scapy.packet import Raw
+
+    from appliance.core.engine import EngineConfig
+    from appliance.rules.loader import detection_from_text
+
+    loaded = detection_from_text([
+        'drop tcp any any -> any 80 (msg:"evil"; flow:established,to_server; '
+        'content:"/evil.exe"; sid:7;)'])
+    for wrap in (lambda p: IP(src="192.0.2.1", dst="192.0.2.2") / p,
+                 lambda p: IP(src="192.0.2.1", dst="192.0.2.2") / GRE() / p):
+        engine = Engine(EngineConfig(mode="ips", heuristics=None), loaded.engine)
+        c, s = "10.1.0.1", "10.2.0.2"
+        inner = [
+            IP(src=c, dst=s) / TCP(sport=5000, dport=80, flags="S", seq=0),
+            IP(src=s, dst=c) / TCP(sport=80, dport=5000, flags="SA", seq=0, ack=1),
+            IP(src=c, dst=s) / TCP(sport=5000, dport=80, flags="A", seq=1, ack=1),
+            IP(src=c, dst=s) / TCP(sport=5000, dport=80, flags="PA", seq=1, ack=1)
+            / Raw(b"GET /evil.exe HTTP/1.0\r\n\r\n"),
+        ]
+        kinds = []
+        alerts = []
+        for n, p in enumerate(inner, 1):
+            cmds = engine.handle(PacketIn(n, 10.0 + n, bytes(wrap(p)), LINKTYPE_RAW))
+            kinds += [x.kind for x in cmds if isinstance(x, Verdict)]
+            alerts += [x.record for x in cmds if isinstance(x, Log)
+                       and x.record["event_type"] == "alert"]
+        assert kinds == [VerdictKind.ACCEPT] * 3 + [VerdictKind.DROP]
+        assert [a["alert"]["signature_id"] for a in alerts] == [7]
+        assert alerts[0]["src_ip"] == c  # the inner packet's addresses

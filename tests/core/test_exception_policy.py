@@ -15,7 +15,7 @@ from scapy.packet import Raw
 
 from appliance.config import config_from_dict
 from appliance.core.commands import Log, Verdict, VerdictKind
-from appliance.core.defrag import DefragConfig
+from appliance.core.defrag import FRAG_OVERHEAD, TRACKER_OVERHEAD, DefragConfig
 from appliance.core.engine import Engine, EngineConfig
 from appliance.core.events import LINKTYPE_RAW, PacketIn, Shutdown
 from appliance.core.exception_policy import ExceptionPolicies
@@ -231,9 +231,11 @@ def test_reassembly_memcap_is_a_drop_by_default_inline() -> None:
     ("bypass", VerdictKind.BYPASS), ("ignore", VerdictKind.ACCEPT),
 ])
 def test_defrag_memcap_policy(policy: str, want: VerdictKind) -> None:
-    cfg = replace(_cfg(defrag_memcap=policy), defrag=DefragConfig(memcap=300))
+    # Room for one small fragment's tracker and fragment overhead, not for 2,000 bytes.
+    room = TRACKER_OVERHEAD + FRAG_OVERHEAD + 300
+    cfg = replace(_cfg(defrag_memcap=policy), defrag=DefragConfig(memcap=room))
     r = Run(cfg)
-    big = IP(src="10.0.0.1", dst=SRV, id=7, flags="MF") / Raw(b"x" * 400)
+    big = IP(src="10.0.0.1", dst=SRV, id=7, flags="MF") / Raw(b"x" * 2000)
     kind, _ = r.send(big)
     assert kind is want
     assert r.uses("defrag_memcap") == {policy: 1}

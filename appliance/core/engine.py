@@ -272,7 +272,7 @@ class Engine:
             self._held.add(self._hold)
             out.append(Hold(ev.id, self._hold))
             return out
-        st.verdicts[kind.value] += 1
+        st.verdicts[kind] += 1  # a StrEnum is its value as a key (no .value lookup)
         out.append(Verdict(ev.id, kind, self._reject_how)
                    if self._reject_how and kind is VerdictKind.REJECT
                    else Verdict(ev.id, kind))
@@ -366,7 +366,7 @@ class Engine:
             return out  # another file of the same packet gives its Verdict
         if self.config.mode == "ips" and flow.action == "drop":
             kind = VerdictKind.DROP
-        self.stats.verdicts[kind.value] += 1
+        self.stats.verdicts[kind] += 1
         out.append(Verdict(packet_id, kind))
         return out
 

@@ -282,6 +282,9 @@ class FlowTable:
         self.ended: list[Flow] = []
         self._next_sweep: float | None = None
         self._max = self.config.max_flows
+        tmo = self.config.timeouts
+        self._tmo_normal = {q: tmo[q[0]][0].for_state(q[1]) for q in self.queues}
+        self._tmo_emerg = {q: tmo[q[0]][1].for_state(q[1]) for q in self.queues}
         self._recover_below = self._max * (100 - self.config.emergency_recovery) // 100
         sc = self.config.stream
         self.stream = StreamTracker(replace(sc, midstream=sc.midstream or self.config.midstream))
@@ -294,7 +297,8 @@ class FlowTable:
         return len(self.flows) * FLOW_COST_BYTES
 
     def timeout_of(self, f: Flow) -> float:
-        return self.config.timeouts[f.pclass][1 if self.emergency else 0].for_state(f.state)
+        # f.queue is (protocol class, state): one dict lookup per packet.
+        return (self._tmo_emerg if self.emergency else self._tmo_normal)[f.queue]
 
     # -- per packet ---------------------------------------------------------------
 
@@ -307,7 +311,8 @@ class FlowTable:
         key = flow_key(p)
         f = self.flows.get(key)
         if f is not None:
-            if int(ts) > int(f.last) + self.timeout_of(f):
+            if int(ts) > int(f.last) + (self._tmo_emerg if self.emergency
+                                        else self._tmo_normal)[f.queue]:
                 self._retire(f, "timeout")
                 self.stats.timed_out += 1
                 f = None

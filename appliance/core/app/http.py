@@ -751,7 +751,9 @@ class HttpTransaction:
 
     @property
     def uri_normalized(self) -> bytes:
-        """http.uri: decoded, normalised path; query kept raw (libhtp keeps it raw)."""
+        """http.uri: decoded, normalised path; the query %-decoded too (Suricata has
+        libhtp URL-decode the query: "?data=%7Dk" is inspected as "?data=}k"), its '+'
+        kept (query-plusspace-decode is off by default)."""
         u = self.uri
         if u is None:
             return b""
@@ -759,7 +761,8 @@ class HttpTransaction:
             return u.raw  # CONNECT authority-form: nothing to normalise
         out = normalize_path(u.path)
         if u.query is not None:
-            out += b"?" + u.query
+            q = u.query
+            out += b"?" + (_PCT_RE.sub(_pct_sub, q) if b"%" in q else q)
         if u.fragment is not None:
             out += b"#" + u.fragment
         return out

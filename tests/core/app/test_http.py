@@ -96,7 +96,7 @@ def test_simple_transaction_buffers_exact() -> None:
         "http.method": b"GET",
         "http.request_line": b"GET /a/./b/../c%41//d%u0041?x=%41&y=1 HTTP/1.1",
         "http.uri.raw": b"/a/./b/../c%41//d%u0041?x=%41&y=1",
-        "http.uri": b"/a/cA/dA?x=%41&y=1",
+        "http.uri": b"/a/cA/dA?x=A&y=1",
         "http.protocol": b"HTTP/1.1",
         "http.host": b"www.example.com",
         "http.host.raw": b"WWW.Example.COM:8080",
@@ -762,3 +762,10 @@ def test_authorization_scheme(auth: bytes, unrecognized: bool) -> None:
     _, ev = check_all_chunkings([(True, b"GET / HTTP/1.1\r\nAuthorization: " + auth
                                   + b"\r\n\r\n")])
     assert ("REQUEST_AUTH_UNRECOGNIZED" in names(ev)) is unrecognized
+
+
+def test_query_is_url_decoded_in_http_uri() -> None:
+    p, _ = check_all_chunkings([(True, b"GET /get?data=%7Dk%BB%8C+x%zz&q=%u0041 HTTP/1.1\r\n\r\n")])
+    b = p.transactions[0].request_buffers()
+    assert b["http.uri"] == b"/get?data=}k\xbb\x8c+x%zz&q=A"
+    assert b["http.uri.raw"] == b"/get?data=%7Dk%BB%8C+x%zz&q=%u0041"

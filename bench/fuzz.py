@@ -14,6 +14,7 @@ regression case. Exit status 1 when anything failed.
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ def main() -> int:
     ap.add_argument("--inputs", type=int, default=1_000_000, help="inputs in total")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--targets", default="", help="comma-separated subset")
+    ap.add_argument("--max-memory", type=int, default=8, help="GiB of address space")
     ap.add_argument("--save", action="store_true",
                     help="write minimised failures to tests/fuzz/corpus/")
     args = ap.parse_args()
@@ -35,15 +37,20 @@ def main() -> int:
               if not args.targets or t.name in args.targets.split(",")]
     if not chosen:
         ap.error("no such target")
+    # A runaway allocation in the code under test is a MemoryError (a crash to report),
+    # not the machine's OOM killer.
+    resource.setrlimit(resource.RLIMIT_AS, (args.max_memory << 30, args.max_memory << 30))
     total_w = sum(t.weight for t in chosen)
+    counts = [args.inputs * t.weight // total_w for t in chosen]
+    for i in range(args.inputs - sum(counts)):  # the remainder: every input is run
+        counts[i % len(counts)] += 1
     print(f"fuzz: {args.inputs:,} inputs, seed {args.seed}, "
           f"{len(chosen)} targets", flush=True)
     print(f"{'target':<9}{'inputs':>10}{'crashes':>9}{'no-verdict':>12}{'packets':>11}"
           f"{'inputs/s':>10}", flush=True)
     reports: list[Report] = []
     t0 = time.perf_counter()
-    for t in chosen:
-        n = args.inputs * t.weight // total_w
+    for t, n in zip(chosen, counts, strict=True):
         rep = run_target(t, n, args.seed, save=args.save)
         reports.append(rep)
         crashes = sum(1 for f in rep.failures if f.failure.kind != "verdicts")

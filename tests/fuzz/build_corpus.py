@@ -20,7 +20,7 @@ from pathlib import Path
 from appliance.core.decode import Decoder
 from appliance.io.pcap import PcapReader
 from tests.core.app import tcp_flows, udp_payloads
-from tests.fuzz.corpus_io import CORPUS, Chunk, Frame, write_conv, write_pcap
+from tests.fuzz.corpus_io import CORPUS, Chunk, Frame, write_conv, write_pcap, write_pcapng
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
@@ -264,7 +264,11 @@ def build_pcap_files(out: Path) -> None:
     """Whole capture files for the pcap-reader target (pcapng, a truncated pcap)."""
     for name in ("linktype-eth.pcapng", "truncated.pcap", "linktype-sll2.pcap"):
         shutil.copyfile(ROOT / "pcaps" / name, out / name)
-    print("pcap: 3 files")
+    # a few more as pcapng, so block-level mutations have several files to work on
+    for name in ("tcp-options.pcap", "ipv6-ext.pcap", "linktype-sll.pcap", "icmp.pcap"):
+        frames = _frames(ROOT / "pcaps" / name)[:12]
+        write_pcapng(out / name.replace(".pcap", ".pcapng"), frames)
+    print("pcap: 7 files")
 
 
 def main() -> None:

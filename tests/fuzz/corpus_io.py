@@ -60,3 +60,22 @@ def read_conv(raw: bytes) -> list[Chunk]:
         chunks.append((raw[off:off + 1] == b">", raw[off + 5:off + 5 + ln]))
         off += 5 + ln
     return chunks
+
+
+def write_pcapng(path: Path, frames: list[Frame]) -> None:
+    """The same frames as pcapng: a section header, one interface, enhanced packet
+    blocks (microsecond timestamps)."""
+    linktype = frames[0][0] if frames else 1
+
+    def block(btype: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        n = 12 + len(body)
+        return struct.pack("<II", btype, n) + body + struct.pack("<I", n)
+
+    out = [block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)),
+           block(1, struct.pack("<HHI", linktype, 0, 65535))]
+    for _lt, ts, data in frames:
+        t = round(ts * 1e6)
+        out.append(block(6, struct.pack("<IIIII", 0, t >> 32, t & 0xFFFFFFFF, len(data),
+                                        len(data)) + data))
+    path.write_bytes(b"".join(out))

@@ -26,6 +26,7 @@ prints them for each failure.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import random
@@ -113,7 +114,8 @@ def caught_inside(frame_names: set[str]) -> Iterator[list[BaseException]]:
 
 INTERESTING_8 = (0, 1, 0x7F, 0x80, 0xFF)
 INTERESTING_16 = (0, 1, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF)
-INTERESTING_32 = (0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0xFFFF, 0x10000)
+INTERESTING_32 = (0, 1, 4, 8, 12, 16, 20, 28, 32, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0xFFFF,
+                  0x10000)
 
 
 def mutate_bytes(rng: random.Random, data: bytes, other: bytes = b"",
@@ -782,27 +784,62 @@ def check_rule(line: str) -> int:
     return 0
 
 
-POLICY_VALUES = ("", "~", "-1", "nan", "inf", "1e999", "[a]", "{a: b}", "&x", "*x", "!!str",
-                 "0x10", "10.0.0.0/33", "99999999999999999999", "yes", "null", "'\\x00'",
-                 "\"\\ud800\"", "- ", ": ", "\n  ", "\t", "drop", "quarantine", "10m", "1e3s",
-                 "[" * 3000, "{a: " * 1500)
+POLICY_VALUES = ("", "~", "-1", "0", "nan", ".nan", ".inf", "-.inf", "inf", "1e999",
+                 "99999999999999999999", "[a]", "{a: b}", "[]", "{}", "yes", "null", "0x10",
+                 "10.0.0.0/33", "::/129", "'\\x00'", "drop", "quarantine", "10m", "1e3s",
+                 "-5m", "'02:00:00:00:00:0g'")
+# Nesting deeper than PyYAML's recursion: slow to parse (~0.1 s), so used sparingly.
+POLICY_DEEP = ("[" * 600 + "]" * 600, "{a: " * 600 + "1" + "}" * 600)
+POLICY_KEYS = ("min-severity", "duration", "ports", "networks", "addresses", "macs", "role",
+               "name", "action", "proto", "heuristics", "rules", "files", "sids", "egress",
+               "fail-open", "scan-files", "roles", "guests", "allowlist", "unknown-key")
+
+
+@functools.lru_cache(maxsize=256)  # called on seeds: the same few texts
+def _scalars(text: str) -> list[tuple[int, int, bool]]:
+    """(start, end, is_key) of every scalar of a YAML text; [] when it does not parse."""
+    import yaml
+
+    try:
+        root = yaml.compose(text)
+    except (yaml.YAMLError, RecursionError):
+        return []
+    out: list[tuple[int, int, bool]] = []
+    stack = [(root, False)] if root is not None else []
+    seen: set[int] = set()  # aliases make the node graph a DAG, or even a cycle
+    while stack:
+        node, is_key = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            out.append((node.start_mark.index, node.end_mark.index, is_key))
+        elif isinstance(node, yaml.SequenceNode):
+            stack += [(n, False) for n in node.value]
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                stack += [(k, True), (v, False)]
+    return out
 
 
 def mutate_policy(rng: random.Random, seeds: list[str]) -> str:
+    """Mostly YAML-aware: one to three scalars (values or keys) replaced by hostile ones,
+    so the text still parses and the loader's own checks are what is fuzzed; sometimes a
+    byte-level mutation of the text."""
     text = rng.choice(seeds)
-    if rng.random() < 0.6:  # replace a value after a ':' or a '- ' with a hostile one
-        for _ in range(rng.randint(1, 3)):
-            marks = [i for i, c in enumerate(text) if c in ":-["]
-            if not marks:
-                break
-            i = rng.choice(marks) + 1
-            j = i
-            while j < len(text) and text[j] not in ",]}\n":
-                j += 1
-            text = text[:i] + " " + rng.choice(POLICY_VALUES) + text[j:]
-        return text
+    if rng.random() < 0.75:
+        spans = _scalars(text)
+        if spans:
+            for start, end, is_key in sorted(rng.sample(spans, min(len(spans),
+                                                                   rng.randint(1, 3))),
+                                             reverse=True):
+                new = rng.choice(POLICY_KEYS if is_key and rng.random() < 0.7
+                                 else POLICY_DEEP if rng.random() < 0.005
+                                 else POLICY_VALUES)
+                text = text[:start] + new + text[end:]
+            return text
     raw = mutate_bytes(rng, text.encode(), rng.choice(seeds).encode(),
-                       tuple(v.encode() for v in POLICY_VALUES))
+                       tuple(v.encode() for v in POLICY_VALUES[:24]))
     return raw.decode("utf-8", "replace")
 
 
@@ -900,6 +937,39 @@ class ControlHarness:
         if len(replies) - 1 != want:
             raise Failure("control", f"{len(replies) - 1} replies to {want} requests")
         return 0
+
+
+def mutate_capture(rng: random.Random, raw: bytes, other: bytes) -> bytes:
+    """Half the time a byte-level mutation; else one field of one record (pcap) or block
+    (pcapng) set to a boundary value: lengths, block types, interface ids."""
+    if rng.random() < 0.5 or len(raw) < 28:
+        return mutate_bytes(rng, raw, other)
+    b = bytearray(raw)
+    fields: list[int] = []  # offsets of 32-bit fields worth breaking
+    if raw[:4] == b"\x0a\x0d\x0d\x0a":
+        off = 0
+        while off + 12 <= len(b):
+            fields += [off, off + 4] + ([off + 8, off + 20] if raw[off] == 6 else [])
+            blen = struct.unpack_from("<I", b, off + 4)[0]
+            if blen < 12:
+                break
+            off += blen
+    else:
+        off = 24
+        fields.append(20)  # the link type
+        while off + 16 <= len(b):
+            fields += [off + 8, off + 12]
+            off += 16 + struct.unpack_from("<I", b, off + 8)[0]
+    at = rng.choice(fields)
+    if at + 4 > len(b):
+        return bytes(b)
+    cur = struct.unpack_from("<I", b, at)[0]
+    v = rng.choice((*INTERESTING_32, cur + 4, max(0, cur - 4), cur * 2, 2, 3, 5, 6,
+                    0x0A0D0D0A, rng.getrandbits(32)))
+    struct.pack_into("<I", b, at, v & 0xFFFFFFFF)
+    if rng.random() < 0.3:
+        del b[rng.randint(at, len(b)):]  # and the file cut after it
+    return bytes(b)
 
 
 def check_pcap(raw: bytes) -> int:
@@ -1015,7 +1085,7 @@ def targets() -> list[Target]:
         Target("control", lambda rng: mutate_bytes(rng, rng.choice(controls),
                                                    rng.choice(controls), CONTROL_TOKENS),
                ctl.check, text_dump("control", ".ctl"), shrink_raw, weight=3, seeds=controls),
-        Target("pcap", lambda rng: mutate_bytes(rng, rng.choice(pcaps), rng.choice(pcaps)),
+        Target("pcap", lambda rng: mutate_capture(rng, rng.choice(pcaps), rng.choice(pcaps)),
                check_pcap, text_dump("pcap", ".bin"), shrink_raw, weight=2, seeds=pcaps),
     ]
 
@@ -1084,6 +1154,7 @@ def run_target(t: Target, n: int, seed: int, *, start: int = 0, shrink: bool = T
                save: bool = False, max_failures: int = 5,
                deadline: float | None = None) -> Report:
     rep = Report(t.name)
+    keys: set[tuple[str, str]] = set()
     t0 = time.perf_counter()
     for i in range(start, start + n):
         if deadline is not None and time.perf_counter() > deadline:
@@ -1096,8 +1167,8 @@ def run_target(t: Target, n: int, seed: int, *, start: int = 0, shrink: bool = T
             continue
         if f.kind == "verdicts":
             rep.unanswered += f.count
-        if len(rep.failures) < max_failures and \
-                all(g.failure.key != f.key for g in rep.failures):
+        if f.key not in keys and len(keys) < max_failures:  # a new bug: minimise it
+            keys.add(f.key)
             found = Found(t.name, seed, i, f)
             if shrink:
                 found.minimized = minimize(t, x, f)

@@ -364,12 +364,16 @@ def _load(rules: tuple[str, ...], cfg_path: str | None, quiet: bool = False,
 @click.option("--threshold-file", type=click.Path(), default=None,
               help="threshold.config (threshold, suppress, rate_filter lines) "
                    "[the one beside the rules, if any].")
+@click.option("--transport", type=click.Choice(["netfilterqueue", "netlink"]),
+              default="netfilterqueue", show_default=True,
+              help="NFQUEUE transport: netfilterqueue (one verdict per packet) or "
+                   "netlink (GSO super-packets, batch verdicts).")
 def run(bridge: str, rules: tuple[str, ...], config_path: str | None, eve: str | None,
         threshold_file: str | None,
         queues: int, fail_open: bool, policy_path: str | None, state_dir: str,
         control_path: str, yara_dir: str, scan_cache: str | None, no_scan: bool,
         metrics: str | None, endpoint_api: str | None, endpoint_tokens: str | None,
-        user: str, watchdog: float, stats_interval: float) -> None:
+        user: str, watchdog: float, stats_interval: float, transport: str) -> None:
     """Inspect BRIDGE inline through NFQUEUE until SIGTERM or Ctrl-C."""
     from appliance.daemon import RunOptions, Supervisor
 
@@ -386,7 +390,8 @@ def run(bridge: str, rules: tuple[str, ...], config_path: str | None, eve: str |
                                 user=user or None, metrics=metrics,
                                 endpoint_api=endpoint_api,
                                 endpoint_tokens=endpoint_tokens,
-                                watchdog=watchdog, stats_interval=stats_interval),
+                                watchdog=watchdog, stats_interval=stats_interval,
+                                transport=transport),
                      log=lambda m: click.echo(f"appliance: {m}", err=True),
                      policy=ld.policy, role_detectors=ld.role_detectors,
                      reload_args=(variables, default_cache_dir()))

@@ -78,6 +78,9 @@ class RunOptions:
     # token file (`agent-name token` lines); None: not served.
     endpoint_api: str | None = None
     endpoint_tokens: str | None = None
+    # How workers talk to NFQUEUE: "netfilterqueue" (libnetfilter_queue, one verdict per
+    # packet) or "netlink" (appliance/io/nfnetlink.py: GSO and batch verdicts).
+    transport: str = "netfilterqueue"
 
 
 def python_unreadable_by(user: str) -> str | None:
@@ -186,7 +189,8 @@ def _worker_main(queue_num: int, config: Config, det: Detection, opts: RunOption
         variables, cache_dir = reload_args
         reloader = WorkerReloader(reload_conn, variables, cache_dir, det.policy)
     QueueWorker(queue_num, engine, eve, opts.fail_open, heartbeat, on_action=on_action,
-                reloader=reloader, report=report, scan=scan).run()
+                reloader=reloader, report=report, scan=scan,
+                transport=opts.transport).run()
 
 
 class Supervisor:
@@ -417,6 +421,7 @@ class Supervisor:
             "traffic": totals,
             "bridge": self.opts.bridge,
             "mode": "fail-open" if self.opts.fail_open else "fail-closed",
+            "transport": self.opts.transport,
             "workers": {str(q): {"pid": p.pid, "alive": p.is_alive()}
                         for q, p in self.workers.items()},
             "worker_restarts": self.restarts,
@@ -578,7 +583,8 @@ class Supervisor:
                 self.log(f"metrics on http://{addr}:{port}/metrics")
             self._start_endpoint()
             self.log(f"inline on {self.opts.bridge}: {self.opts.queues} worker(s), "
-                     f"{'fail-open' if self.opts.fail_open else 'fail-closed'}")
+                     f"{'fail-open' if self.opts.fail_open else 'fail-closed'}, "
+                     f"transport {self.opts.transport}")
             while not self._stop and (until is None or not until()):
                 time.sleep(POLL)
                 if self._restart_all:

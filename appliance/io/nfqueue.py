@@ -8,6 +8,12 @@ keeps bulk transfers at bridge speed.
 
 Every packet gets a verdict: if the engine or a sink raises, the configured default
 (accept when fail-open, drop when fail-closed) is sent and the error counted.
+
+Second transport, `transport="netlink"` (appliance/io/nfnetlink.py): the queue bound on
+a plain netlink socket with GSO (super-packets handed over whole) and batch verdicts for
+runs of packets with the same verdict. Its packets have the same surface as
+netfilterqueue's, so `handle` serves both; `_flush` sends the pending batch where a
+verdict must not wait (before a packet is held for a file scan, around a reject).
 """
 
 from __future__ import annotations
@@ -52,6 +58,10 @@ _NFQA_CFG_MASK = 4
 _NFQA_CFG_FLAGS = 5
 NFQA_CFG_F_FAIL_OPEN = 1
 _NLM_F_REQUEST = 1
+# netlink transport: receive rounds per wake-up before the loop looks at reloads again
+# (each round is one recv; under a flood the socket is never empty).
+RECV_ROUNDS = 64
+TRANSPORTS = ("netfilterqueue", "netlink")
 # Flows looked at to find the top talkers for status (bounded work once a second).
 TOP_TALKER_SCAN = 50_000
 # Alerts each worker keeps for `appliance explain --live` (a ring: the latest win).
@@ -112,6 +122,10 @@ def set_fail_open(fd: int, queue_num: int) -> None:
     os.write(fd, fail_open_message(queue_num))
 
 
+def _nothing() -> None:
+    pass
+
+
 class QueueWorker:
     def __init__(self, queue_num: int, engine: Engine, eve: EveSink | None,
                  fail_open: bool, heartbeat: Callable[[], None] | None = None,
@@ -119,7 +133,13 @@ class QueueWorker:
                  on_action: Callable[[ActionRequest], None] | None = None,
                  reloader: Any = None,
                  report: Callable[[dict[str, Any]], None] | None = None,
-                 scan: Any = None) -> None:
+                 scan: Any = None, transport: str = "netfilterqueue") -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport {transport!r}: one of {', '.join(TRANSPORTS)}")
+        self.transport = transport
+        # Sends verdicts a transport may still hold back (netlink batches); no-op else.
+        self._flush: Callable[[], None] = _nothing
+        self._queue: Any = None  # the netlink transport's NfQueue while running
         self.scan = scan  # appliance.filescan: answers a held download's ScanRequest
         self.on_action = on_action
         self.reloader = reloader  # appliance.reload.WorkerReloader (hot rule reload)
@@ -165,6 +185,7 @@ class QueueWorker:
         kind = self.default
         verdict: Verdict | None = None
         data = b""
+        held = False
         try:
             data = pkt.get_payload()
             hw = pkt.get_hw()
@@ -177,6 +198,9 @@ class QueueWorker:
             if any(isinstance(c, ScanRequest) for c in cmds):
                 # The packet completing a download is held (we are still in its
                 # callback) until the file's verdict, bounded by the scan's hold time.
+                # Earlier packets' verdicts go first: they must not wait for the scan.
+                held = True
+                self._flush()
                 cmds = resolve(self.engine, cmds, self.scan)
             for c in cmds:
                 if type(c) is Verdict:
@@ -198,10 +222,16 @@ class QueueWorker:
             elif kind is VerdictKind.BYPASS:
                 pkt.set_mark((pkt.get_mark() or 0) | self.bypass_mark)
                 pkt.accept()
+            elif kind is VerdictKind.REJECT and verdict is not None:
+                # The drop reaches the kernel on its own, before the reset goes out.
+                self._flush()
+                pkt.drop()
+                self._flush()
+                self._reject(pkt, data, verdict.detail or "reject")
             else:
                 pkt.drop()
-                if kind is VerdictKind.REJECT and verdict is not None:
-                    self._reject(pkt, data, verdict.detail or "reject")
+            if held:
+                self._flush()  # a held packet's verdict is sent at once, alone
         except Exception:
             st.errors += 1
         st.verdicts[kind.value] = st.verdicts.get(kind.value, 0) + 1
@@ -233,6 +263,58 @@ class QueueWorker:
             self.stats.rejects_sent += 1
 
     def run(self) -> None:
+        if self.transport == "netlink":
+            self._run_netlink()
+        else:
+            self._run_netfilterqueue()
+
+    def _run_netlink(self) -> None:
+        from appliance.io.nfnetlink import NfQueue
+
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        q = NfQueue(self.queue_num, max_len=MAX_QUEUE_LEN,
+                    fail_open=self.default is VerdictKind.ACCEPT)
+        self._queue = q
+        self._flush = q.flush
+        fd = q.fileno()
+        watch: list[int] = [fd]
+        if self.reloader is not None:
+            watch.append(self.reloader.fileno())
+        handle = self.handle
+        try:
+            while not self._stop:
+                self._housekeeping()
+                if q.has_early:
+                    ready: list[int] = [fd]
+                else:
+                    try:
+                        ready, _, _ = select.select(watch, [], [], IDLE_WAKE)
+                    except InterruptedError:
+                        continue
+                if fd in ready:
+                    for _ in range(RECV_ROUNDS):
+                        pkts = q.receive()
+                        if not pkts:
+                            break
+                        for p in pkts:
+                            handle(p)
+                        q.flush()  # the end of a round: nothing waits for more packets
+                        if self._stop:
+                            break
+                if self.reloader is not None:
+                    if len(watch) > 1 and watch[1] in ready:
+                        self.reloader.on_message()
+                    self.reloader.poll(self.engine)
+        finally:
+            q.close()
+            self._flush = _nothing
+            self._feed(Shutdown(time.time()))
+            if self.eve is not None:
+                self.eve.close()
+            self._inject.close()
+
+    def _run_netfilterqueue(self) -> None:
         from netfilterqueue import NetfilterQueue
 
         signal.signal(signal.SIGTERM, self.stop)
@@ -313,9 +395,21 @@ class QueueWorker:
                      "emerg_mode_over": e.flows.stats.emergency_left,
                      "get_used": e.flows.stats.evicted, "total": e.flows.stats.total},
             "rejects_sent": self.stats.rejects_sent,
+            "transport": self._transport_counters(),
             "top_talkers": [[format_ip(a), b] for a, b in top],
             "recent_alerts": list(self.recent),
         }
+
+    def _transport_counters(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.transport}
+        q = self._queue
+        if q is not None:
+            from dataclasses import asdict
+
+            out.update(asdict(q.stats))
+            out["batch_verdicts"] = q.batcher.batches
+            out["single_verdicts"] = q.batcher.singles
+        return out
 
     def _feed(self, ev: Tick | Shutdown) -> None:
         try:

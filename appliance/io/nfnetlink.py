@@ -1,0 +1,596 @@
+"""NFQUEUE over a plain netlink socket: GSO super-packets and batch verdicts.
+
+netfilterqueue (libnetfilter_queue) answers one packet at a time and never asks for GSO,
+so the kernel segments every super-packet before queueing it and each ~1,500-byte
+segment costs one receive and one verdict system call (DESIGN.md, transport figures).
+This module speaks nfnetlink_queue itself, with the standard library only:
+
+- the queue is bound with NFQNL_MSG_CONFIG: command BIND, copy mode PACKET with a copy
+  range, the queue's maximum length, and the flags NFQA_CFG_F_GSO (the kernel hands
+  over GSO super-packets whole: one message per up to 64 KiB of TCP instead of ~45) and,
+  when fail-open, NFQA_CFG_F_FAIL_OPEN (a full queue or socket accepts instead of drops);
+- the socket gets a large receive buffer (SO_RCVBUFFORCE when privileged), and a
+  receive that fails with ENOBUFS (the kernel could not deliver some packet messages:
+  those packets were dropped, or accepted when fail-open, never left in the queue) is
+  counted and reading goes on;
+- verdicts: NFQNL_MSG_VERDICT for one packet, NFQNL_MSG_VERDICT_BATCH for a run of
+  consecutive packets that share a verdict and a mark. The kernel applies a batch
+  verdict to every packet still queued with an id up to the given one, so a batch is
+  only sent while every earlier packet of this queue has its verdict (`VerdictBatcher`).
+
+Field numbers and layouts are the kernel's UAPI (linux/netfilter/nfnetlink_queue.h,
+linux/netfilter/nfnetlink.h, linux/netlink.h); every integer in an nfnetlink attribute
+is big-endian, the netlink headers are host order.
+
+Not implemented: NFQA_CFG_F_CONNTRACK (NFQA_CT/NFQA_CT_INFO are skipped: the engine keeps
+its own flow state), UID/GID and security context, verdicts that rewrite the payload,
+and BIG TCP super-packets over 64 KiB (a copy range tops out at 0xFFFF; a longer
+packet is handed over truncated, counted in `truncated`, with its NFQA_CAP_LEN).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Final
+
+# linux/netlink.h
+NETLINK_NETFILTER: Final = 12
+NLMSG_NOOP: Final = 1
+NLMSG_ERROR: Final = 2
+NLMSG_DONE: Final = 3
+NLMSG_OVERRUN: Final = 4
+NLM_F_REQUEST: Final = 0x1
+NLM_F_ACK: Final = 0x4
+NLMSG_HDRLEN: Final = 16
+NLA_HDRLEN: Final = 4
+NLA_TYPE_MASK: Final = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+SOL_NETLINK: Final = 270
+SO_RCVBUFFORCE: Final = 33  # asm-generic/socket.h: SO_RCVBUF beyond rmem_max (root)
+
+# linux/netfilter/nfnetlink.h
+NFNL_SUBSYS_QUEUE: Final = 3
+NFNETLINK_V0: Final = 0
+NFGENMSG_LEN: Final = 4
+
+# linux/netfilter/nfnetlink_queue.h: message types
+NFQNL_MSG_PACKET: Final = 0
+NFQNL_MSG_VERDICT: Final = 1
+NFQNL_MSG_CONFIG: Final = 2
+NFQNL_MSG_VERDICT_BATCH: Final = 3
+# packet attributes
+NFQA_PACKET_HDR: Final = 1
+NFQA_VERDICT_HDR: Final = 2
+NFQA_MARK: Final = 3
+NFQA_TIMESTAMP: Final = 4
+NFQA_IFINDEX_INDEV: Final = 5
+NFQA_IFINDEX_OUTDEV: Final = 6
+NFQA_IFINDEX_PHYSINDEV: Final = 7
+NFQA_IFINDEX_PHYSOUTDEV: Final = 8
+NFQA_HWADDR: Final = 9
+NFQA_PAYLOAD: Final = 10
+NFQA_CT: Final = 11
+NFQA_CT_INFO: Final = 12
+NFQA_CAP_LEN: Final = 13
+NFQA_SKB_INFO: Final = 14
+# NFQA_SKB_INFO bits
+NFQA_SKB_CSUMNOTREADY: Final = 1 << 0  # checksum left to the device (CHECKSUM_PARTIAL)
+NFQA_SKB_GSO: Final = 1 << 1  # a GSO super-packet, longer than the device's MTU
+NFQA_SKB_CSUM_NOTVERIFIED: Final = 1 << 2
+# config attributes, commands, copy modes, flags
+NFQA_CFG_CMD: Final = 1
+NFQA_CFG_PARAMS: Final = 2
+NFQA_CFG_QUEUE_MAXLEN: Final = 3
+NFQA_CFG_MASK: Final = 4
+NFQA_CFG_FLAGS: Final = 5
+NFQNL_CFG_CMD_BIND: Final = 1
+NFQNL_CFG_CMD_UNBIND: Final = 2
+NFQNL_COPY_PACKET: Final = 2
+NFQA_CFG_F_FAIL_OPEN: Final = 1 << 0
+NFQA_CFG_F_GSO: Final = 1 << 2
+
+# linux/netfilter.h verdicts
+NF_DROP: Final = 0
+NF_ACCEPT: Final = 1
+
+# The kernel caps a copy range at 0xFFFF minus an attribute header (NFQNL_MAX_COPY_RANGE);
+# asking for more is clamped, so ask for exactly what it gives.
+MAX_COPY_RANGE: Final = 0xFFFF - NLA_HDRLEN
+# One receive buffer: the largest packet message (a 64 KiB payload plus ~100 bytes of
+# headers and attributes) fits with room to spare, so no message is ever cut (MSG_TRUNC).
+RECV_BUFFER: Final = 256 * 1024
+# The socket's receive buffer in the kernel. A full queue of MAX_QUEUE_LEN GSO messages
+# could take far more; 16 MiB absorbs bursts of ~250 super-packets or ~30,000 small ones
+# (netlink charges an skb's truesize) while the worker is busy with one slow packet.
+SOCKET_RCVBUF: Final = 16 * 1024 * 1024
+# Consecutive same-verdict packets per batch verdict. The first packet of a batch waits
+# for the rest, so a batch is also flushed at the end of every receive round; 64 keeps
+# that wait to 64 packets' inspection at worst (issue 6's measurement used 64).
+BATCH_MAX: Final = 64
+# How long to wait for the kernel's answer to a config request.
+ACK_TIMEOUT: Final = 2.0
+
+_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid (host order)
+_NLATTR = struct.Struct("=HH")  # len, type (host order)
+_NFGEN = struct.Struct("!BBH")  # family, version, res_id (big-endian)
+_BE32 = struct.Struct("!I")
+_PKT_HDR = struct.Struct("!IHB")  # packet_id, hw_protocol, hook
+_HW = struct.Struct("!H")  # hw_addrlen (then 2 pad bytes, then up to 8 address bytes)
+_VERDICT_HDR = struct.Struct("!II")  # verdict, id
+_ERRNO = struct.Struct("=i")
+
+
+class NfQueueError(OSError):
+    """A config request the kernel refused (errno set), or no answer at all."""
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def attr(kind: int, value: bytes) -> bytes:
+    """One netlink attribute, padded to 4 bytes (the length field excludes the padding)."""
+    n = NLA_HDRLEN + len(value)
+    return _NLATTR.pack(n, kind) + value + b"\0" * (_align(n) - n)
+
+
+def message(msg_type: int, queue: int, attrs: bytes, flags: int = NLM_F_REQUEST,
+            seq: int = 0) -> bytes:
+    """An nfnetlink_queue message: netlink header, nfgenmsg (AF_UNSPEC, version 0, the
+    queue number as res_id), then the attributes."""
+    body = _NFGEN.pack(socket.AF_UNSPEC, NFNETLINK_V0, queue) + attrs
+    return _NLMSGHDR.pack(NLMSG_HDRLEN + len(body), (NFNL_SUBSYS_QUEUE << 8) | msg_type,
+                          flags, seq, 0) + body
+
+
+def config_bind(queue: int, seq: int = 0) -> bytes:
+    return message(NFQNL_MSG_CONFIG, queue,
+                   attr(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_BIND, 0)),
+                   NLM_F_REQUEST | NLM_F_ACK, seq)
+
+
+def config_unbind(queue: int, seq: int = 0) -> bytes:
+    return message(NFQNL_MSG_CONFIG, queue,
+                   attr(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_UNBIND, 0)),
+                   NLM_F_REQUEST | NLM_F_ACK, seq)
+
+
+def config_params(queue: int, copy_range: int, max_len: int, seq: int = 0) -> bytes:
+    """Copy whole packets (up to copy_range bytes) and hold at most max_len in the kernel."""
+    params = _BE32.pack(min(copy_range, MAX_COPY_RANGE)) + bytes([NFQNL_COPY_PACKET])
+    return message(NFQNL_MSG_CONFIG, queue,
+                   attr(NFQA_CFG_PARAMS, params)
+                   + attr(NFQA_CFG_QUEUE_MAXLEN, _BE32.pack(max_len)),
+                   NLM_F_REQUEST | NLM_F_ACK, seq)
+
+
+def config_flags(queue: int, flags: int, mask: int, seq: int = 0, ack: bool = True) -> bytes:
+    """Set the queue flags in `mask` to their value in `flags` (others are untouched)."""
+    return message(NFQNL_MSG_CONFIG, queue,
+                   attr(NFQA_CFG_MASK, _BE32.pack(mask)) + attr(NFQA_CFG_FLAGS,
+                                                                _BE32.pack(flags)),
+                   NLM_F_REQUEST | (NLM_F_ACK if ack else 0), seq)
+
+
+def verdict_message(queue: int, packet_id: int, verdict: int, mark: int | None = None,
+                    batch: bool = False) -> bytes:
+    """A verdict for one packet, or with batch=True for every queued packet whose id is
+    at most packet_id. A mark, when given, is set on the packet(s) (skb->mark)."""
+    attrs = attr(NFQA_VERDICT_HDR, _VERDICT_HDR.pack(verdict, packet_id))
+    if mark is not None:
+        attrs += attr(NFQA_MARK, _BE32.pack(mark & 0xFFFFFFFF))
+    return message(NFQNL_MSG_VERDICT_BATCH if batch else NFQNL_MSG_VERDICT, queue, attrs)
+
+
+# -- parsing -----------------------------------------------------------------------------
+
+
+class QueuedPacket:
+    """One packet message from the kernel, with the surface of a netfilterqueue Packet
+    that the worker uses (id, physindev, physoutdev, get_payload, get_hw, get_mark,
+    set_mark, accept, drop), so both transports share the worker's callback. accept()
+    and drop() hand the verdict to `verdict_sink` (the queue's batcher)."""
+
+    __slots__ = ("_set_mark", "cap_len", "hook", "hw_protocol", "hwaddr", "id", "indev",
+                 "mark", "outdev", "payload", "physindev", "physoutdev", "skb_info",
+                 "verdict_sink")
+
+    def __init__(self, packet_id: int) -> None:
+        self.id = packet_id
+        self.hw_protocol = 0
+        self.hook = 0
+        self.payload = b""
+        self.mark = 0
+        self.indev = 0
+        self.outdev = 0
+        self.physindev = 0
+        self.physoutdev = 0
+        self.hwaddr: bytes | None = None
+        self.cap_len: int | None = None  # the packet's full length when it was cut
+        self.skb_info = 0
+        self._set_mark: int | None = None
+        self.verdict_sink: Callable[[int, int, int | None], None] | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.cap_len is not None and self.cap_len > len(self.payload)
+
+    @property
+    def checksum_not_ready(self) -> bool:
+        """The transport checksum holds only the pseudo-header sum (CHECKSUM_PARTIAL):
+        the engine's `checksum_validation: auto` takes such segments as offloaded."""
+        return bool(self.skb_info & NFQA_SKB_CSUMNOTREADY)
+
+    def get_payload(self) -> bytes:
+        return self.payload
+
+    def get_hw(self) -> bytes | None:
+        return self.hwaddr
+
+    def get_mark(self) -> int:
+        return self.mark
+
+    def set_mark(self, mark: int) -> None:
+        self._set_mark = mark
+
+    def accept(self) -> None:
+        self._verdict(NF_ACCEPT)
+
+    def drop(self) -> None:
+        self._verdict(NF_DROP)
+
+    def _verdict(self, verdict: int) -> None:
+        if self.verdict_sink is None:
+            raise RuntimeError("packet is not attached to a queue")
+        sink, self.verdict_sink = self.verdict_sink, None  # one verdict, never two
+        sink(self.id, verdict, self._set_mark)
+
+
+@dataclass(frozen=True, slots=True)
+class NetlinkError:
+    """An NLMSG_ERROR: errno 0 is an acknowledgement of request `seq`."""
+
+    errno: int
+    seq: int
+
+
+class MalformedMessage(ValueError):
+    pass
+
+
+def parse_packet(buf: bytes | bytearray | memoryview, off: int, end: int) -> QueuedPacket:
+    """The attributes of one NFQNL_MSG_PACKET (from just after its nfgenmsg to `end`)."""
+    pkt: QueuedPacket | None = None
+    payload = b""
+    mark = indev = outdev = pin = pout = skb_info = 0
+    hw: bytes | None = None
+    cap: int | None = None
+    hw_proto = hook = 0
+    unpack_attr = _NLATTR.unpack_from
+    be32 = _BE32.unpack_from
+    while off + NLA_HDRLEN <= end:
+        alen, atype = unpack_attr(buf, off)
+        if alen < NLA_HDRLEN or off + alen > end:
+            raise MalformedMessage(f"attribute length {alen} at {off} overruns the message")
+        v = off + NLA_HDRLEN
+        vlen = alen - NLA_HDRLEN
+        atype &= NLA_TYPE_MASK
+        if atype == NFQA_PAYLOAD:
+            payload = bytes(buf[v:v + vlen])
+        elif vlen >= 4 and atype in _U32_ATTRS:
+            val = be32(buf, v)[0]
+            if atype == NFQA_MARK:
+                mark = val
+            elif atype == NFQA_IFINDEX_PHYSINDEV:
+                pin = val
+            elif atype == NFQA_IFINDEX_PHYSOUTDEV:
+                pout = val
+            elif atype == NFQA_IFINDEX_INDEV:
+                indev = val
+            elif atype == NFQA_IFINDEX_OUTDEV:
+                outdev = val
+            elif atype == NFQA_SKB_INFO:
+                skb_info = val
+            else:  # NFQA_CAP_LEN
+                cap = val
+        elif atype == NFQA_PACKET_HDR:
+            if vlen < _PKT_HDR.size:
+                raise MalformedMessage("packet header attribute too short")
+            pid, hw_proto, hook = _PKT_HDR.unpack_from(buf, v)
+            pkt = QueuedPacket(pid)
+        elif atype == NFQA_HWADDR and vlen >= 4:
+            n = _HW.unpack_from(buf, v)[0]
+            hw = bytes(buf[v + 4:v + 4 + min(n, vlen - 4, 8)])
+        off += _align(alen)
+    if pkt is None:
+        raise MalformedMessage("packet message without NFQA_PACKET_HDR")
+    pkt.hw_protocol = hw_proto
+    pkt.hook = hook
+    pkt.payload = payload
+    pkt.mark = mark
+    pkt.indev = indev
+    pkt.outdev = outdev
+    pkt.physindev = pin
+    pkt.physoutdev = pout
+    pkt.hwaddr = hw
+    pkt.cap_len = cap
+    pkt.skb_info = skb_info
+    return pkt
+
+
+_U32_ATTRS: Final = frozenset({NFQA_MARK, NFQA_IFINDEX_INDEV, NFQA_IFINDEX_OUTDEV,
+                               NFQA_IFINDEX_PHYSINDEV, NFQA_IFINDEX_PHYSOUTDEV,
+                               NFQA_CAP_LEN, NFQA_SKB_INFO})
+
+
+def parse_messages(buf: bytes | bytearray | memoryview, n: int | None = None
+                   ) -> Iterator[QueuedPacket | NetlinkError | MalformedMessage]:
+    """Every netlink message in buf[:n]: a QueuedPacket per packet message, a
+    NetlinkError per error/ack, a MalformedMessage for one that cannot be read (the
+    rest of the buffer is skipped when its length cannot be trusted). Other types
+    (NOOP, DONE, other subsystems) are skipped."""
+    end = len(buf) if n is None else n
+    off = 0
+    unpack_hdr = _NLMSGHDR.unpack_from
+    while off + NLMSG_HDRLEN <= end:
+        mlen, mtype, _flags, seq, _pid = unpack_hdr(buf, off)
+        if mlen < NLMSG_HDRLEN or off + mlen > end:
+            yield MalformedMessage(f"netlink message length {mlen} at {off} "
+                                   f"(buffer holds {end - off} bytes)")
+            return
+        if mtype == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET:
+            if mlen < NLMSG_HDRLEN + NFGENMSG_LEN:
+                yield MalformedMessage("packet message without nfgenmsg")
+            else:
+                try:
+                    yield parse_packet(buf, off + NLMSG_HDRLEN + NFGENMSG_LEN, off + mlen)
+                except MalformedMessage as e:
+                    yield e
+        elif mtype == NLMSG_ERROR:
+            if mlen < NLMSG_HDRLEN + 4:
+                yield MalformedMessage("netlink error message too short")
+            else:
+                code = _ERRNO.unpack_from(buf, off + NLMSG_HDRLEN)[0]
+                # The request's header follows the code: its seq says what failed.
+                rseq = (unpack_hdr(buf, off + NLMSG_HDRLEN + 4)[3]
+                        if mlen >= 2 * NLMSG_HDRLEN + 4 else seq)
+                yield NetlinkError(-code, rseq)
+        off += _align(mlen)
+
+
+# -- verdict batching -----------------------------------------------------------------------
+
+
+class VerdictBatcher:
+    """Collects verdicts of consecutive packets and sends them as few messages as it can.
+
+    Packets arrive in id order and each gets its verdict before the next is looked at,
+    so while a run of packets shares (verdict, mark), one NFQNL_MSG_VERDICT_BATCH with
+    the last id answers them all: every packet still queued with a lower id belongs to
+    the run. A different verdict or mark, BATCH_MAX packets, or flush() (end of a
+    receive round; before a packet is held for a file scan; around a reject, whose drop
+    must be in the kernel before the reset goes out) sends the run. A run of one goes
+    as a plain verdict. A packet whose id is not above the run's last one (the id
+    sequence wrapped at 2**32) ends the run first, so a batch never reaches back.
+    """
+
+    __slots__ = ("batch_max", "batches", "key", "last_id", "pending", "queue", "send",
+                 "singles")
+
+    def __init__(self, queue: int, send: Callable[[bytes], None],
+                 batch_max: int = BATCH_MAX) -> None:
+        self.queue = queue
+        self.send = send
+        self.batch_max = batch_max
+        self.key: tuple[int, int | None] | None = None
+        self.last_id = 0
+        self.pending = 0
+        self.batches = 0  # batch messages sent
+        self.singles = 0  # single verdict messages sent
+
+    def add(self, packet_id: int, verdict: int, mark: int | None) -> None:
+        key = (verdict, mark)
+        if self.pending and (key != self.key or packet_id <= self.last_id):
+            self.flush()
+        self.key = key
+        self.last_id = packet_id
+        self.pending += 1
+        if self.pending >= self.batch_max:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        assert self.key is not None
+        verdict, mark = self.key
+        batch = self.pending > 1
+        self.pending = 0
+        if batch:
+            self.batches += 1
+        else:
+            self.singles += 1
+        self.send(verdict_message(self.queue, self.last_id, verdict, mark, batch=batch))
+
+
+# -- the socket ------------------------------------------------------------------------------
+
+
+@dataclass
+class QueueStats:
+    receives: int = 0  # recv calls that returned data
+    messages: int = 0  # packet messages parsed
+    enobufs: int = 0  # receives that failed with ENOBUFS (packet messages lost)
+    netlink_errors: int = 0  # error replies to our verdicts (e.g. an unknown id)
+    malformed: int = 0
+    truncated: int = 0  # packets longer than the copy range
+    gso: int = 0  # GSO super-packets handed over whole
+    csum_not_ready: int = 0
+
+
+class NfQueue:
+    """One bound NFQUEUE on its own netlink socket (non-blocking)."""
+
+    def __init__(self, queue: int, copy_range: int = MAX_COPY_RANGE, max_len: int = 4096,
+                 fail_open: bool = False, gso: bool = True, rcvbuf: int = SOCKET_RCVBUF,
+                 batch_max: int = BATCH_MAX) -> None:
+        self.queue = queue
+        self.stats = QueueStats()
+        self._buf = bytearray(RECV_BUFFER)
+        self._view = memoryview(self._buf)
+        self._early: list[QueuedPacket] = []  # packets that came in while awaiting acks
+        self._seq = 0
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        try:
+            self.batcher = VerdictBatcher(queue, self._send, batch_max)
+            self.sock.bind((0, 0))
+            self._set_rcvbuf(rcvbuf)
+            self._request(config_bind(queue, self._next_seq()))
+            self._request(config_params(queue, copy_range, max_len, self._next_seq()))
+            mask = NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN
+            flags = (NFQA_CFG_F_GSO if gso else 0) | (NFQA_CFG_F_FAIL_OPEN if fail_open
+                                                      else 0)
+            self._request(config_flags(queue, flags, mask, self._next_seq()))
+            self.sock.setblocking(False)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _set_rcvbuf(self, size: int) -> None:
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+        except OSError:  # not privileged: as much as net.core.rmem_max allows
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def _send(self, msg: bytes) -> None:
+        try:
+            self.sock.send(msg)
+        except BlockingIOError:
+            # The kernel processes a netlink request inside send(); EAGAIN is not
+            # expected for sends to the kernel, but a verdict must not be lost: retry
+            # once blocking.
+            self.sock.setblocking(True)
+            try:
+                self.sock.send(msg)
+            finally:
+                self.sock.setblocking(False)
+
+    def _request(self, msg: bytes) -> None:
+        """Send a config request and wait for its acknowledgement (blocking, bounded)."""
+        seq = _NLMSGHDR.unpack_from(msg, 0)[3]
+        self.sock.settimeout(ACK_TIMEOUT)
+        try:
+            self.sock.send(msg)
+            while True:
+                try:
+                    n = self.sock.recv_into(self._buf)
+                except TimeoutError:
+                    raise NfQueueError(errno.ETIMEDOUT, f"queue {self.queue}: no answer "
+                                       "to a config request") from None
+                except OSError as e:
+                    if e.errno == errno.ENOBUFS:
+                        self.stats.enobufs += 1
+                        continue
+                    raise
+                for m in parse_messages(self._view, n):
+                    if isinstance(m, QueuedPacket):
+                        self._early.append(m)  # queued already: answered by receive()
+                    elif isinstance(m, NetlinkError) and m.seq == seq:
+                        if m.errno:
+                            raise NfQueueError(m.errno, f"queue {self.queue}: "
+                                               f"{_config_what(msg)}: "
+                                               f"{errno.errorcode.get(m.errno, m.errno)}")
+                        return
+        finally:
+            self.sock.settimeout(None)
+
+    def receive(self) -> list[QueuedPacket]:
+        """The packets of one receive (none when the socket is empty). Each packet's
+        accept()/drop() goes to this queue's batcher."""
+        st = self.stats
+        sink = self.batcher.add
+        out = self._early
+        self._early = []
+        for early in out:
+            early.verdict_sink = sink
+        try:
+            n = self.sock.recv_into(self._buf, RECV_BUFFER, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            n = 0
+        except InterruptedError:
+            n = 0
+        except OSError as e:
+            if e.errno != errno.ENOBUFS:
+                raise
+            st.enobufs += 1  # lost messages: the kernel already dropped/accepted them
+            n = 0
+        if n:
+            st.receives += 1
+            for m in parse_messages(self._view, n):
+                if type(m) is QueuedPacket:
+                    m.verdict_sink = sink
+                    out.append(m)
+                    st.messages += 1
+                    if m.skb_info:
+                        if m.skb_info & NFQA_SKB_GSO:
+                            st.gso += 1
+                        if m.skb_info & NFQA_SKB_CSUMNOTREADY:
+                            st.csum_not_ready += 1
+                    if m.cap_len is not None and m.cap_len > len(m.payload):
+                        st.truncated += 1
+                elif isinstance(m, NetlinkError):
+                    if m.errno:
+                        st.netlink_errors += 1
+                else:
+                    # A message without a readable packet id gets no verdict from us;
+                    # the next batch verdict (every id up to its own) answers it.
+                    st.malformed += 1
+        return out
+
+    @property
+    def has_early(self) -> bool:
+        """Packets read while waiting for a config answer, not yet handed out."""
+        return bool(self._early)
+
+    def flush(self) -> None:
+        self.batcher.flush()
+
+    def close(self) -> None:
+        """Send what is pending and unbind (the kernel drops what is still queued when
+        the socket closes; a worker only closes when it stops)."""
+        try:
+            self.flush()
+            self.sock.setblocking(True)
+            self.sock.send(config_unbind(self.queue, self._next_seq()))
+        except OSError:
+            pass
+        finally:
+            self.sock.close()
+
+    def __enter__(self) -> NfQueue:
+        return self
+
+    def __exit__(self, *_a: object) -> None:
+        self.close()
+
+
+def _config_what(msg: bytes) -> str:
+    """What a config request asked for, for error messages."""
+    kinds = []
+    off = NLMSG_HDRLEN + NFGENMSG_LEN
+    while off + NLA_HDRLEN <= len(msg):
+        alen, atype = _NLATTR.unpack_from(msg, off)
+        kinds.append({NFQA_CFG_CMD: "bind/unbind", NFQA_CFG_PARAMS: "copy mode",
+                      NFQA_CFG_QUEUE_MAXLEN: "queue length", NFQA_CFG_MASK: "flags",
+                      NFQA_CFG_FLAGS: "flags"}.get(atype, str(atype)))
+        off += _align(max(alen, NLA_HDRLEN))
+    return "/".join(dict.fromkeys(kinds))

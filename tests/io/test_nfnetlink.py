@@ -1,0 +1,274 @@
+"""The netlink NFQUEUE transport without a kernel: messages built and parsed against
+hand-built bytes (layouts of linux/netlink.h and linux/netfilter/nfnetlink_queue.h),
+verdict batching, and the worker's one-verdict-per-packet contract over it."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+
+from appliance.core.commands import ScanRequest, Verdict, VerdictKind
+from appliance.core.events import FileScanned, PacketIn
+from appliance.io import nfnetlink as nl
+from appliance.io.nfqueue import QueueWorker
+
+
+def nlhdr(length: int, mtype: int, flags: int, seq: int = 0) -> bytes:
+    return struct.pack("=IHHII", length, mtype, flags, seq, 0)
+
+
+def nla(kind: int, value: bytes) -> bytes:
+    n = 4 + len(value)
+    return struct.pack("=HH", n, kind) + value + b"\0" * (-n % 4)
+
+
+def packet_msg(pid: int, payload: bytes, *extra: bytes, seq: int = 0) -> bytes:
+    """A NFQNL_MSG_PACKET as the kernel sends it: header attribute first."""
+    attrs = nla(1, struct.pack("!IHB", pid, 0x0800, 2)) + b"".join(extra) + nla(10, payload)
+    body = b"\x00\x00\x00\x05" + attrs  # nfgenmsg: AF_UNSPEC, v0, queue 5
+    return nlhdr(16 + len(body), 0x0300, 0, seq) + body
+
+
+def decode_verdict(msg: bytes) -> tuple[int, int, int, int | None]:
+    """(message type, verdict, id, mark) of a verdict message we built."""
+    length, mtype, _f, _s, _p = struct.unpack_from("=IHHII", msg)
+    assert length == len(msg)
+    off, mark, verdict, pid = 20, None, -1, -1
+    while off < length:
+        alen, atype = struct.unpack_from("=HH", msg, off)
+        if atype == 2:
+            verdict, pid = struct.unpack_from("!II", msg, off + 4)
+        elif atype == 3:
+            mark = struct.unpack_from("!I", msg, off + 4)[0]
+        off += (alen + 3) & ~3
+    return mtype & 0xFF, verdict, pid, mark
+
+
+# -- building ---------------------------------------------------------------------------
+
+def test_bind_message_bytes() -> None:
+    msg = nl.config_bind(3, seq=9)
+    # 16 header + 4 nfgenmsg + 8 attribute (len 8, NFQA_CFG_CMD, BIND, pad, pf 0)
+    assert msg == (struct.pack("=IHHII", 28, 0x0302, 0x1 | 0x4, 9, 0)
+                   + bytes([0, 0, 0, 3]) + struct.pack("=HH", 8, 1) + bytes([1, 0, 0, 0]))
+
+
+def test_params_message_clamps_copy_range_and_sets_max_len() -> None:
+    msg = nl.config_params(1, copy_range=0x10000, max_len=4096)
+    body = msg[20:]
+    # NFQA_CFG_PARAMS: 5 bytes (copy_range be32, mode) padded to 8, then QUEUE_MAXLEN.
+    assert body[:4] == struct.pack("=HH", 9, 2)
+    assert struct.unpack("!IB", body[4:9]) == (0xFFFF - 4, 2)  # NFQNL_COPY_PACKET
+    assert body[9:12] == b"\0\0\0"
+    assert body[12:] == struct.pack("=HH", 8, 3) + struct.pack("!I", 4096)
+    assert struct.unpack_from("=I", msg)[0] == len(msg) == 16 + 4 + 12 + 8
+
+
+def test_flags_message_gso_and_fail_open() -> None:
+    msg = nl.config_flags(0, nl.NFQA_CFG_F_GSO | nl.NFQA_CFG_F_FAIL_OPEN,
+                          nl.NFQA_CFG_F_GSO | nl.NFQA_CFG_F_FAIL_OPEN, ack=False)
+    assert msg[20:] == (struct.pack("=HH", 8, 4) + struct.pack("!I", 5)
+                        + struct.pack("=HH", 8, 5) + struct.pack("!I", 5))
+    assert struct.unpack_from("=H", msg, 6)[0] == 1  # NLM_F_REQUEST only
+
+
+def test_verdict_messages() -> None:
+    single = nl.verdict_message(2, 77, nl.NF_ACCEPT)
+    assert single == (nlhdr(32, 0x0301, 1) + bytes([0, 0, 0, 2])
+                      + struct.pack("=HH", 12, 2) + struct.pack("!II", 1, 77))
+    batch = nl.verdict_message(2, 90, nl.NF_ACCEPT, mark=0x10000, batch=True)
+    assert decode_verdict(batch) == (3, 1, 90, 0x10000)
+    assert decode_verdict(nl.verdict_message(0, 5, nl.NF_DROP)) == (1, 0, 5, None)
+
+
+# -- parsing ----------------------------------------------------------------------------
+
+def test_parse_one_packet_with_every_attribute() -> None:
+    ip = bytes(range(40))
+    hw = struct.pack("!Hxx", 6) + bytes.fromhex("0a0b0c0d0e0f") + b"\0\0"
+    buf = packet_msg(1234, ip,
+                     nla(3, struct.pack("!I", 0x10001)),
+                     nla(4, b"\0" * 16),  # timestamp: skipped
+                     nla(7, struct.pack("!I", 11)), nla(8, struct.pack("!I", 12)),
+                     nla(9, hw), nla(13, struct.pack("!I", 70000)),
+                     nla(14, struct.pack("!I", 3)))
+    (p,) = list(nl.parse_messages(buf))
+    assert isinstance(p, nl.QueuedPacket)
+    assert (p.id, p.hw_protocol, p.hook) == (1234, 0x0800, 2)
+    assert p.get_payload() == ip and p.get_mark() == 0x10001
+    assert (p.physindev, p.physoutdev) == (11, 12)
+    assert p.get_hw() == bytes.fromhex("0a0b0c0d0e0f")
+    assert p.cap_len == 70000 and p.truncated
+    assert p.checksum_not_ready and p.skb_info & nl.NFQA_SKB_GSO
+
+
+def test_several_messages_in_one_buffer_and_a_trailing_part() -> None:
+    """One receive may hold several messages; an error/ack among them; a length that
+    overruns the buffer stops parsing with a MalformedMessage, not an exception."""
+    ack = nlhdr(36, 2, 0, 4) + struct.pack("=i", 0) + nlhdr(28, 0x0302, 5, 7)
+    err = nlhdr(36, 2, 0, 4) + struct.pack("=i", -16) + nlhdr(28, 0x0302, 5, 8)
+    odd = packet_msg(2, b"abc")  # 3-byte payload: the message is padded to 4 bytes
+    buf = packet_msg(1, b"x" * 20) + ack + odd + b"\0" * ((-len(odd)) % 4) + err
+    buf += nlhdr(200, 0x0300, 0) + b"\0" * 8
+    out = list(nl.parse_messages(bytearray(buf) + b"junk", len(buf)))
+    assert [type(m).__name__ for m in out] == ["QueuedPacket", "NetlinkError",
+                                               "QueuedPacket", "NetlinkError",
+                                               "MalformedMessage"]
+    assert out[1] == nl.NetlinkError(0, 7)
+    assert out[3] == nl.NetlinkError(16, 8)  # EBUSY: the queue is bound elsewhere
+    assert isinstance(out[2], nl.QueuedPacket) and out[2].payload == b"abc"
+
+
+def test_malformed_packet_messages() -> None:
+    no_hdr = nlhdr(28, 0x0300, 0) + b"\0\0\0\0" + nla(10, b"abcd")
+    bad_attr = nlhdr(28, 0x0300, 0) + b"\0\0\0\0" + struct.pack("=HH", 40, 10) + b"abcd"
+    short_hdr = nlhdr(28, 0x0300, 0) + b"\0\0\0\0" + nla(1, b"\0\0\0")
+    for buf in (no_hdr, bad_attr, short_hdr):
+        (m,) = list(nl.parse_messages(buf))
+        assert isinstance(m, nl.MalformedMessage), buf
+    # An unknown message type and a NOOP are skipped; the packet after them is read.
+    buf = nlhdr(16, 1, 0) + nlhdr(20, 0x0700, 0) + b"\0" * 4 + packet_msg(9, b"z" * 4)
+    assert [m.id for m in nl.parse_messages(buf) if isinstance(m, nl.QueuedPacket)] == [9]
+
+
+def test_attribute_type_flag_bits_are_ignored() -> None:
+    """NLA_F_NESTED / NLA_F_NET_BYTEORDER (the top two bits of the type) do not change
+    which attribute it is."""
+    buf = packet_msg(3, b"data", nla(3 | 0x4000, struct.pack("!I", 42)))
+    (p,) = list(nl.parse_messages(buf))
+    assert isinstance(p, nl.QueuedPacket) and p.mark == 42
+
+
+# -- batching ---------------------------------------------------------------------------
+
+def test_batcher_groups_runs_and_splits_on_change() -> None:
+    sent: list[bytes] = []
+    b = nl.VerdictBatcher(0, sent.append, batch_max=4)
+    for i in range(1, 4):
+        b.add(i, nl.NF_ACCEPT, None)
+    b.add(4, nl.NF_ACCEPT, 0x10000)  # a mark: not the same run
+    b.add(5, nl.NF_ACCEPT, 0x10000)
+    b.add(6, nl.NF_DROP, None)
+    for i in range(7, 12):  # five accepts: a full batch of four, then one
+        b.add(i, nl.NF_ACCEPT, None)
+    b.flush()
+    b.flush()  # nothing pending: nothing sent
+    assert [decode_verdict(m) for m in sent] == [
+        (3, 1, 3, None), (3, 1, 5, 0x10000), (1, 0, 6, None), (3, 1, 10, None),
+        (1, 1, 11, None)]
+    assert (b.batches, b.singles) == (3, 2)
+
+
+def test_batcher_never_reaches_back_after_an_id_wrap() -> None:
+    sent: list[bytes] = []
+    b = nl.VerdictBatcher(0, sent.append)
+    b.add(0xFFFFFFFF, nl.NF_ACCEPT, None)
+    b.add(1, nl.NF_ACCEPT, None)
+    b.flush()
+    assert [decode_verdict(m)[2] for m in sent] == [0xFFFFFFFF, 1]
+
+
+def test_packet_gets_one_verdict_only() -> None:
+    got: list[tuple[int, int, int | None]] = []
+    (p,) = list(nl.parse_messages(packet_msg(5, b"d" * 20)))
+    assert isinstance(p, nl.QueuedPacket)
+    p.verdict_sink = lambda *a: got.append(a)
+    p.set_mark(0x10000)
+    p.accept()
+    with pytest.raises(RuntimeError):
+        p.drop()
+    assert got == [(5, nl.NF_ACCEPT, 0x10000)]
+
+
+# -- the worker over this transport ----------------------------------------------------
+
+def udp(n: int) -> bytes:
+    u = struct.pack("!HHHH", 1000 + n, 53, 8, 0)
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0,
+                       bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])) + u
+
+
+class ScriptedEngine:
+    """Answers each packet id as told: a verdict kind, 'raise', or 'hold' (a
+    ScanRequest answered by FileScanned with a drop)."""
+
+    def __init__(self, script: dict[int, Any]) -> None:
+        self.script = script
+
+    def handle(self, ev: Any) -> list[Any]:
+        if isinstance(ev, PacketIn):
+            what = self.script.get(ev.id, VerdictKind.ACCEPT)
+            if what == "raise":
+                raise RuntimeError("engine bug")
+            if what == "hold":
+                return [ScanRequest(ev.id, ev.id, "0" * 64, b"x", 1, None, "f")]
+            detail = "reject" if what is VerdictKind.REJECT else ""
+            return [Verdict(ev.id, what, detail)]
+        if isinstance(ev, FileScanned):
+            return [Verdict(ev.token, VerdictKind.DROP)]
+        return []
+
+
+def run_worker(script: dict[int, Any], ids: range, fail_open: bool = False
+               ) -> tuple[list[tuple[int, int, int, int | None]], QueueWorker]:
+    sent: list[bytes] = []
+    batcher = nl.VerdictBatcher(0, sent.append)
+    worker = QueueWorker(0, ScriptedEngine(script), None,  # type: ignore[arg-type]
+                         fail_open=fail_open, transport="netlink",
+                         scan=lambda req: ("malicious", (), "scan"))
+    worker._flush = batcher.flush
+    buf = b"".join(packet_msg(i, udp(i)) for i in ids)
+    for p in nl.parse_messages(buf):
+        assert isinstance(p, nl.QueuedPacket)
+        p.verdict_sink = batcher.add
+        worker.handle(p)
+    batcher.flush()
+    return [decode_verdict(m) for m in sent], worker
+
+
+def covered(msgs: list[tuple[int, int, int, int | None]], ids: range) -> dict[int, int]:
+    """Which verdict each id ends up with, applying batch semantics (every id up to the
+    batch's not yet answered) as the kernel does; an id answered twice fails."""
+    left = list(ids)
+    out: dict[int, int] = {}
+    for mtype, verdict, pid, _mark in msgs:
+        hit = [i for i in left if i <= pid] if mtype == 3 else [pid]
+        assert hit and all(i in left for i in hit), (mtype, pid)
+        for i in hit:
+            out[i] = verdict
+            left.remove(i)
+    assert not left, f"no verdict for {left}"
+    return out
+
+
+def test_worker_sends_one_verdict_per_packet_with_batches() -> None:
+    ids = range(1, 11)
+    script = {4: VerdictKind.DROP, 5: VerdictKind.DROP, 7: "raise"}
+    msgs, worker = run_worker(script, ids)
+    verdicts = covered(msgs, ids)
+    assert verdicts == {1: 1, 2: 1, 3: 1, 4: 0, 5: 0, 6: 1, 7: 0, 8: 1, 9: 1, 10: 1}
+    # accepts 1-3 | drops 4-5 | accept 6 | 7: the engine raised, fail-closed default drop
+    assert [(m[0], m[2]) for m in msgs] == [(3, 3), (3, 5), (1, 6), (1, 7), (3, 10)]
+    assert worker.stats.errors == 1 and worker.stats.packets == 10
+
+
+def test_worker_bypass_carries_the_mark_and_fail_open_default() -> None:
+    msgs, _ = run_worker({2: VerdictKind.BYPASS, 3: VerdictKind.BYPASS, 4: "raise"},
+                         range(1, 6), fail_open=True)
+    assert msgs == [(1, 1, 1, None), (3, 1, 3, 0x10000), (3, 1, 5, None)]
+
+
+def test_reject_and_held_packets_get_verdicts_of_their_own() -> None:
+    """Earlier packets are answered before a packet is held for a scan and before a
+    reject; the held/rejected packet's own verdict goes alone."""
+    ids = range(1, 9)
+    msgs, worker = run_worker({3: "hold", 6: VerdictKind.REJECT}, ids)
+    assert [(m[0], m[1], m[2]) for m in msgs] == [
+        (3, 1, 2),  # 1-2 accepted before the hold
+        (1, 0, 3),  # the held packet: dropped (the scan said malicious), alone
+        (3, 1, 5),
+        (1, 0, 6),  # the rejected packet's drop, alone
+        (3, 1, 8)]
+    assert covered(msgs, ids)[6] == 0 and worker.stats.errors == 0

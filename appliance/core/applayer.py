@@ -103,7 +103,26 @@ def _buffers(tx: Any, to_server: bool) -> Buffers:
     for old, new in _RENAME.items():
         if old in b:
             b[new] = b.pop(old)
+    files = [f for f in getattr(tx, "files", ()) if f.to_server == to_server]
+    if files:
+        _file_buffers(b, files)
     return b
+
+
+def _file_buffers(b: Buffers, files: list[Any]) -> None:
+    """The file keywords' buffers, one element per file of the inspected direction:
+    file.name and file.magic while the file streams; file.size, file.md5, file.sha1 and
+    file.sha256 once it is complete (Suricata matches sizes and hash lists on closed
+    files). A truncated file has no size or hash here: Suricata would still test
+    ``filesize:>N`` on it, this does not (a known gap)."""
+    b["file.name"] = [f.filename for f in files]
+    b["file.magic"] = [f.magic.encode() for f in files]
+    done = [f for f in files if f.state == "CLOSED"]
+    if done:
+        b["file.size"] = [str(f.size).encode() for f in done]
+        b["file.md5"] = [f.md5.encode() for f in done]
+        b["file.sha1"] = [f.sha1.encode() for f in done]
+        b["file.sha256"] = [f.sha256.encode() for f in done]
 
 
 def feed_tcp(flow: Flow, data: bytes, to_server: bool, res: AppResult) -> None:

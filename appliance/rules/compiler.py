@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Final, overload
 
 import regex
@@ -27,9 +28,11 @@ from appliance.rules.keywords import (
     ByteJump,
     ByteMath,
     ByteTest,
+    FileSize,
     FlagsCheck,
     FlowInt,
     FlowOpt,
+    HashList,
     IsDataAt,
     KeywordError,
     NumCheck,
@@ -40,9 +43,11 @@ from appliance.rules.keywords import (
     parse_byte_jump,
     parse_byte_math,
     parse_byte_test,
+    parse_filesize,
     parse_flags,
     parse_flow,
     parse_flowint,
+    parse_hash_list,
     parse_isdataat,
     parse_num,
     parse_stream_size,
@@ -88,6 +93,9 @@ BUFFER_APP: Final = {
     "http.server": "http", "http.location": "http", "http.response_body": "http",
     "http.request_header": "http", "http.response_header": "http",
     "file.data": None,  # HTTP bodies (and later SMTP/FTP files)
+    # Files of the transaction in the inspected direction (applayer.py): name and magic
+    # as soon as the file is seen; size and hashes once it is complete.
+    "file.name": None, "file.magic": None,
     "dns.query": "dns",
     "tls.sni": "tls", "tls.cert_subject": "tls", "tls.cert_issuer": "tls",
     "tls.cert_serial": "tls", "tls.cert_fingerprint": "tls", "tls.certs": "tls",
@@ -135,7 +143,13 @@ class CPcre:
     source: str
 
 
-Item = CContent | CPcre | ByteTest | ByteJump | ByteExtract | ByteMath | IsDataAt | Bsize
+Item = (CContent | CPcre | ByteTest | ByteJump | ByteExtract | ByteMath | IsDataAt | Bsize
+        | HashList | FileSize)
+
+# Pseudo-buffers of a transaction's complete files (applayer.py): their size (decimal
+# text) and hashes (lower-case hex), one element per file.
+FILE_HASH_BUFFERS: Final = {"filemd5": "file.md5", "filesha1": "file.sha1",
+                            "filesha256": "file.sha256"}
 
 BufferKey = tuple[str, tuple[tuple[str, str | None], ...]]  # (buffer, transforms)
 
@@ -440,6 +454,23 @@ def compile_rule(rule: Rule, order: int,
             events.append(ev_name)
             if ev_proto is not None and cr.app_proto is None:
                 cr.app_proto = ev_proto
+        elif kw in FILE_HASH_BUFFERS:
+            # Lists are read from the rule file's directory, at load time (the warm
+            # start compiles these rules eagerly: loader._load_cached).
+            rule_dir = str(Path(rule.file).parent) if rule.file and rule.file != "<text>" \
+                else None
+            legacy.append(Chain((FILE_HASH_BUFFERS[kw], ()),
+                                (parse_hash_list(kw, value, rule_dir),)))
+            cr.app = True
+        elif kw == "filesize":
+            legacy.append(Chain(("file.size", ()), (FileSize(parse_filesize(value)),)))
+            cr.app = True
+        elif kw == "filestore":
+            # Needs a file, as Suricata's filestore; an empty chain on file.name makes
+            # the rule a candidate when a transaction has one. Not stored (NO_EFFECT).
+            if not any(ch.key[0] == "file.name" for ch in (*cr.chains, *legacy)):
+                legacy.append(Chain(("file.name", ()), ()))
+            cr.app = True
         elif kw in NO_EFFECT:
             pass
     cr.flowints = tuple(flowints)
@@ -447,7 +478,7 @@ def compile_rule(rule: Rule, order: int,
     if legacy:
         cr.chains = (*cr.chains, *legacy)
         cr.app = True
-        if cr.app_proto is None:
+        if cr.app_proto is None and any(ch.key[0].startswith("tls.") for ch in legacy):
             cr.app_proto = "tls"
     if cr.dns_opcode is not None or cr.dns_rrtype is not None:
         # Checked on the DNS transaction (see signatures.py): an app-layer rule.
@@ -629,7 +660,17 @@ class LazyRules(Sequence[CompiledRule]):
             info = self._infos[i]
             rule = parse_rule(info.raw, self._variables, self._classes, file=info.file,
                               line=info.line)
-            got = self._done[i] = compile_rule(rule, info.order, self._classes)
+            try:
+                got = compile_rule(rule, info.order, self._classes)
+            except (CompileError, KeywordError):
+                # It compiled when the cache was written; what it reads beside the rules
+                # (a hash list) has changed since. It must not stop the packet: it never
+                # matches (a chain on a buffer no inspection has).
+                got = compile_rule(replace(rule, options=(), matches=()), info.order,
+                                   self._classes)
+                got.chains = (Chain(("<unavailable>", ()), ()),)
+                got.app = True
+            self._done[i] = got
         return got
 
     @property

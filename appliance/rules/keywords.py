@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 
@@ -29,8 +30,7 @@ UNSUPPORTED: Final = frozenset({
     "nfs_procedure", "nfs.version", "snmp.version", "snmp.pdu_type", "modbus",
     "dnp3_func", "dnp3_ind", "dnp3_obj", "enip_command", "cip_service", "http2.frametype",
     "http2.errorcode", "http2.priority", "http2.window", "http2.size_update",
-    "http2.settings", "filemagic", "filename", "fileext", "filestore", "filemd5",
-    "filesha1", "filesha256", "filesize", "flowvar", "pktvar", "tcp.mss", "icmpv6.mtu",
+    "http2.settings", "flowvar", "pktvar", "tcp.mss", "icmpv6.mtu",
     "tls.store", "tls_store", "fragoffset",
 })
 
@@ -44,6 +44,9 @@ NO_EFFECT: Final = {
     "bypass": "asks for bypass after a match; the engine bypasses on its own rules",
     "replace": "payload rewriting in IPS mode is not implemented; the rule still alerts",
     "noalert": "handled with flowbits:noalert",
+    # filestore is accepted and makes the rule need a file (as Suricata's), but files are
+    # not written to disk here: the EVE fileinfo record says "stored": false.
+    "filestore": "files are not stored to disk; the rule matches and alerts on files",
 }
 
 
@@ -483,3 +486,72 @@ def parse_stream_size(value: str | None) -> StreamSize:
     if op not in ("<", ">", "=", "!=", "<=", ">="):
         raise KeywordError(f"'stream_size': invalid operator {op!r}")
     return StreamSize(parts[0], NumCheck(op, int(parts[2], 0)))
+
+
+# -- file keywords ----------------------------------------------------------------------------
+
+_SIZE_UNITS: Final = {"kb": 1024, "mb": 1024 ** 2, "gb": 1024 ** 3}
+_FILESIZE: Final = re.compile(r"^\s*(!)?\s*(<=|>=|<|>)?\s*(\d+)\s*([kmg]b)?\s*"
+                              r"(?:<>\s*(\d+)\s*([kmg]b)?)?\s*$", re.IGNORECASE)
+
+
+def parse_filesize(value: str | None) -> NumCheck:
+    """``filesize:[<|>]N[KB|MB|GB]`` or ``N<>M`` (Suricata's file-keywords docs)."""
+    m = _FILESIZE.match(value or "")
+    if not m:
+        raise KeywordError(f"invalid value {value!r} for 'filesize'")
+    neg, op, a, ua, b, ub = m.groups()
+    av = int(a) * _SIZE_UNITS.get((ua or "").lower(), 1)
+    if b is not None:
+        if op:
+            raise KeywordError(f"invalid value {value!r} for 'filesize'")
+        return NumCheck("<>", av, int(b) * _SIZE_UNITS.get((ub or "").lower(), 1), bool(neg))
+    return NumCheck(op or "=", av, 0, bool(neg))
+
+
+_HASH_HEX_LEN: Final = {"filemd5": 32, "filesha1": 40, "filesha256": 64}
+
+
+@dataclass(frozen=True, slots=True)
+class HashList:
+    """filemd5 / filesha1 / filesha256: a file's hash (lower-case hex) in a list loaded
+    from a file beside the rules; ``negated`` (``!name``) matches hashes not in it."""
+
+    keyword: str
+    hashes: frozenset[bytes]
+    negated: bool
+
+
+def parse_hash_list(keyword: str, value: str | None, rule_dir: str | None) -> HashList:
+    """Load the list named by ``value`` (relative names are taken from the rule file's
+    directory, as Suricata expands them from its rule directory). One hash per line, at
+    the start of the line, in hex; the rest of the line is ignored (md5sum output works);
+    blank lines and '#' comments are skipped. A bad line or a missing file fails the rule."""
+    text = (value or "").strip()
+    negated = text.startswith("!")
+    name = text.lstrip("!").strip().strip('"')
+    if not name:
+        raise KeywordError(f"'{keyword}' needs a file name")
+    path = Path(name)
+    if not path.is_absolute() and rule_dir is not None:
+        path = Path(rule_dir) / path
+    want = _HASH_HEX_LEN[keyword]
+    hashes: set[bytes] = set()
+    try:
+        with path.open("rb") as fh:
+            for n, line in enumerate(fh, 1):
+                line = line.strip()
+                if not line or line.startswith(b"#"):
+                    continue
+                h = line.split()[0].lower()
+                if len(h) != want or not all(c in b"0123456789abcdef" for c in h):
+                    raise KeywordError(f"'{keyword}': {name}:{n} is not a {want}-digit hash")
+                hashes.add(h)
+    except OSError as e:
+        raise KeywordError(f"'{keyword}': cannot read {name}: {e.strerror}") from None
+    return HashList(keyword, frozenset(hashes), negated)
+
+
+@dataclass(frozen=True, slots=True)
+class FileSize:
+    check: NumCheck

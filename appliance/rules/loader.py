@@ -167,7 +167,13 @@ def _load_cached(path: Path, variables: Variables,
         failures.append(CompileFailure(parse_rule(raw, variables, classes, file=file,
                                                   line=line), reason))
     infos = blob["infos"]
-    program = Program(LazyRules(infos, variables, classes), failures, infos)
+    lazy = LazyRules(infos, variables, classes)
+    for i, info in enumerate(infos):
+        if "filemd5" in info.raw or "filesha" in info.raw:
+            # Rules with hash lists read them when compiled: now, at load time, not on
+            # their first packet (the engine does no I/O).
+            lazy[i]  # a list gone missing since the cache was written: never matches
+    program = Program(lazy, failures, infos)
     engine = SignatureEngine(program, build_prefilters(program, path.parent), thresholds)
     return LoadedRules(program, engine, blob["parsed"], blob["parse_failures"],
                        blob["disabled"], from_cache=True, thresholds=thresholds)

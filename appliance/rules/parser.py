@@ -138,6 +138,9 @@ TRANSFORMS = frozenset(
     }
 )
 
+# File keywords that are a content on a file buffer (see _file_content).
+FILE_CONTENT_KEYWORDS = frozenset({"filename", "fileext", "filemagic"})
+
 CONTENT_FLAG_MODIFIERS = frozenset({"nocase", "startswith", "endswith", "rawbytes"})
 CONTENT_VALUE_MODIFIERS = frozenset({"depth", "offset", "distance", "within"})
 
@@ -174,8 +177,7 @@ GENERIC_KEYWORDS = frozenset(
         "nfs.version", "snmp.version", "snmp.pdu_type", "modbus", "dnp3_func", "dnp3_ind",
         "dnp3_obj", "enip_command", "cip_service", "http2.frametype", "http2.errorcode",
         "http2.priority", "http2.window", "http2.size_update", "http2.settings",
-        "filemagic", "filename", "fileext", "filestore", "filemd5", "filesha1", "filesha256",
-        "filesize",
+        "filestore", "filemd5", "filesha1", "filesha256", "filesize",
     }
 )
 
@@ -497,6 +499,14 @@ class _RuleBuilder:
     def buffer(self) -> str:
         return self.sticky or "pkt_data"
 
+    def last_buffer(self) -> str:
+        """The buffer of the last match: a relative keyword with no sticky buffer set
+        inspects it (Suricata attaches such a keyword to the previous match's list, so
+        ``uricontent:"a"; isdataat:4,relative;`` checks the URI)."""
+        if self.matches:
+            return self.matches[-1].buffer
+        return "pkt_data"
+
     def content_for_modifier(self, keyword: str) -> _ContentBuilder:
         """The content a modifier applies to (DetectGetLastSMFromLists semantics)."""
         for item in reversed(self.matches):
@@ -654,6 +664,8 @@ def _interpret(
                 pattern, negated, buf, tuple(state.buffer_transforms) if state.sticky else ()
             )
             state.matches.append(builder)
+        elif keyword in FILE_CONTENT_KEYWORDS:
+            state.matches.append(_file_content(keyword, value))
         elif keyword in CONTENT_FLAG_MODIFIERS:
             if value is not None:
                 raise RuleParseError(f"'{keyword}' takes no value")
@@ -712,7 +724,10 @@ def _interpret(
                 raise RuleParseError(f"transform '{keyword}' needs a sticky buffer before it")
             state.buffer_transforms.append((keyword, value))
         elif keyword in BUFFER_KEYWORDS:
-            state.matches.append(BufferOption(keyword, value, state.buffer))
+            buf = state.buffer
+            if state.sticky is None and _is_relative(value):
+                buf = state.last_buffer()
+            state.matches.append(BufferOption(keyword, value, buf))
         elif keyword == "sid":
             sid = _positive_int("sid", value)
         elif keyword == "gid":
@@ -785,6 +800,31 @@ def _interpret(
         file=file,
         line=line,
     )
+
+
+def _file_content(keyword: str, value: str | None) -> _ContentBuilder:
+    """filename / fileext / filemagic as the content they stand for (Suricata 7's file
+    keywords docs): ``filename:"x"`` is ``file.name; content:"x"; nocase;``,
+    ``fileext:"pdf"`` is ``file.name; content:".pdf"; nocase; endswith;`` and
+    ``filemagic:"x"`` is ``file.magic; content:"x"; nocase;``. ``!`` negates."""
+    if value is None:
+        raise RuleParseError(f"'{keyword}' needs a value")
+    negated, text = split_negation(value)
+    try:
+        pattern = _decode_content(text)
+    except ValueError as exc:
+        raise RuleParseError(f"{keyword}: {exc}") from None
+    buf = "file.magic" if keyword == "filemagic" else "file.name"
+    b = _ContentBuilder(pattern, negated, buf, ())
+    b.fields["nocase"] = True
+    if keyword == "fileext":
+        b.pattern = b"." + pattern
+        b.fields["endswith"] = True
+    return b
+
+
+def _is_relative(value: str | None) -> bool:
+    return any(p.strip().lower() == "relative" for p in (value or "").split(","))
 
 
 def _pcre_match(spec: PcreSpec, state: _RuleBuilder) -> Pcre:

@@ -92,6 +92,10 @@ def chain_matches(opts: str, data: bytes) -> bool:
     ('content:"id="; pcre:"/^\\d{3}&/R";', b"x?id=123&", True),
     ('content:"id="; pcre:"/^\\d{3}&/R";', b"x?id=12&", False),
     ('pcre:!"/evil/";', b"good", True),
+    # A pcre is retried past its last match while a later relative item fails.
+    ('pcre:"/super/"; content:"nova"; within:7;', b"super_duper_nova_in_super_nova", True),
+    ('pcre:"/super/"; content:"nova"; within:7;', b"super_duper_nova_in_super_duper", False),
+    ('pcre:"/^super/"; content:"nova"; within:7;', b"super_duper_nova_in_super_nova", False),
     # byte_test / byte_jump / byte_extract / isdataat / bsize / dsize.
     ('byte_test:2,>,255,0;', b"\x01\x00rest", True),
     ('byte_test:2,>,255,0,little;', b"\x01\x00rest", False),

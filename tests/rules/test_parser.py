@@ -314,3 +314,16 @@ def test_unquoted_pcre_and_tcp_flags_keyword_are_accepted_like_suricata() -> Non
     assert rule.pcres[0].buffer == "http.uri"
     assert rule.pcres[0].source == "one"
     assert rule.option("tcp.flags") == "S"
+
+
+def test_relative_buffer_keyword_without_sticky_buffer_follows_the_last_match() -> None:
+    # Suricata attaches a relative isdataat/byte_* to the previous match's buffer when no
+    # sticky buffer is set; a non-relative one stays on the packet payload.
+    r = parse_rule(rule('uricontent:"/c/"; isdataat:4,relative; byte_test:1,=,1,0; '
+                        'content:"x"; http_raw_uri; byte_extract:1,0,v,relative; sid:8;'))
+    assert r.matches[1] == BufferOption("isdataat", "4,relative", "http.uri")
+    assert r.matches[2] == BufferOption("byte_test", "1,=,1,0", "pkt_data")
+    assert r.matches[4] == BufferOption("byte_extract", "1,0,v,relative", "http.uri.raw")
+    # A relative pcre without buffer flag stays on pkt_data (Suricata 7's pcre setup).
+    r = parse_rule(rule('uricontent:"/c/"; pcre:"/d/R"; sid:9;'))
+    assert r.pcres[0].buffer == "pkt_data"

@@ -361,6 +361,8 @@ class HttpFile:
     state: str = "OPEN"  # Suricata's EVE names: OPEN, CLOSED, TRUNCATED
     head: bytearray = field(default_factory=bytearray)
     _sha: Any = field(default_factory=hashlib.sha256)
+    _md5: Any = field(default_factory=hashlib.md5)  # for filemd5 / filesha1 rules
+    _sha1: Any = field(default_factory=hashlib.sha1)
     data: bytearray | None = None  # None: content not kept
     budget: FileBudget | None = None
 
@@ -370,6 +372,8 @@ class HttpFile:
         n = len(data)
         self.size += n
         self._sha.update(data)
+        self._md5.update(data)
+        self._sha1.update(data)
         if len(self.head) < MAGIC_BYTES:
             self.head += data[: MAGIC_BYTES - len(self.head)]
         kept = self.data
@@ -399,6 +403,14 @@ class HttpFile:
     @property
     def sha256(self) -> str:
         return str(self._sha.hexdigest())
+
+    @property
+    def md5(self) -> str:
+        return str(self._md5.hexdigest())
+
+    @property
+    def sha1(self) -> str:
+        return str(self._sha1.hexdigest())
 
     @property
     def magic(self) -> str:

@@ -29,6 +29,8 @@ from appliance.rules.keywords import (
     ByteMath,
     ByteRead,
     ByteTest,
+    FileSize,
+    HashList,
     IsDataAt,
 )
 from appliance.rules.pcre import PcreError, translate_pcre
@@ -40,6 +42,9 @@ PCRE_TIMEOUT: Final = 0.05
 # Recursion budget per chain evaluation: bounds backtracking over many occurrences of a
 # short first content (Suricata has an equivalent inspection recursion limit).
 MAX_STEPS: Final = 3000
+# What one retry of a pcre at its next match costs of that budget: a pcre call is far
+# dearer than a content search, so a chain retries a pcre at most 30 times.
+PCRE_RETRY_COST: Final = 100
 
 
 class InspectStats:
@@ -92,30 +97,20 @@ def _match(items: tuple[Any, ...], i: int, buf: bytes, lcache: list[bytes | None
         if t is CContent:
             return _content(items, i, it, buf, lcache, prev_end, env, budget)
         if t is CPcre:
+            if not it.negated:
+                return _pcre(items, i, it, buf, lcache, prev_end, env, budget)
             # A relative pcre sees the buffer from the previous match on, so `^` anchors
             # there (Suricata passes the pointer past the match to PCRE).
             start = prev_end if it.relative else 0
             try:
-                if start > len(buf):
-                    m = None
-                elif start:
-                    m = it.regex.search(buf[start:], timeout=PCRE_TIMEOUT)
-                else:
-                    m = it.regex.search(buf, timeout=PCRE_TIMEOUT)
+                m = None if start > len(buf) else it.regex.search(
+                    buf[start:] if start else buf, timeout=PCRE_TIMEOUT)
             except TimeoutError:
-                # A ReDoS: the rule does not match, and the chain is not retried at the
-                # next occurrence of an earlier content (each retry would cost another
-                # timeout: 3,000 of them on a long run of 'a's held one packet 150 s).
                 STATS.pcre_timeouts += 1
                 budget.left = 0
                 return False
-            if it.negated:
-                if m is not None:
-                    return False
-            else:
-                if m is None:
-                    return False
-                prev_end = start + m.end()
+            if m is not None:
+                return False
         elif t is ByteTest:
             if not _byte_test(it, buf, prev_end, env):
                 return False
@@ -142,6 +137,13 @@ def _match(items: tuple[Any, ...], i: int, buf: bytes, lcache: list[bytes | None
             if ok == it.negated:
                 return False
         elif t is Bsize and not it.check.test(len(buf)):
+            return False
+        elif t is HashList:
+            # file.md5/.sha1/.sha256: one file's hash as lower-case hex.
+            if (buf in it.hashes) == it.negated:
+                return False
+        elif t is FileSize and (not buf.isdigit() or not it.check.test(int(buf))):
+            # file.size: one complete file's size as decimal text.
             return False
         i += 1
     return True
@@ -188,6 +190,40 @@ def _content(items: tuple[Any, ...], i: int, c: CContent, buf: bytes,
         if not _later_relative(items, i + 1):
             return False
         pos = hay.find(c.pattern, pos + 1, end)
+    return False
+
+
+def _pcre(items: tuple[Any, ...], i: int, p: CPcre, buf: bytes,
+          lcache: list[bytes | None], prev_end: int, env: dict[str, int],
+          budget: _Budget) -> bool:
+    """A positive pcre, retried one byte past its last match start while a later
+    relative item fails (Suricata's inspection recursion does the same for pcre), so
+    ``pcre:/super/; content:"nova"; within:7;`` finds the second "super"."""
+    # A relative pcre sees the buffer from the previous match on, so `^` anchors there
+    # (Suricata passes the pointer past the match to PCRE).
+    start = prev_end if p.relative else 0
+    if start > len(buf):
+        return False
+    hay = buf[start:] if start else buf
+    pos = 0
+    while pos <= len(hay):
+        try:
+            m = p.regex.search(hay, pos, timeout=PCRE_TIMEOUT)
+        except TimeoutError:
+            # A ReDoS: the rule does not match, and the chain is not retried at the
+            # next occurrence of an earlier content (each retry would cost another
+            # timeout: 3,000 of them on a long run of 'a's held one packet 150 s).
+            STATS.pcre_timeouts += 1
+            budget.left = 0
+            return False
+        if m is None:
+            return False
+        if _match(items, i + 1, buf, lcache, start + m.end(), env, budget):
+            return True
+        if budget.left <= 0 or not _later_relative(items, i + 1):
+            return False
+        budget.left -= PCRE_RETRY_COST
+        pos = m.start() + 1
     return False
 
 

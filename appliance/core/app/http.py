@@ -583,6 +583,8 @@ class _Decoder:
 # What libhtp trims around header names and values: C's isspace set, so a vertical tab
 # or form feed next to the colon hides nothing ("Transfer-Encoding\x0b: chunked").
 _WS: Final = b" \t\r\n\x0b\x0c"
+_WS_SET: Final = frozenset(_WS)
+_FOLD_FIRST: Final = frozenset(bytes([c]) for c in b" \t\x00\r\n\x0b\x0c")
 
 
 def _is_continuation(line: bytes) -> bool:
@@ -599,6 +601,13 @@ def _name_key(name: bytes) -> bytes:
     return k.replace(b"\x00", b"") if b"\x00" in k else k
 
 
+class _HeaderTable(list[list[bytes]]):
+    """[name, value] pairs; ``has_nul``: some name holds a NUL byte (lookups then ignore
+    NUL bytes, the common case stays a plain comparison)."""
+
+    has_nul = False
+
+
 def _header_table(lines: list[bytes], to_server: bool, ev: list[str],
                   colon_folds_split: bool = False) -> list[list[bytes]]:
     """Raw header lines -> ordered [name, value] pairs, duplicates joined with ", ".
@@ -611,9 +620,13 @@ def _header_table(lines: list[bytes], to_server: bool, ev: list[str],
     # Folding first, on whole lines, like libhtp: a continuation joins the line before it
     # before that line is split at its colon, so a folded colon ("Name\r\n :value") still
     # separates the name from the value.
-    fields: list[bytes] = []
-    for line in lines:
-        if _is_continuation(line):
+    # (most header blocks have no line that could continue another: no pass for them)
+    may_fold = any(ln[:1] in _FOLD_FIRST for ln in lines)
+    fields: list[bytes] = [] if may_fold else lines
+    for line in lines if may_fold else ():
+        # _is_continuation, inlined (header lines are never empty here)
+        f = line[0] if line else 0
+        if f == 32 or f == 9 or f == 0 or (f in _WS_SET and not line.strip(_WS)):
             if fields and colon_folds_split and b":" in line and b":" in fields[-1]:
                 ev.append(f"INVALID_{side}_FIELD_FOLDING")
                 fields.append(line[1:])
@@ -627,7 +640,7 @@ def _header_table(lines: list[bytes], to_server: bool, ev: list[str],
             if not line.strip(_WS):
                 continue
         fields.append(line)
-    merged: list[list[bytes]] = []
+    merged = _HeaderTable()
     index: dict[bytes, int] = {}
     reps: dict[bytes, int] = {}
     for line in fields:
@@ -642,7 +655,10 @@ def _header_table(lines: list[bytes], to_server: bool, ev: list[str],
             if stripped != name or not stripped or not _TOKEN_RE.match(stripped):
                 ev.append(f"{side}_HEADER_INVALID")
             name = stripped
-        key = _name_key(name)
+        key = name.lower()
+        if b"\x00" in key:
+            key = key.replace(b"\x00", b"")
+            merged.has_nul = True
         j = index.get(key)
         if j is None:
             index[key] = len(merged)
@@ -908,9 +924,15 @@ def _s(b: bytes) -> str:
 
 
 def _get(headers: list[list[bytes]], name: bytes) -> bytes | None:
-    """The value of header ``name`` (given in lower case)."""
+    """The value of header ``name`` (given in lower case); NUL bytes in a header's name
+    are ignored (see _name_key) when the table has such a name."""
+    if isinstance(headers, _HeaderTable) and headers.has_nul:
+        for n, v in headers:
+            if _name_key(n) == name:
+                return v
+        return None
     for n, v in headers:
-        if _name_key(n) == name:
+        if n.lower() == name:
             return v
     return None
 
@@ -1122,6 +1144,8 @@ class HttpParser:
             if lone_cr:
                 limit = len(buf) if nl == -1 else nl
                 cr = buf.find(b"\r", pos, limit)
+                if cr != -1 and cr == nl - 1:
+                    cr = -1  # the usual CRLF: no lone CR before it (find gives the first)
                 while cr != -1 and cr + 1 < len(buf) and buf[cr + 1] in _NOT_AFTER_LONE_CR:
                     cr = buf.find(b"\r", cr + 1, limit)
                 if cr != -1:
@@ -1217,9 +1241,10 @@ class HttpParser:
                 if line is None:
                     pos = npos
                     break
-                line = self._blank_line(side, line, npos, prev_lf)
-                if line is None:
-                    break  # wait for the byte after this blank line
+                if prev_lf and line:
+                    line = self._blank_line(side, line, npos, prev_lf)
+                    if line is None:
+                        break  # wait for the byte after this blank line
                 pos = npos
                 self._header_line(side, line, True, out)
             elif st == _TUNNEL:
@@ -1460,9 +1485,10 @@ class HttpParser:
                 if line is None:
                     pos = npos
                     break
-                line = self._blank_line(side, line, npos, prev_lf)
-                if line is None:
-                    break  # wait for the byte after this blank line
+                if prev_lf and line:
+                    line = self._blank_line(side, line, npos, prev_lf)
+                    if line is None:
+                        break  # wait for the byte after this blank line
                 pos = npos
                 self._header_line(side, line, False, out)
             elif st == _TUNNEL:

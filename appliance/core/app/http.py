@@ -981,7 +981,7 @@ class _Side:
 
     __slots__ = ("bare_lf", "buf", "decoder", "file", "hdr_bytes", "hdr_lines", "line_end",
                  "line_start", "remaining", "skip_line", "state", "too_many", "tx",
-                 "unframed")
+                 "ub_inspected", "unframed")
 
     def __init__(self) -> None:
         self.buf = bytearray()
@@ -998,6 +998,7 @@ class _Side:
         # The last request, when it ended without framing (requests only): lines that
         # follow it and are no request line are its body.
         self.unframed: HttpTransaction | None = None
+        self.ub_inspected = 0  # body length at its last inspection (see _unexpected_body)
         self.decoder: _Decoder | None = None
         self.file: HttpFile | None = None
 
@@ -1409,6 +1410,7 @@ class HttpParser:
             # its body (REQUEST_BODY_UNEXPECTED): see _unexpected_body.
             self._end_request(tx, out)
             side.unframed = tx
+            side.ub_inspected = 0
 
     def _unexpected_body(self, side: _Side, tx: HttpTransaction, data: bytes,
                          out: list[AppEvent]) -> None:
@@ -1422,8 +1424,13 @@ class HttpParser:
         side.tx = tx
         self._body_data(side, data, True, out)
         side.tx = None
-        # The request's buffers changed: inspect them again (alerts stay one per tx).
-        out.append(AppEvent(TX_REQUEST, True, "", tx.tx_id, {"tx": tx}))
+        # The request's buffers changed: inspect them again (alerts stay one per tx),
+        # each time the kept body has doubled, so that a body sent a byte at a time costs
+        # no more than twice its size to inspect; the file's end inspects the rest.
+        n = len(tx.request_body)
+        if n >= 2 * side.ub_inspected:
+            side.ub_inspected = max(n, 1)
+            out.append(AppEvent(TX_REQUEST, True, "", tx.tx_id, {"tx": tx}))
 
     def _end_unexpected_body(self, out: list[AppEvent]) -> None:
         side = self._req

@@ -769,3 +769,19 @@ def test_query_is_url_decoded_in_http_uri() -> None:
     b = p.transactions[0].request_buffers()
     assert b["http.uri"] == b"/get?data=}k\xbb\x8c+x%zz&q=A"
     assert b["http.uri.raw"] == b"/get?data=%7Dk%BB%8C+x%zz&q=%u0041"
+
+
+def test_unexpected_body_sent_line_by_line_is_inspected_a_bounded_number_of_times() -> None:
+    from appliance.core.app import TX_REQUEST
+
+    p = HttpParser()
+    ev = p.feed(b"POST / HTTP/1.1\r\nHost: h\r\n\r\n", True)
+    for i in range(1000):
+        ev += p.feed(b"x=%d\r\n" % i, True)
+    tx = p.transactions[0]
+    assert tx.request_body_len == sum(len(b"x=%d\r\n" % i) for i in range(1000))
+    # the headers' inspection, then one each time the body doubled: not one per line
+    assert 2 <= sum(e.kind == TX_REQUEST and e.tx_id == 0 for e in ev) <= 16
+    ev = p.feed(b"GET /next HTTP/1.1\r\n\r\n", True)
+    assert [(e.kind, e.tx_id) for e in ev if e.kind == FILE_CLOSED] == [(FILE_CLOSED, 0)]
+    assert tx.files[0].size == tx.request_body_len

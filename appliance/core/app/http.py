@@ -283,7 +283,8 @@ def _header_follows(buf: bytearray, pos: int) -> bool | None:
             blanks = True
         elif blanks or c in (0x0A, 0x0D, 0x0B, 0x0C):
             return False
-    return None
+    # A "name" longer than any header line: no header (and no buffer growing unseen).
+    return False if len(buf) - pos > FIELD_LIMIT else None
 
 
 def _not_chunk_length(buf: bytearray, pos: int) -> bool:

@@ -785,3 +785,12 @@ def test_unexpected_body_sent_line_by_line_is_inspected_a_bounded_number_of_time
     ev = p.feed(b"GET /next HTTP/1.1\r\n\r\n", True)
     assert [(e.kind, e.tx_id) for e in ev if e.kind == FILE_CLOSED] == [(FILE_CLOSED, 0)]
     assert tx.files[0].size == tx.request_body_len
+
+
+def test_request_without_protocol_then_endless_name_is_bounded() -> None:
+    p = HttpParser()
+    p.feed(b"GET /x\r\n", True)
+    for _ in range(40):
+        p.feed(b"a" * 1000, True)
+    assert p.transactions[0].request_complete  # decided: no header follows
+    assert len(p._req.buf) <= 2 * 18000

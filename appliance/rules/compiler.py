@@ -23,6 +23,7 @@ import regex
 from appliance.rules.keywords import (
     NO_EFFECT,
     UNSUPPORTED,
+    Base64Decode,
     Bsize,
     ByteExtract,
     ByteJump,
@@ -38,6 +39,8 @@ from appliance.rules.keywords import (
     NumCheck,
     StreamSize,
     Threshold,
+    Xbit,
+    parse_base64_decode,
     parse_bsize,
     parse_byte_extract,
     parse_byte_jump,
@@ -52,6 +55,7 @@ from appliance.rules.keywords import (
     parse_num,
     parse_stream_size,
     parse_threshold,
+    parse_xbits,
 )
 from appliance.rules.parser import (
     BufferOption,
@@ -144,7 +148,7 @@ class CPcre:
 
 
 Item = (CContent | CPcre | ByteTest | ByteJump | ByteExtract | ByteMath | IsDataAt | Bsize
-        | HashList | FileSize)
+        | HashList | FileSize | Base64Decode)
 
 # Pseudo-buffers of a transaction's complete files (applayer.py): their size (decimal
 # text) and hashes (lower-case hex), one element per file.
@@ -202,6 +206,9 @@ class CompiledRule:
     flowbit_checks: tuple[Flowbit, ...] = ()
     flowbit_sets: tuple[Flowbit, ...] = ()
     flowints: tuple[FlowInt, ...] = ()
+    # xbits / hostbits: checks (isset, isnotset) and changes (set, unset, toggle).
+    xbit_checks: tuple[Xbit, ...] = ()
+    xbit_sets: tuple[Xbit, ...] = ()
     noalert: bool = False
     threshold: Threshold | None = None
     detection_filter: Threshold | None = None
@@ -225,6 +232,7 @@ class CompiledRule:
         return (not self.chains and not self.app and self.app_proto is None
                 and self.flow is None and self.src_ports.is_any and self.dst_ports.is_any
                 and not self.flowbit_checks and not self.flowints and not self.sameip
+                and not self.xbit_checks
                 and not self.events
                 and all(v is None for v in (
                     self.dsize, self.itype, self.icode, self.icmp_id, self.icmp_seq,
@@ -303,6 +311,8 @@ def _buffer_item(b: BufferOption) -> Item:
         return parse_isdataat(b.value)
     if k == "bsize":
         return parse_bsize(b.value)
+    if k == "base64_decode":
+        return parse_base64_decode(b.value)
     raise CompileError(f"unsupported keyword '{k}'")
 
 
@@ -311,7 +321,7 @@ def _fast_pattern(rule: Rule) -> tuple[BufferKey, bytes, bool] | None:
     content (ties: the first). `fast_pattern:only` and `fast_pattern:o,l` chops apply."""
     best: Content | None = None
     for c in rule.contents:
-        if c.negated:
+        if c.negated or c.buffer == "base64_data":  # decoded data: nothing to prefilter
             continue
         if c.fast_pattern:
             best = c
@@ -349,17 +359,23 @@ def compile_rule(rule: Rule, order: int,
         ipproto = 17 if proto in UDP_APPS else 6
     chains: dict[BufferKey, list[Item]] = {}
     app = False
+    seen_b64 = False
     for m in rule.matches:
         buf = m.buffer
-        transforms: tuple[tuple[str, str | None], ...] = ()
-        if isinstance(m, Content | Pcre):
-            transforms = m.transforms
+        if isinstance(m, BufferOption) and m.keyword == "base64_decode":
+            seen_b64 = True
+        transforms = m.transforms
         for t, targ in transforms:
             if t not in TRANSFORMS_IMPLEMENTED:
                 raise CompileError(f"unsupported transform '{t}'")
             if t == "pcrexform":
                 _check_pcrexform(targ)
-        if buf not in PACKET_BUFFERS:
+        if buf == "base64_data":
+            # What the last base64_decode of the rule decoded (signatures.py hands it to
+            # this chain); it needs one before it, as Suricata's.
+            if not seen_b64:
+                raise CompileError("'base64_data' needs a 'base64_decode' before it")
+        elif buf not in PACKET_BUFFERS:
             if buf not in BUFFER_APP:
                 raise CompileError(f"unsupported buffer '{buf}'")
             app = True
@@ -387,6 +403,7 @@ def compile_rule(rule: Rule, order: int,
     )
     cr.flowbit_checks, cr.flowbit_sets, cr.noalert = _flowbits(rule)
     flowints: list[FlowInt] = []
+    xbits: list[Xbit] = []
     events: list[str] = []
     legacy: list[Chain] = []
     for kw, value in rule.options:
@@ -445,6 +462,12 @@ def compile_rule(rule: Rule, order: int,
             cr.detection_filter = parse_threshold(kw, value)
         elif kw == "flowint":
             flowints.append(parse_flowint(value))
+        elif kw in ("xbits", "hostbits"):
+            xb = parse_xbits(kw, value)
+            if xb is None:
+                cr.noalert = True
+            else:
+                xbits.append(xb)
         elif kw == "noalert":
             cr.noalert = True
         elif kw in _TLS_LEGACY:
@@ -474,6 +497,8 @@ def compile_rule(rule: Rule, order: int,
         elif kw in NO_EFFECT:
             pass
     cr.flowints = tuple(flowints)
+    cr.xbit_checks = tuple(x for x in xbits if x.check)
+    cr.xbit_sets = tuple(x for x in xbits if not x.check)
     cr.events = tuple(events)
     if legacy:
         cr.chains = (*cr.chains, *legacy)
@@ -693,6 +718,11 @@ def _sort_key(r: Rule, setters_first: dict[str, int]) -> tuple[int, int, int, in
     # signatures by flowbit dependencies, detect-engine-sigorder.c).
     sets = any(f.command in ("set", "unset", "toggle") for f in r.flowbits)
     reads = any(f.command in ("isset", "isnotset") for f in r.flowbits)
+    for kw, value in r.options:  # xbits / hostbits order the same way
+        if kw in ("xbits", "hostbits") and value:
+            cmd = value.split(",", 1)[0].strip().lower()
+            sets = sets or cmd in ("set", "unset", "toggle")
+            reads = reads or cmd in ("isset", "isnotset")
     fb = 0 if sets and not reads else (1 if sets else (2 if reads else 1))
     return (ACTION_ORDER.get(r.action, 3), fb, r.priority, r.sid)
 

@@ -21,8 +21,7 @@ class KeywordError(ValueError):
 # fails to compile with "unsupported keyword 'x'" (reported by `rules check`), rather
 # than silently matching differently from Suricata.
 UNSUPPORTED: Final = frozenset({
-    "xbits", "hostbits", "iprep", "geoip", "lua", "luajit", "dataset", "datarep",
-    "base64_decode", "base64_data", "asn1", "engine-event", "ftpbounce", "rpc", "ipopts",
+    "iprep", "geoip", "lua", "luajit", "dataset", "datarep", "asn1", "engine-event", "ftpbounce", "rpc", "ipopts",
     "entropy",
     "ftpdata_command", "ssl_state", "tls_cert_notbefore", "tls_cert_notafter",
     "tls_cert_expired", "tls_cert_valid", "ssh.protoversion", "ssh.softwareversion",
@@ -555,3 +554,105 @@ def parse_hash_list(keyword: str, value: str | None, rule_dir: str | None) -> Ha
 @dataclass(frozen=True, slots=True)
 class FileSize:
     check: NumCheck
+
+
+# -- xbits / hostbits ---------------------------------------------------------------------------
+
+XBITS_EXPIRE_DEFAULT: Final = 30  # seconds a bit lives without `expire` (Suricata's default)
+_XBIT_COMMANDS: Final = frozenset({"set", "unset", "toggle", "isset", "isnotset"})
+_HOSTBIT_DIRS: Final = {"src": "ip_src", "dst": "ip_dst", "both": "both"}
+
+
+@dataclass(frozen=True, slots=True)
+class Xbit:
+    """One xbits/hostbits operation: a named bit kept per host (``ip_src``/``ip_dst`` of
+    the packet, or ``both`` hosts for hostbits) or per address pair (``ip_pair``, either
+    direction), living ``expire`` seconds of packet time after it was last set."""
+
+    command: str  # set, unset, toggle, isset, isnotset
+    name: str
+    track: str  # ip_src, ip_dst, ip_pair, both
+    expire: int = XBITS_EXPIRE_DEFAULT
+
+    @property
+    def check(self) -> bool:
+        return self.command in ("isset", "isnotset")
+
+
+def parse_xbits(keyword: str, value: str | None) -> Xbit | None:
+    """``xbits:<cmd>,<name>,track <ip_src|ip_dst|ip_pair>[,expire <s>]`` and
+    ``hostbits:<cmd>,<name>[,<src|dst|both>]`` (Suricata's xbits docs); None for
+    ``<keyword>:noalert`` (the caller turns the alert off)."""
+    parts = [p.strip() for p in (value or "").split(",")]
+    cmd = parts[0].lower()
+    if cmd == "noalert" and len(parts) == 1:
+        return None
+    if cmd not in _XBIT_COMMANDS:
+        raise KeywordError(f"'{keyword}': unknown command {parts[0]!r}")
+    if len(parts) < 2 or not parts[1] or any(c.isspace() for c in parts[1]):
+        raise KeywordError(f"'{keyword}:{cmd}' needs a name")
+    name = parts[1]
+    track = "ip_src"
+    expire = XBITS_EXPIRE_DEFAULT
+    rest = parts[2:]
+    if keyword == "xbits":
+        if not rest:
+            raise KeywordError("'xbits' needs 'track ip_src|ip_dst|ip_pair'")
+        for p in rest:
+            k, _, v = p.partition(" ")
+            v = v.strip()
+            if k == "track" and v in ("ip_src", "ip_dst", "ip_pair"):
+                track = v
+            elif k == "expire" and v.isdigit() and int(v) > 0:
+                expire = int(v)
+            else:
+                raise KeywordError(f"'xbits': invalid option {p!r}")
+    else:
+        if len(rest) > 1 or (rest and rest[0].lower() not in _HOSTBIT_DIRS):
+            raise KeywordError(f"'hostbits': invalid direction {','.join(rest)!r}")
+        if rest:
+            track = _HOSTBIT_DIRS[rest[0].lower()]
+    return Xbit(cmd, name, track, expire)
+
+
+# -- base64_decode ------------------------------------------------------------------------------
+
+BASE64_MAX: Final = 65535  # bytes decoded at most (Suricata limits `bytes` to 64 KiB)
+
+
+@dataclass(frozen=True, slots=True)
+class Base64Decode:
+    """``base64_decode[:bytes N][, offset N][, relative]``: decode base64 from the active
+    buffer (at ``offset``, from the previous match's end when ``relative``) for the
+    ``base64_data`` sticky buffer; ``nbytes`` 0 decodes to the end of the buffer."""
+
+    nbytes: int = 0
+    offset: int = 0
+    relative: bool = False
+
+
+def parse_base64_decode(value: str | None) -> Base64Decode:
+    nbytes = offset = 0
+    relative = False
+    for raw in (value or "").split(","):
+        w = raw.strip()
+        if not w:
+            continue
+        k, _, v = w.partition(" ")
+        k = k.lower()
+        v = v.strip()
+        if k == "relative" and not v:
+            relative = True
+        elif k in ("bytes", "offset") and v.isdigit():
+            n = int(v)
+            if k == "bytes":
+                if not 0 < n <= BASE64_MAX:
+                    raise KeywordError(f"'base64_decode': bytes must be 1 to {BASE64_MAX}")
+                nbytes = n
+            else:
+                if n > BASE64_MAX:
+                    raise KeywordError(f"'base64_decode': offset above {BASE64_MAX}")
+                offset = n
+        else:
+            raise KeywordError(f"'base64_decode': invalid option {w!r}")
+    return Base64Decode(nbytes, offset, relative)

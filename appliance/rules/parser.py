@@ -257,6 +257,7 @@ class BufferOption:
     keyword: str
     value: str | None
     buffer: str
+    transforms: tuple[tuple[str, str | None], ...] = ()
 
 
 Match = Content | Pcre | BufferOption
@@ -499,14 +500,6 @@ class _RuleBuilder:
     def buffer(self) -> str:
         return self.sticky or "pkt_data"
 
-    def last_buffer(self) -> str:
-        """The buffer of the last match: a relative keyword with no sticky buffer set
-        inspects it (Suricata attaches such a keyword to the previous match's list, so
-        ``uricontent:"a"; isdataat:4,relative;`` checks the URI)."""
-        if self.matches:
-            return self.matches[-1].buffer
-        return "pkt_data"
-
     def content_for_modifier(self, keyword: str) -> _ContentBuilder:
         """The content a modifier applies to (DetectGetLastSMFromLists semantics)."""
         for item in reversed(self.matches):
@@ -724,10 +717,15 @@ def _interpret(
                 raise RuleParseError(f"transform '{keyword}' needs a sticky buffer before it")
             state.buffer_transforms.append((keyword, value))
         elif keyword in BUFFER_KEYWORDS:
+            # A relative one with no sticky buffer set inspects the last match's buffer
+            # (Suricata attaches it to the previous match's list, so
+            # ``uricontent:"a"; isdataat:4,relative;`` checks the URI).
             buf = state.buffer
-            if state.sticky is None and _is_relative(value):
-                buf = state.last_buffer()
-            state.matches.append(BufferOption(keyword, value, buf))
+            tf = tuple(state.buffer_transforms) if state.sticky else ()
+            if state.sticky is None and _is_relative(value) and state.matches:
+                last = state.matches[-1]
+                buf, tf = last.buffer, last.transforms
+            state.matches.append(BufferOption(keyword, value, buf, tf))
         elif keyword == "sid":
             sid = _positive_int("sid", value)
         elif keyword == "gid":

@@ -199,10 +199,10 @@ def test_header_only_rules_by_address_and_port_and_icmp() -> None:
 
 def test_unsupported_keyword_is_reported_not_loaded() -> None:
     loaded = detection_from_text([
-        'alert tcp any any -> any any (msg:"x"; xbits:set,a,track ip_src; sid:5;)',
+        'alert tcp any any -> any any (msg:"x"; asn1:oversize_length 100; sid:5;)',
         'alert tcp any any -> any any (msg:"ok"; content:"a"; sid:6;)',
     ])
-    assert [f.reason for f in loaded.program.failures] == ["unsupported keyword 'xbits'"]
+    assert [f.reason for f in loaded.program.failures] == ["unsupported keyword 'asn1'"]
     assert loaded.active == 1
 
 
@@ -254,3 +254,100 @@ def test_dns_opcode_and_rrtype_keywords() -> None:
     got = eng.inspect_tx(p, flow, True, 1, {"dns.query": [b"evil.example"],
                                              "dns.opcode": b"4", "dns.rrtype": [b"1"]})
     assert sorted(m.rule.rule.sid for m in got) == [2]
+
+
+def test_xbits_per_host_and_pair_with_expiry() -> None:
+    other = "192.168.1.77"
+    r = Run(
+        'alert udp any any -> any any (msg:"set src"; content:"login"; '
+        'xbits:set,seen,track ip_src,expire 10; xbits:noalert; sid:1;)',
+        'alert udp any any -> any any (msg:"src seen"; content:"cmd"; '
+        'xbits:isset,seen,track ip_src; sid:2;)',
+        'alert udp any any -> any any (msg:"reply to seen"; content:"reply"; '
+        'xbits:isset,seen,track ip_dst; sid:3;)',
+        'alert udp any any -> any any (msg:"pair"; content:"hello"; '
+        'xbits:set,talk,track ip_pair; sid:4;)',
+        'alert udp any any -> any any (msg:"pair back"; content:"bye"; '
+        'xbits:isset,talk,track ip_pair; xbits:unset,talk,track ip_pair; sid:5;)',
+        'alert udp any any -> any any (msg:"not seen"; content:"cmd"; '
+        'xbits:isnotset,seen,track ip_src; sid:6;)',
+    )
+    assert r.sids(udp(b"cmd")) == [6]
+    assert r.sids(udp(b"login")) == []  # noalert
+    # Another flow (port) of the same host: the bit is per host, not per flow.
+    assert r.sids(udp(b"cmd", sp=6000)) == [2]
+    assert r.sids(udp(b"cmd", src=other)) == [6]
+    assert r.sids(udp(b"reply", src=SERVER, dst=CLIENT)) == [3]
+    # An address pair is the same pair in both directions; unset ends it.
+    assert r.sids(udp(b"hello", src=other)) == [4]
+    assert r.sids(udp(b"bye", src=SERVER, dst=CLIENT)) == []
+    assert r.sids(udp(b"bye", src=SERVER, dst=other)) == [5]
+    assert r.sids(udp(b"bye", src=other)) == []
+    # expire 10: gone 10 s of packet time after it was set.
+    r.ts += 11
+    assert r.sids(udp(b"cmd")) == [6]
+
+
+def test_hostbits_directions_toggle_and_noalert() -> None:
+    r = Run(
+        'alert udp any any -> any any (content:"mark"; hostbits:set,bad,dst; '
+        'hostbits:noalert; sid:1;)',
+        'alert udp any any -> any any (content:"flip"; hostbits:toggle,bad,both; sid:2;)',
+        'alert udp any any -> any any (content:"q"; hostbits:isset,bad; sid:3;)',
+        'alert udp any any -> any any (content:"q"; hostbits:isset,bad,both; sid:4;)',
+    )
+    assert r.sids(udp(b"mark")) == []  # sets the bit on SERVER
+    assert r.sids(udp(b"q")) == [4]  # CLIENT (src) has none; both: SERVER has it
+    assert r.sids(udp(b"q", src=SERVER, dst=CLIENT)) == [3, 4]
+    assert r.sids(udp(b"flip")) == [2]  # both hosts toggled: CLIENT on, SERVER off
+    assert r.sids(udp(b"q", src=SERVER, dst=CLIENT)) == [4]
+    assert r.sids(udp(b"q")) == [3, 4]
+
+
+@pytest.mark.parametrize("rule,reason", [
+    ("xbits:set,a;", "'xbits' needs 'track ip_src|ip_dst|ip_pair'"),
+    ("xbits:set,a,track ip_host;", "'xbits': invalid option 'track ip_host'"),
+    ("xbits:set,a,track ip_src,expire x;", "'xbits': invalid option 'expire x'"),
+    ("hostbits:wipe,a;", "'hostbits': unknown command 'wipe'"),
+    ("hostbits:set,a,left;", "'hostbits': invalid direction 'left'"),
+])
+def test_xbits_errors(rule: str, reason: str) -> None:
+    loaded = detection_from_text([f"alert udp any any -> any any ({rule} sid:1;)"])
+    assert [f.reason for f in loaded.program.failures] == [reason]
+
+
+def test_base64_decode_and_base64_data() -> None:
+    import base64
+
+    enc = base64.b64encode(b"secret payload \x9e").decode()
+    r = Run(
+        'alert udp any any -> any any (content:"k="; base64_decode:relative; base64_data; '
+        'content:"secret"; startswith; sid:1;)',
+        'alert udp any any -> any any (base64_decode:bytes 8,offset 2; base64_data; '
+        'content:"secret"; sid:2;)',
+        'alert udp any any -> any any (base64_decode:bytes 4,offset 2; base64_data; '
+        'content:"secret"; sid:3;)',
+        'alert udp any any -> any any (content:"k="; base64_decode:relative; base64_data; '
+        'content:"|9e|"; endswith; sid:4;)',
+    )
+    # "secret" is the first 8 base64 characters after "k=".
+    assert r.sids(udp(f"k={enc}".encode())) == [1, 2, 4]
+    # RFC 4648 strict: decoding stops at the first byte outside the alphabet.
+    assert r.sids(udp(f"k={enc[:8]}%{enc[8:]}".encode())) == [1, 2]
+    assert r.sids(udp(b"k=!!!!" + enc.encode())) == []
+
+
+def test_base64_errors_and_transformed_buffer_options() -> None:
+    loaded = detection_from_text([
+        'alert udp any any -> any any (base64_data; content:"x"; sid:1;)',
+        'alert udp any any -> any any (base64_decode:bytes 0; base64_data; content:"x"; '
+        'sid:2;)',
+    ])
+    assert sorted(f.reason for f in loaded.program.failures) == [
+        "'base64_data' needs a 'base64_decode' before it",
+        "'base64_decode': bytes must be 1 to 65535"]
+    # A buffer keyword after a transform inspects the transformed buffer.
+    rule = parse_rule('alert http any any -> any any (http.cookie; url_decode; '
+                      'content:"a="; base64_decode:relative; isdataat:1; sid:3;)')
+    cr = compile_rule(rule, 0, {})
+    assert [ch.key for ch in cr.chains] == [("http.cookie", (("url_decode", None),))]

@@ -14,8 +14,10 @@ detect-engine-content-inspection.c semantics).
 
 from __future__ import annotations
 
+import binascii
 import functools
 import hashlib
+import re
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
@@ -23,6 +25,7 @@ import regex
 
 from appliance.rules.compiler import CContent, Chain, CPcre
 from appliance.rules.keywords import (
+    Base64Decode,
     Bsize,
     ByteExtract,
     ByteJump,
@@ -56,6 +59,35 @@ class InspectStats:
 
 
 STATS = InspectStats()
+
+
+class MatchEnv(dict[str, int]):
+    """The variables of one rule evaluation (byte_extract/byte_math names), plus what
+    its last base64_decode decoded (for the base64_data chain)."""
+
+    b64: bytes | None = None
+
+
+_B64_RUN: Final = re.compile(rb"[A-Za-z0-9+/]*")
+
+
+def base64_decode(d: Base64Decode, buf: bytes, prev_end: int) -> bytes:
+    """Suricata's base64_decode: from ``offset`` (after the previous match when
+    relative), at most ``nbytes`` input bytes (0: the rest), RFC 4648 strict: decoding
+    stops at the first byte outside the base64 alphabet ('=' padding included); a last
+    incomplete group gives the whole bytes it holds."""
+    start = (prev_end if d.relative else 0) + d.offset
+    if start >= len(buf):
+        return b""
+    end = start + d.nbytes if d.nbytes else len(buf)
+    m = _B64_RUN.match(buf, start, min(end, len(buf)))
+    text = m.group(0) if m else b""
+    full = len(text) - len(text) % 4
+    out = binascii.a2b_base64(text[:full]) if full else b""
+    rem = len(text) - full
+    if rem >= 2:
+        out += binascii.a2b_base64(text[full:] + b"=" * (4 - rem))[:rem - 1]
+    return out
 
 
 def _var(v: int | str | None, env: dict[str, int]) -> int | None:
@@ -138,6 +170,9 @@ def _match(items: tuple[Any, ...], i: int, buf: bytes, lcache: list[bytes | None
                 return False
         elif t is Bsize and not it.check.test(len(buf)):
             return False
+        elif t is Base64Decode:
+            if isinstance(env, MatchEnv):
+                env.b64 = base64_decode(it, buf, prev_end)
         elif t is HashList:
             # file.md5/.sha1/.sha256: one file's hash as lower-case hex.
             if (buf in it.hashes) == it.negated:

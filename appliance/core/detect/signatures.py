@@ -20,11 +20,11 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
 from appliance.core.decode import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet
-from appliance.core.detect.inspect import apply_transforms, match_chain
+from appliance.core.detect.inspect import MatchEnv, apply_transforms, match_chain
 from appliance.core.flows import Flow
 from appliance.core.stream import FLOW_ESTABLISHED, TcpState
 from appliance.rules.compiler import BufferKey, CompiledRule, Program
-from appliance.rules.keywords import FlowInt, Threshold
+from appliance.rules.keywords import FlowInt, Threshold, Xbit
 from appliance.rules.matcher import APP_GROUP, Prefilter, PrefilterSet, ip_group
 from appliance.rules.thresholds import NO_LIMITS, RateFilter, RuleLimits, ThresholdConfig
 
@@ -45,6 +45,9 @@ _PKT_KEY: BufferKey = ("pkt_data", ())
 # content spans of nearly all ET Open payload rules; a longer span that straddles two
 # chunks is missed (Suricata's raw-stream windows have a similar bound).
 STREAM_TAIL: Final = 512
+# xbits/hostbits kept at most (per host or address pair and name): the oldest go first.
+XBITS_MAX_ENTRIES: Final = 100_000
+
 # Packet-view matches remembered so the stream view does not repeat them (see
 # SignatureEngine._pkt_seen).
 PKT_SEEN_MAX: Final = 4096
@@ -90,6 +93,8 @@ class SignatureEngine:
         self.limits = limits
         self._thresholds: OrderedDict[tuple[object, ...], _ThState] = OrderedDict()
         self._rule_limits: dict[int, RuleLimits] = {}
+        # xbits / hostbits: (scope, addresses, name) -> packet time the bit expires.
+        self._xbits: OrderedDict[tuple[object, ...], float] = OrderedDict()
         # The anomaly events of the packet being inspected: set by inspect_packet, read
         # by the inspect_tx calls of the same packet (the engine makes them after it).
         self._events: frozenset[str] | None = None
@@ -262,16 +267,26 @@ class SignatureEngine:
                 continue
             if r.flowints and not _flowints_ok(r.flowints, flow):
                 continue
+            if r.xbit_checks and not self._xbits_ok(r, p):
+                continue
             if r.events:
                 evs = self._events
                 if evs is None or not all(e in evs for e in r.events):
                     continue
-            env: dict[str, int] = {}
+            env = MatchEnv()
             ok = True
             for ch in r.chains:
-                if raw is None:
-                    elems = buffers.get(ch.key)
-                    if elems is None:
+                if ch.key[0] == "base64_data":
+                    # What the rule's base64_decode (in an earlier chain) decoded.
+                    if env.b64 is None:
+                        ok = False
+                        break
+                    elems = [env.b64]
+                elif raw is None:
+                    have = buffers.get(ch.key)
+                    if have is not None:
+                        elems = have
+                    else:
                         if ch.key[0] == "pkt_data":
                             base: bytes | None = buffers[_PKT_KEY][0]
                         else:
@@ -315,6 +330,8 @@ class SignatureEngine:
                 if not isinstance(uri, bytes) or not r.urilen[0].test(len(uri)):
                     continue
             st.matches += 1
+            if r.xbit_sets:
+                self._apply_xbits(r, p)
             if flow is not None:
                 _apply_flowbits(r, flow)
                 if r.flowints:
@@ -433,6 +450,47 @@ class SignatureEngine:
             if not ok:
                 return False
         return True
+
+    # -- xbits / hostbits --------------------------------------------------------------
+
+    @staticmethod
+    def _xbit_keys(x: Xbit, p: Packet) -> tuple[tuple[object, ...], ...]:
+        if x.track == "ip_src":
+            return (("host", p.src, x.name),)
+        if x.track == "ip_dst":
+            return (("host", p.dst, x.name),)
+        if x.track == "ip_pair":  # one pair whichever way the packet goes
+            a, b = (p.src, p.dst) if p.src <= p.dst else (p.dst, p.src)
+            return (("pair", a, b, x.name),)
+        return (("host", p.src, x.name), ("host", p.dst, x.name))  # hostbits "both"
+
+    def _xbit_set(self, key: tuple[object, ...], now: float) -> bool:
+        exp = self._xbits.get(key)
+        return exp is not None and exp >= now
+
+    def _xbits_ok(self, r: CompiledRule, p: Packet) -> bool:
+        now = p.ts
+        for x in r.xbit_checks:
+            has = any(self._xbit_set(k, now) for k in self._xbit_keys(x, p))
+            if has != (x.command == "isset"):
+                return False
+        return True
+
+    def _apply_xbits(self, r: CompiledRule, p: Packet) -> None:
+        table = self._xbits
+        now = p.ts
+        for x in r.xbit_sets:
+            for k in self._xbit_keys(x, p):
+                cmd = x.command
+                if cmd == "toggle":
+                    cmd = "unset" if self._xbit_set(k, now) else "set"
+                if cmd == "unset":
+                    table.pop(k, None)
+                    continue
+                if k not in table and len(table) >= XBITS_MAX_ENTRIES:
+                    table.popitem(last=False)
+                table[k] = now + x.expire
+                table.move_to_end(k)
 
     # -- thresholds --------------------------------------------------------------------
 

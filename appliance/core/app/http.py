@@ -430,6 +430,127 @@ class HttpFile:
         }
 
 
+# --- multipart/form-data (uploads) ------------------------------------------------------
+
+_BOUNDARY_RE: Final = re.compile(rb"""boundary\s*=\s*(?:"([^"]{1,200})"|([^\s;,"]{1,200}))""",
+                                 re.I)
+MULTIPART_HEADER_LIMIT: Final = 8 * 1024  # bytes of one part's header block kept
+
+
+def multipart_boundary(content_type: bytes | None) -> bytes | None:
+    """The boundary of a multipart/form-data body (RFC 7578, RFC 2046 section 5.1.1)."""
+    if content_type is None or b"multipart/form-data" not in content_type.lower():
+        return None
+    m = _BOUNDARY_RE.search(content_type)
+    if m is None:
+        return None
+    return m.group(1) if m.group(1) is not None else m.group(2)
+
+
+class _Multipart:
+    """A streaming multipart body splitter: ``feed`` returns ("start", header lines),
+    ("data", bytes) and ("end", b"") items; the data are the same whatever the chunking.
+    Lenient like the servers it protects: parts may be delimited by LF alone, text before
+    the first delimiter and after the last one is ignored."""
+
+    __slots__ = ("buf", "delim", "hdr", "state")
+
+    _PRE, _HDR, _DATA, _DONE = range(4)
+
+    def __init__(self, boundary: bytes) -> None:
+        self.delim = b"--" + boundary
+        self.buf = bytearray()
+        self.state = self._PRE
+        self.hdr: list[bytes] = []
+
+    def feed(self, data: bytes) -> list[tuple[str, bytes | list[bytes]]]:
+        out: list[tuple[str, bytes | list[bytes]]] = []
+        buf = self.buf
+        buf += data
+        d = self.delim
+        pos = 0
+        while pos < len(buf) and self.state != self._DONE:
+            if self.state == self._PRE:
+                i = buf.find(d, pos)
+                if i == -1:
+                    pos = max(pos, len(buf) - len(d) + 1)
+                    break
+                nxt = self._after_delim(i + len(d))
+                if nxt is None:
+                    pos = i
+                    break
+                pos = i + 1 if nxt == -1 else nxt
+            elif self.state == self._HDR:
+                nl = buf.find(b"\n", pos)
+                if nl == -1:
+                    if len(buf) - pos > MULTIPART_HEADER_LIMIT:
+                        pos = len(buf)  # a header line too long: dropped
+                    break
+                line = bytes(buf[pos:nl]).rstrip(b"\r")
+                pos = nl + 1
+                if line:
+                    if sum(map(len, self.hdr)) < MULTIPART_HEADER_LIMIT:
+                        self.hdr.append(line)
+                    continue
+                out.append(("start", self.hdr))
+                self.hdr = []
+                self.state = self._DATA
+            else:  # _DATA: up to the next "\n--boundary"
+                i = buf.find(b"\n" + d, pos)
+                if i == -1:
+                    keep = len(d) + 2  # a delimiter (and its CR) may be cut in two
+                    if len(buf) - pos > keep:
+                        out.append(("data", bytes(buf[pos : len(buf) - keep])))
+                        pos = len(buf) - keep
+                    break
+                end = i - 1 if i > pos and buf[i - 1] == 0x0D else i
+                after = self._after_delim(i + 1 + len(d))
+                if after is None:
+                    if end > pos:
+                        out.append(("data", bytes(buf[pos:end])))
+                    pos = end
+                    break
+                if after == -1:  # only looked like a delimiter: content
+                    out.append(("data", bytes(buf[pos : i + 1])))
+                    pos = i + 1
+                    continue
+                if end > pos:
+                    out.append(("data", bytes(buf[pos:end])))
+                out.append(("end", b""))
+                pos = after
+        del buf[:pos]
+        if self.state == self._DONE:
+            buf.clear()
+        return out
+
+    def finish(self) -> bytes:
+        """The body ended: the bytes held back in a part (they were no delimiter)."""
+        rest = bytes(self.buf) if self.state == self._DATA else b""
+        self.buf.clear()
+        self.state = self._DONE
+        return rest
+
+    def _after_delim(self, j: int) -> int | None:
+        """After a delimiter at j: "--" ends the body; else the rest of the line is
+        skipped and a part's headers follow. None: not enough data to say."""
+        buf = self.buf
+        if len(buf) < j + 2:
+            return None
+        if buf[j : j + 2] == b"--":
+            self.state = self._DONE
+            return len(buf)
+        k = j
+        while k < len(buf) and buf[k] in (0x20, 0x09):  # transport padding
+            k += 1
+        if k + 1 >= len(buf) and not (k < len(buf) and buf[k] == 0x0A):
+            return None
+        if buf[k] == 0x0A or buf[k : k + 2] == b"\r\n":
+            self.state = self._HDR
+            self.hdr = []
+            return k + (1 if buf[k] == 0x0A else 2)
+        return -1  # "--boundary" then more: content, not a delimiter
+
+
 # --- decompression ----------------------------------------------------------------------
 
 
@@ -981,7 +1102,7 @@ class _Side:
     """Parsing state of one direction."""
 
     __slots__ = ("bare_lf", "buf", "decoder", "file", "hdr_bytes", "hdr_lines", "line_end",
-                 "line_start", "remaining", "skip_line", "state", "too_many", "tx",
+                 "line_start", "mp", "remaining", "skip_line", "state", "too_many", "tx",
                  "ub_inspected", "unframed")
 
     def __init__(self) -> None:
@@ -1000,6 +1121,7 @@ class _Side:
         # follow it and are no request line are its body.
         self.unframed: HttpTransaction | None = None
         self.ub_inspected = 0  # body length at its last inspection (see _unexpected_body)
+        self.mp: _Multipart | None = None  # a multipart request body being split
         self.decoder: _Decoder | None = None
         self.file: HttpFile | None = None
 
@@ -1400,11 +1522,11 @@ class HttpParser:
             return
         if kind == "chunked":
             side.state = _CHUNK_LEN
-            self._open_file(side, tx, True)
+            self._open_request_files(side, tx)
         elif kind == "length" and length > 0:
             side.state = _BODY_CL
             side.remaining = length
-            self._open_file(side, tx, True)
+            self._open_request_files(side, tx)
         else:
             # A request without framing has no body (RFC 9112 section 6.3 item 7), but
             # libhtp reads lines that follow it and do not start with a known method as
@@ -1412,6 +1534,36 @@ class HttpParser:
             self._end_request(tx, out)
             side.unframed = tx
             side.ub_inspected = 0
+
+    def _open_request_files(self, side: _Side, tx: HttpTransaction) -> None:
+        """A request body is one file, or for multipart/form-data one file per part that
+        names a file (an upload), as Suricata: form fields are no files."""
+        boundary = multipart_boundary(tx.request_header(b"content-type"))
+        if boundary is None:
+            self._open_file(side, tx, True)
+        else:
+            side.mp = _Multipart(boundary)
+
+    def _multipart_data(self, side: _Side, tx: HttpTransaction, data: bytes,
+                        out: list[AppEvent]) -> None:
+        mp = side.mp
+        if mp is None:
+            return
+        for kind, item in mp.feed(data):
+            if kind == "start" and isinstance(item, list):
+                name = None
+                for line in item:
+                    if line[:20].lower().startswith(b"content-disposition"):
+                        m = _CD_FILENAME_RE.search(line)
+                        if m:
+                            name = m.group(1) if m.group(1) is not None else m.group(2)
+                if name is not None:
+                    side.file = HttpFile(name, True, tx.tx_id)
+                    tx.files.append(side.file)
+            elif kind == "data" and side.file is not None and isinstance(item, bytes):
+                side.file.update(item)
+            elif kind == "end":
+                self._close_file(side, out, truncated=False)
 
     def _unexpected_body(self, side: _Side, tx: HttpTransaction, data: bytes,
                          out: list[AppEvent]) -> None:
@@ -1444,7 +1596,11 @@ class HttpParser:
 
     def _end_request(self, tx: HttpTransaction, out: list[AppEvent]) -> None:
         side = self._req
-        self._close_file(side, out, truncated=False)
+        # (a multipart part still open when the body ends was cut short)
+        if side.mp is not None and side.file is not None:
+            side.file.update(side.mp.finish())
+        self._close_file(side, out, truncated=side.mp is not None)
+        side.mp = None
         tx.request_complete = True
         side.state = _LINE
         side.tx = None
@@ -1656,6 +1812,9 @@ class HttpParser:
                 n = len(tx.request_body)
                 tx.request_body += data[:room]
                 self._tx_bytes += len(tx.request_body) - n
+            if side.mp is not None:
+                self._multipart_data(side, tx, data, out)
+                return
         else:
             tx.response_body_len += len(data)
             if side.decoder is not None:

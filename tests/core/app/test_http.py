@@ -794,3 +794,35 @@ def test_request_without_protocol_then_endless_name_is_bounded() -> None:
         p.feed(b"a" * 1000, True)
     assert p.transactions[0].request_complete  # decided: no header follows
     assert len(p._req.buf) <= 2 * 18000
+
+
+MP_BODY = (b"preamble\r\n--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nfield\r\n"
+           b"--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"one.jpg\"\r\n"
+           b"Content-Type: image/jpeg\r\n\r\nfirst\r\n--XyZ-not-a-delimiter\r\n"
+           b"--XyZ\nContent-Disposition: form-data; name=\"g\"; filename=two.txt\n\n"
+           b"second\n--XyZ--\r\nepilogue")
+
+
+def test_multipart_upload_files_are_its_parts() -> None:
+    req = (b"POST /upload.cgi HTTP/1.1\r\nContent-Type: multipart/form-data; "
+           b"boundary=XyZ\r\nContent-Length: %d\r\n\r\n" % len(MP_BODY) + MP_BODY)
+    p, ev = check_all_chunkings([(True, req)])
+    tx = p.transactions[0]
+    # One file per part that names one (not the form field, not the whole body),
+    # delimited by CRLF or LF alone; what only looks like a delimiter is content.
+    assert [(f.filename, f.size, f.state) for f in tx.files] == [
+        (b"one.jpg", len(b"first\r\n--XyZ-not-a-delimiter"), "CLOSED"),
+        (b"two.txt", 6, "CLOSED")]
+    assert tx.files[0].sha256 == hashlib.sha256(b"first\r\n--XyZ-not-a-delimiter").hexdigest()
+    assert tx.files[1].sha256 == hashlib.sha256(b"second").hexdigest()
+    assert bytes(tx.request_body) == MP_BODY  # the body buffers stay the whole body
+    assert [e.tx_id for e in ev if e.kind == FILE_CLOSED] == [0, 0]
+
+
+def test_multipart_part_cut_short_is_truncated() -> None:
+    body = b"--b\r\nContent-Disposition: form-data; name=f; filename=\"x.exe\"\r\n\r\nMZ..."
+    req = (b"POST / HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=\"b\"\r\n"
+           b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    p, _ = check_all_chunkings([(True, req)])
+    (f,) = p.transactions[0].files
+    assert (f.filename, f.size, f.state) == (b"x.exe", 5, "TRUNCATED")

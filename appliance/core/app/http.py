@@ -9,6 +9,19 @@ Tolerance follows what servers and browsers accept (and what libhtp's "IDS"
 personality does): bare LF line endings, folded header lines (RFC 9112 section 5.2,
 obsolete but still parsed), duplicate headers joined with ", " (RFC 9110 section 5.3),
 leading blank lines before a request/response line, garbage chunk extensions.
+
+Evasions (the "HTTP Evader" cases of suricata-verify) are read the way libhtp reads
+them, so the body inspected is the one the browser gets: a lone CR ends a response
+line; folding works on whole lines; header names ignore NUL bytes and VT/FF around
+them; any Transfer-Encoding holding "chunked" means chunked, and a "chunked" body that
+is no chunk-size line is read as it is; chunk sizes ignore control bytes around them;
+Content-Encoding is a token list whose layers pass data through when they cannot
+decode it (gzip headers read leniently); 1xx/204/304 responses with framing get their
+body; a junk line before a status line is skipped. Requests: the request line is a
+progress point of its own (TX_REQUEST_LINE); a line without protocol is followed by
+headers when they look like headers; lines after a request without framing that start
+with no known method are its body; multipart uploads give one file per part.
+
 Anything odd becomes an anomaly with Suricata's HTTP event name (its
 ``rules/http-events.rules``), never an exception.
 

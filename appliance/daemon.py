@@ -414,6 +414,11 @@ class Supervisor:
                 sums = totals.setdefault(k, {})
                 for name, v in ws.get(k, {}).items():
                     sums[name] = sums.get(name, 0) + int(v)
+            # The netlink transport's counters (GSO packets, batch verdicts, ENOBUFS).
+            sums = totals.setdefault("transport", {})
+            for name, v in ws.get("transport", {}).items():
+                if isinstance(v, int):
+                    sums[name] = sums.get(name, 0) + v
         totals["bypassed"] = totals["verdicts"].get("bypass", 0)
         totals["flow"] = self._flow_totals()
         totals["top_talkers"] = sorted(talkers.items(), key=lambda kv: -kv[1])[:5]

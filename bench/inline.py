@@ -1,12 +1,18 @@
 """Inline figures on the lab, in one run: throughput, packet rate, latency, memory.
 
     .venv/bin/python bench/inline.py [--rules PATH]... [--seconds 5]
+                                     [--transport netfilterqueue|netlink|both]
 
 Prints, for the lab bridge: iperf3 TCP throughput of one stream, bare bridge vs through
 the appliance (default config, then with bypass disabled so every byte is inspected);
 small UDP packet rate through the appliance with 2 workers and two address pairs; added
 latency p50/p99 (ping); and memory per worker. Needs root. Traffic stays inside the
 lab's namespaces; every run is bounded by --seconds.
+
+--transport picks the workers' NFQUEUE transport (`appliance run --transport`); `both`
+measures the appliance with each, back to back on the same lab, against one bare-bridge
+baseline. The machine may be shared: the figures are indicative, compare them within
+one run.
 """
 
 from __future__ import annotations
@@ -109,14 +115,60 @@ class Running:
             self.proc.kill()
 
 
+def measure(lab: Lab, rules: list[str], secs: int, bare: float, p50b: float, p99b: float,
+            transport: str) -> None:
+    """The appliance's figures with one transport (bare-bridge figures for comparison)."""
+    t = ["--transport", transport]
+    print(f"-- transport {transport}")
+    run = Running(lab, rules, *t)
+    try:
+        thru = iperf_tcp(lab, secs)
+        p50, p99 = ping_ms(lab)
+        rss = run.worker_rss_mib()
+    finally:
+        run.stop()
+    print(f"appliance (default config):  TCP {thru:6.2f} Gbit/s ({thru / bare:5.1%} of "
+          f"bare)   ping p50 +{p50 - p50b:.3f} ms p99 +{p99 - p99b:.3f} ms   worker RSS "
+          f"{', '.join(f'{r:.0f}' for r in rss)} MiB")
+    cfg = Path(tempfile.mktemp(suffix=".yaml"))
+    cfg.write_text("stream:\n  bypass: false\n")
+    run = Running(lab, rules, "--config", str(cfg), *t)
+    try:
+        full = iperf_tcp(lab, secs)
+        p50f, p99f = ping_ms(lab)
+    finally:
+        run.stop()
+        cfg.unlink()
+    print(f"appliance, bypass disabled:  TCP {full:6.2f} Gbit/s ({full / bare:5.1%} of "
+          f"bare; every byte inspected)   ping p50 +{p50f - p50b:.3f} ms "
+          f"p99 +{p99f - p99b:.3f} ms")
+    run = Running(lab, rules, "--queues", "2", *t)
+    try:
+        pps = udp_rate(lab, secs)
+    finally:
+        run.stop()
+    print(f"appliance, 2 workers:        {pps:,.0f} small UDP packets/s delivered "
+          "(64-byte payloads, two address pairs)")
+    run = Running(lab, rules, *t)
+    try:
+        pps1 = udp_rate(lab, secs)
+    finally:
+        run.stop()
+    print(f"appliance, 1 worker:         {pps1:,.0f} small UDP packets/s delivered")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rules", action="append", default=None)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--transport", choices=("netfilterqueue", "netlink", "both"),
+                    default="netfilterqueue")
+    ap.add_argument("--prefix", default="bench-", help="the lab's name prefix")
     a = ap.parse_args()
     rules = a.rules or ([str(ETOPEN)] if ETOPEN.exists() else []) + [str(REPO / "rules")]
     secs = a.seconds
-    lab = Lab("bench-")
+    transports = ["netfilterqueue", "netlink"] if a.transport == "both" else [a.transport]
+    lab = Lab(a.prefix)
     lab.up()
     servers = [subprocess.Popen(lab.exec_argv("internet", ["iperf3", "-s", "-p", str(p)]),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -128,32 +180,8 @@ def main() -> None:
         p50b, p99b = ping_ms(lab)
         print(f"bare bridge:                 TCP {bare:6.2f} Gbit/s   ping p50 {p50b:.3f} ms "
               f"p99 {p99b:.3f} ms")
-        run = Running(lab, rules)
-        try:
-            thru = iperf_tcp(lab, secs)
-            p50, p99 = ping_ms(lab)
-            rss = run.worker_rss_mib()
-        finally:
-            run.stop()
-        print(f"appliance (default config):  TCP {thru:6.2f} Gbit/s ({thru / bare:5.1%} of "
-              f"bare)   ping p50 +{p50 - p50b:.3f} ms p99 +{p99 - p99b:.3f} ms   worker RSS "
-              f"{', '.join(f'{r:.0f}' for r in rss)} MiB")
-        cfg = Path(tempfile.mktemp(suffix=".yaml"))
-        cfg.write_text("stream:\n  bypass: false\n")
-        run = Running(lab, rules, "--config", str(cfg))
-        try:
-            full = iperf_tcp(lab, secs)
-        finally:
-            run.stop()
-        print(f"appliance, bypass disabled:  TCP {full:6.2f} Gbit/s ({full / bare:5.1%} of "
-              "bare; every byte inspected)")
-        run = Running(lab, rules, "--queues", "2")
-        try:
-            pps = udp_rate(lab, secs)
-        finally:
-            run.stop()
-        print(f"appliance, 2 workers:        {pps:,.0f} small UDP packets/s delivered "
-              "(64-byte payloads, two address pairs)")
+        for transport in transports:
+            measure(lab, rules, secs, bare, p50b, p99b, transport)
     finally:
         for s in servers:
             s.terminate()

@@ -101,14 +101,18 @@ NF_ACCEPT: Final = 1
 MAX_COPY_RANGE: Final = 0xFFFF - NLA_HDRLEN
 # One receive buffer: the largest packet message (a 64 KiB payload plus ~100 bytes of
 # headers and attributes) fits with room to spare, so no message is ever cut (MSG_TRUNC).
+# The kernel sends every packet message as a datagram of its own, so a receive returns
+# one packet (measured: receives == messages); the parser still takes any number of
+# messages per buffer (config answers, errors).
 RECV_BUFFER: Final = 256 * 1024
 # The socket's receive buffer in the kernel. A full queue of MAX_QUEUE_LEN GSO messages
 # could take far more; 16 MiB absorbs bursts of ~250 super-packets or ~30,000 small ones
 # (netlink charges an skb's truesize) while the worker is busy with one slow packet.
 SOCKET_RCVBUF: Final = 16 * 1024 * 1024
 # Consecutive same-verdict packets per batch verdict. The first packet of a batch waits
-# for the rest, so a batch is also flushed at the end of every receive round; 64 keeps
-# that wait to 64 packets' inspection at worst (issue 6's measurement used 64).
+# for the rest, so a batch is also flushed whenever the socket is empty; 64 keeps that
+# wait to 63 packets' inspection at worst, and only when those packets were already
+# waiting (issue 6's measurement used 64).
 BATCH_MAX: Final = 64
 # How long to wait for the kernel's answer to a config request.
 ACK_TIMEOUT: Final = 2.0
@@ -304,7 +308,7 @@ def parse_packet(buf: bytes | bytearray | memoryview, off: int, end: int) -> Que
         elif atype == NFQA_HWADDR and vlen >= 4:
             n = _HW.unpack_from(buf, v)[0]
             hw = bytes(buf[v + 4:v + 4 + min(n, vlen - 4, 8)])
-        off += _align(alen)
+        off += (alen + 3) & ~3  # attributes are 4-byte aligned (NLA_ALIGN)
     if pkt is None:
         raise MalformedMessage("packet message without NFQA_PACKET_HDR")
     pkt.hw_protocol = hw_proto
@@ -370,8 +374,8 @@ class VerdictBatcher:
     Packets arrive in id order and each gets its verdict before the next is looked at,
     so while a run of packets shares (verdict, mark), one NFQNL_MSG_VERDICT_BATCH with
     the last id answers them all: every packet still queued with a lower id belongs to
-    the run. A different verdict or mark, BATCH_MAX packets, or flush() (end of a
-    receive round; before a packet is held for a file scan; around a reject, whose drop
+    the run. A different verdict or mark, BATCH_MAX packets, or flush() (the socket is
+    empty; before a packet is held for a file scan; around a reject, whose drop
     must be in the kernel before the reset goes out) sends the run. A run of one goes
     as a plain verdict. A packet whose id is not above the run's last one (the id
     sequence wrapped at 2**32) ends the run first, so a batch never reaches back.

@@ -58,9 +58,9 @@ _NFQA_CFG_MASK = 4
 _NFQA_CFG_FLAGS = 5
 NFQA_CFG_F_FAIL_OPEN = 1
 _NLM_F_REQUEST = 1
-# netlink transport: receive rounds per wake-up before the loop looks at reloads again
-# (each round is one recv; under a flood the socket is never empty).
-RECV_ROUNDS = 64
+# netlink transport: receives per wake-up before the loop looks at reloads again (each
+# is one recv of one packet message; under a flood the socket is never empty).
+RECV_ROUNDS = 256
 TRANSPORTS = ("netfilterqueue", "netlink")
 # Flows looked at to find the top talkers for status (bounded work once a second).
 TOP_TALKER_SCAN = 50_000
@@ -293,15 +293,19 @@ class QueueWorker:
                     except InterruptedError:
                         continue
                 if fd in ready:
+                    # The kernel hands over one packet message per receive, so runs of
+                    # same-verdict packets span receives: the batcher sends a run when
+                    # it reaches BATCH_MAX or the verdict changes, and what is left goes
+                    # once the socket is empty (nothing then waits for later packets).
                     for _ in range(RECV_ROUNDS):
                         pkts = q.receive()
                         if not pkts:
                             break
                         for p in pkts:
                             handle(p)
-                        q.flush()  # the end of a round: nothing waits for more packets
                         if self._stop:
                             break
+                    q.flush()
                 if self.reloader is not None:
                     if len(watch) > 1 and watch[1] in ready:
                         self.reloader.on_message()

@@ -126,7 +126,7 @@ def config_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Config:
             def pick(t: Timeouts, prefix: str, d: dict[str, Any] = d,
                      where: str = where) -> Timeouts:
                 vals = {}
-                for st in ("new", "established", "closed"):
+                for st in ("new", "established", "closed", "bypassed"):
                     k = prefix + st
                     vals[st] = (_number(d[k], f"{where}.{k}") if k in d
                                 else getattr(t, st))

@@ -113,3 +113,11 @@ def test_example_config_loads_and_states_the_defaults() -> None:
     assert eng.exception_policy == base.exception_policy
     assert eng.flow.stream.host_os_policy == (("linux", ("10.203.0.0/24",)),)
     assert replace(eng, flow=base.flow) == base  # nothing else differs from the defaults
+
+
+def test_bypassed_timeouts_are_read() -> None:
+    cfg = config_from_dict({"flow-timeouts": {"tcp": {"bypassed": 30,
+                                                      "emergency-bypassed": 7}}})
+    norm, emerg = cfg.engine.flow.timeouts[PC_TCP]
+    assert (norm.bypassed, emerg.bypassed) == (30, 7)
+    assert norm.established == 600  # the others keep their defaults

@@ -261,8 +261,11 @@ class Engine:
             st.errors += 1
             if self._fail_closed(flow or self._flow_seen):
                 kind = VerdictKind.DROP  # the guest's role fails closed
-        if kind is VerdictKind.BYPASS and not self.config.bypass:
-            kind = VerdictKind.ACCEPT
+        if kind is VerdictKind.BYPASS:
+            if not self.config.bypass:
+                kind = VerdictKind.ACCEPT
+            elif flow is not None and self.config.mode == "ips":
+                self.flows.mark_bypassed(flow)
         if self._hold is not None and kind in (VerdictKind.ACCEPT, VerdictKind.BYPASS):
             # The packet completing a download waits for the file's verdict. (With
             # several files done by one packet, the last one's answer gives the Verdict,

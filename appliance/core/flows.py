@@ -33,6 +33,7 @@ from appliance.core.decode import (
     Packet,
 )
 from appliance.core.stream import (
+    FLOW_BYPASSED,
     FLOW_CLOSED,
     FLOW_ESTABLISHED,
     FLOW_NEW,
@@ -61,8 +62,11 @@ class Timeouts:
     new: float
     established: float
     closed: float
+    bypassed: float = 100.0
 
     def for_state(self, state: int) -> float:
+        if state == FLOW_BYPASSED:
+            return self.bypassed
         return self.new if state == FLOW_NEW else (
             self.established if state == FLOW_ESTABLISHED else self.closed)
 
@@ -70,10 +74,10 @@ class Timeouts:
 def _default_timeouts() -> dict[int, tuple[Timeouts, Timeouts]]:
     # Suricata 7 defaults (suricata.yaml flow-timeouts): (normal, emergency).
     return {
-        PC_DEFAULT: (Timeouts(30, 300, 0), Timeouts(10, 100, 0)),
-        PC_TCP: (Timeouts(60, 600, 60), Timeouts(5, 100, 10)),
-        PC_UDP: (Timeouts(30, 300, 0), Timeouts(10, 100, 0)),
-        PC_ICMP: (Timeouts(30, 300, 0), Timeouts(10, 100, 0)),
+        PC_DEFAULT: (Timeouts(30, 300, 0, 100), Timeouts(10, 100, 0, 50)),
+        PC_TCP: (Timeouts(60, 600, 60, 100), Timeouts(5, 100, 10, 50)),
+        PC_UDP: (Timeouts(30, 300, 0, 100), Timeouts(10, 100, 0, 50)),
+        PC_ICMP: (Timeouts(30, 300, 0, 100), Timeouts(10, 100, 0, 50)),
     }
 
 
@@ -272,7 +276,7 @@ class FlowTable:
         self.queues: dict[tuple[int, int], OrderedDict[FlowKey, Flow]] = {
             (pc, st): OrderedDict()
             for pc in (PC_DEFAULT, PC_TCP, PC_UDP, PC_ICMP)
-            for st in (FLOW_NEW, FLOW_ESTABLISHED, FLOW_CLOSED)
+            for st in (FLOW_NEW, FLOW_ESTABLISHED, FLOW_CLOSED, FLOW_BYPASSED)
         }
         self.emergency = False
         # Whether a newcomer may evict an established flow when the table is full (the
@@ -317,9 +321,16 @@ class FlowTable:
                 self.stats.timed_out += 1
                 f = None
             elif (p.proto == PROTO_TCP and f.tcp is not None and p.tcp_flags >= 0
-                  and is_stream_starter(p.tcp_flags) and f.tcp.state >= TcpState.TIME_WAIT):
+                  and is_stream_starter(p.tcp_flags)
+                  and (f.tcp.state >= TcpState.TIME_WAIT
+                       or ((f.state == FLOW_BYPASSED or f.action == "drop")
+                           and p.tcp_seq != f.tcp.cli.isn))):
                 # A fresh SYN on a finished session starts a new connection on the same
-                # 4-tuple (Suricata: TcpSessionReuseDoneEnough).
+                # 4-tuple (Suricata: TcpSessionReuseDoneEnough). So does a SYN with
+                # another ISN on a session the engine stopped following (bypassed: the
+                # kernel queued this SYN, so conntrack saw a new connection; dropped or
+                # reset: its end was never seen): the old decision must not carry over
+                # to the guest's next connection that happens to reuse the port.
                 self._retire(f, "timeout")
                 self.stats.reused += 1
                 f = None
@@ -340,14 +351,20 @@ class FlowTable:
         return f, to_server
 
     def set_state(self, f: Flow, state: int) -> None:
-        """Move a flow to another state (and so another timeout queue)."""
-        if state == f.state:
+        """Move a flow to another state (and so another timeout queue). A bypassed
+        flow stays bypassed (packets already in flight must not undo it)."""
+        if state == f.state or f.state == FLOW_BYPASSED:
             return
         f.state = state
         nq = (f.pclass, state)
         del self.queues[f.queue][f.key]
         self.queues[nq][f.key] = f
         f.queue = nq
+
+    def mark_bypassed(self, f: Flow) -> None:
+        """The kernel stops queueing this connection: the bypassed timeout applies."""
+        if f.state != FLOW_BYPASSED:
+            self.set_state(f, FLOW_BYPASSED)
 
     def update_tcp(self, f: Flow, p: Packet, to_server: bool) -> StreamUpdate | None:
         """Track the TCP session and reassemble its streams (core/stream.py). Without a

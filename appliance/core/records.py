@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from appliance.core.decode import Packet
 from appliance.core.flows import Flow
-from appliance.core.stream import FLOW_CLOSED, FLOW_ESTABLISHED, STATE_NAMES
+from appliance.core.stream import FLOW_BYPASSED, FLOW_CLOSED, FLOW_ESTABLISHED, STATE_NAMES
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -21,7 +21,8 @@ PROTO_NAMES: Final = {
     50: "ESP", 51: "AH", 58: "IPv6-ICMP", 89: "OSPF", 103: "PIM", 112: "VRRP", 132: "SCTP",
 }
 
-_STATE_NAME: Final = {0: "new", FLOW_ESTABLISHED: "established", FLOW_CLOSED: "closed"}
+_STATE_NAME: Final = {0: "new", FLOW_ESTABLISHED: "established", FLOW_CLOSED: "closed",
+                      FLOW_BYPASSED: "bypassed"}
 
 
 def format_ts(ts: float) -> str:

@@ -82,6 +82,9 @@ STATE_NAMES: Final = {
 FLOW_NEW: Final = 0
 FLOW_ESTABLISHED: Final = 1
 FLOW_CLOSED: Final = 2
+# Inline, once the kernel was asked to stop queueing the connection (a bypass verdict):
+# the engine will not see it end, so it times out on the shorter "bypassed" timeout.
+FLOW_BYPASSED: Final = 3
 
 FLOW_STATE_OF: Final = {
     TcpState.NONE: FLOW_NEW,

@@ -132,3 +132,56 @@ def test_tunnelled_traffic_is_inspected_and_the_tunnel_packet_dropped() -> None:
         assert kinds == [VerdictKind.ACCEPT] * 3 + [VerdictKind.DROP]
         assert [a["alert"]["signature_id"] for a in alerts] == [7]
         assert alerts[0]["src_ip"] == c  # the inner packet's addresses
+
+
+def _conn(sport: int, isn: int, payload: bytes) -> list[bytes]:
+    from scapy.layers.inet import IP, TCP
+    from scapy.packet import Raw
+
+    c, s = "10.1.0.1", "10.2.0.2"
+    return [bytes(x) for x in (
+        IP(src=c, dst=s) / TCP(sport=sport, dport=80, flags="S", seq=isn),
+        IP(src=s, dst=c) / TCP(sport=80, dport=sport, flags="SA", seq=9000, ack=isn + 1),
+        IP(src=c, dst=s) / TCP(sport=sport, dport=80, flags="A", seq=isn + 1, ack=9001),
+        IP(src=c, dst=s) / TCP(sport=sport, dport=80, flags="PA", seq=isn + 1, ack=9001)
+        / Raw(payload))]
+
+
+def _verdicts(engine: Engine, pkts: list[bytes], t0: float) -> list[VerdictKind]:
+    out = []
+    for n, raw in enumerate(pkts):
+        cmds = engine.handle(PacketIn(n, t0 + n * 0.01, raw, LINKTYPE_RAW))
+        out += [x.kind for x in cmds if isinstance(x, Verdict)]
+    return out
+
+
+def test_a_reused_port_after_a_reject_or_a_bypass_is_a_new_connection() -> None:
+    """The guest's next connection on the same 4-tuple must not inherit the old one's
+    drop (its reset or drop hid the end from the engine) or bypass."""
+    from appliance.core.engine import EngineConfig
+    from appliance.core.stream import FLOW_BYPASSED
+    from appliance.rules.loader import detection_from_text
+
+    loaded = detection_from_text([
+        'reject tcp any any -> any 80 (msg:"probe"; content:"/bin/sh"; sid:1;)',
+        'pass tcp any any -> any 80 (msg:"bulk"; content:"GET /bulk/"; depth:10; sid:2;)'])
+    engine = Engine(EngineConfig(mode="ips", heuristics=None), loaded.engine)
+    A, R, B, D = (VerdictKind.ACCEPT, VerdictKind.REJECT, VerdictKind.BYPASS,
+                  VerdictKind.DROP)
+    assert _verdicts(engine, _conn(4000, 100, b"GET /;/bin/sh"), 10.0) == [A, A, A, R]
+    # The same port, a new ISN: a new flow, inspected afresh (not dropped).
+    assert _verdicts(engine, _conn(4000, 77777, b"GET / HTTP/1.0\r\n\r\n"), 20.0) == [
+        A, A, A, A]
+    assert engine.flows.stats.reused == 1
+    # A retransmitted SYN of a dropped connection (same ISN) is still dropped.
+    engine2 = Engine(EngineConfig(mode="ips", heuristics=None), loaded.engine)
+    first = _conn(4001, 100, b"GET /;/bin/sh")
+    assert _verdicts(engine2, first, 10.0) == [A, A, A, R]
+    assert _verdicts(engine2, first[:1], 11.0) == [D]
+    # Bypass: the flow is marked bypassed (shorter timeout), and a new SYN on the same
+    # 4-tuple (conntrack queued it: a new connection) is inspected again.
+    assert _verdicts(engine, _conn(4002, 500, b"GET /bulk/1 HTTP/1.0\r\n\r\n"), 30.0) == [
+        A, A, A, B]
+    (bulk,) = [f for f in engine.flows if f.sp == 4002]
+    assert bulk.state == FLOW_BYPASSED and engine.flows.timeout_of(bulk) == 100
+    assert _verdicts(engine, _conn(4002, 90000, b"GET /;/bin/sh"), 40.0) == [A, A, A, R]

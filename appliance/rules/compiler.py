@@ -29,6 +29,8 @@ from appliance.rules.keywords import (
     ByteJump,
     ByteMath,
     ByteTest,
+    Dataset,
+    DatasetOp,
     FileSize,
     FlagsCheck,
     FlowInt,
@@ -46,11 +48,13 @@ from appliance.rules.keywords import (
     parse_byte_jump,
     parse_byte_math,
     parse_byte_test,
+    parse_dataset,
     parse_filesize,
     parse_flags,
     parse_flow,
     parse_flowint,
     parse_hash_list,
+    parse_ipopts,
     parse_isdataat,
     parse_num,
     parse_stream_size,
@@ -108,7 +112,7 @@ BUFFER_APP: Final = {
     "ssh.proto": "ssh", "ssh.software": "ssh",
 }
 PACKET_BUFFERS: Final = frozenset({"pkt_data", "ipv4.hdr", "ipv6.hdr", "tcp.hdr", "udp.hdr",
-                                    "icmpv4.hdr", "icmpv6.hdr"})
+                                    "icmpv4.hdr", "icmpv6.hdr", "ip.src", "ip.dst"})
 # Packet buffers that hold a protocol header rather than the payload: the prefilter does
 # not scan them (their rules are found by protocol/address/port; see matcher.py).
 HEADER_BUFFERS: Final = PACKET_BUFFERS - {"pkt_data"}
@@ -148,7 +152,7 @@ class CPcre:
 
 
 Item = (CContent | CPcre | ByteTest | ByteJump | ByteExtract | ByteMath | IsDataAt | Bsize
-        | HashList | FileSize | Base64Decode)
+        | HashList | FileSize | Base64Decode | DatasetOp)
 
 # Pseudo-buffers of a transaction's complete files (applayer.py): their size (decimal
 # text) and hashes (lower-case hex), one element per file.
@@ -191,6 +195,8 @@ class CompiledRule:
     seq: int | None = None
     ack: int | None = None
     window: NumCheck | None = None
+    tcp_mss: NumCheck | None = None  # the SYN's MSS option (no option: no match)
+    ipopts: int | None = None  # an IPv4 option type the header must carry (-1: any)
     ip_id: int | None = None
     tos: NumCheck | None = None
     fragbits: tuple[str, int] | None = None
@@ -222,6 +228,12 @@ class CompiledRule:
 
     @property
     def first_key(self) -> BufferKey | None:
+        if self.app:
+            # An app-layer rule is found through its app-layer buffers (its payload
+            # chains, if any, are checked on the packet that completes the inspection).
+            for ch in self.chains:
+                if ch.key[0] not in PACKET_BUFFERS:
+                    return ch.key
         return self.chains[0].key if self.chains else None
 
     @property
@@ -238,6 +250,7 @@ class CompiledRule:
                     self.dsize, self.itype, self.icode, self.icmp_id, self.icmp_seq,
                     self.ttl, self.ip_proto, self.flags, self.seq, self.ack, self.window,
                     self.ip_id, self.tos, self.fragbits, self.urilen, self.stream_size,
+                    self.tcp_mss, self.ipopts,
                     self.app_layer_protocol, self.tls_versions, self.dns_opcode,
                     self.dns_rrtype)))
 
@@ -297,8 +310,17 @@ def _content(c: Content) -> CContent:
                     c.startswith, c.endswith, c.relative)
 
 
-def _buffer_item(b: BufferOption) -> Item:
+def _rule_dir(rule: Rule) -> str | None:
+    """Where files a rule names (hash lists, datasets) are read from: its rule file's
+    directory. They are read at load time (the warm start compiles such rules eagerly:
+    loader._load_cached)."""
+    return str(Path(rule.file).parent) if rule.file and rule.file != "<text>" else None
+
+
+def _buffer_item(b: BufferOption, rule: Rule, datasets: dict[str, Dataset]) -> Item:
     k = b.keyword
+    if k in ("dataset", "datarep"):
+        return parse_dataset(k, b.value, _rule_dir(rule), datasets)
     if k == "byte_test":
         return parse_byte_test(b.value)
     if k == "byte_jump":
@@ -320,8 +342,14 @@ def _fast_pattern(rule: Rule) -> tuple[BufferKey, bytes, bool] | None:
     """Suricata's choice: the content marked fast_pattern, else the longest positive
     content (ties: the first). `fast_pattern:only` and `fast_pattern:o,l` chops apply."""
     best: Content | None = None
+    # A rule with app-layer buffers is prefiltered on one of them: it is inspected per
+    # transaction, where a payload content is checked but not scanned.
+    app = any(c.buffer not in PACKET_BUFFERS and c.buffer != "base64_data"
+              for c in rule.contents if not c.negated)
     for c in rule.contents:
         if c.negated or c.buffer == "base64_data":  # decoded data: nothing to prefilter
+            continue
+        if app and c.buffer in PACKET_BUFFERS:
             continue
         if c.fast_pattern:
             best = c
@@ -348,8 +376,12 @@ def _flowbits(rule: Rule) -> tuple[tuple[Flowbit, ...], tuple[Flowbit, ...], boo
     return checks, sets, noalert
 
 
-def compile_rule(rule: Rule, order: int,
-                 classifications: Mapping[str, Classification]) -> CompiledRule:
+def compile_rule(rule: Rule, order: int, classifications: Mapping[str, Classification],
+                 datasets: dict[str, Dataset] | None = None) -> CompiledRule:
+    """``datasets``: the ruleset's named datasets, shared by the rules that name them
+    (a fresh registry when not given)."""
+    if datasets is None:
+        datasets = {}
     proto = APP_ALIASES.get(rule.proto, rule.proto)
     if proto in IP_PROTOS:
         ipproto = IP_PROTOS[proto]
@@ -388,7 +420,7 @@ def compile_rule(rule: Rule, order: int,
         elif isinstance(m, Pcre):
             item = CPcre(_regex_of(m), m.relative, m.negated, m.source)
         else:
-            item = _buffer_item(m)
+            item = _buffer_item(m, rule, datasets)
         chains.setdefault((buf, transforms), []).append(item)
     cls = classifications.get(rule.classtype or "")
     cr = CompiledRule(
@@ -435,6 +467,10 @@ def compile_rule(rule: Rule, order: int,
             cr.window = parse_num(kw, value)
         elif kw == "id":
             cr.ip_id = parse_num(kw, value).a
+        elif kw == "tcp.mss":
+            cr.tcp_mss = parse_num(kw, value)
+        elif kw == "ipopts":
+            cr.ipopts = parse_ipopts(value)
         elif kw == "tos":
             cr.tos = parse_num(kw, value)
         elif kw == "fragbits":
@@ -478,12 +514,8 @@ def compile_rule(rule: Rule, order: int,
             if ev_proto is not None and cr.app_proto is None:
                 cr.app_proto = ev_proto
         elif kw in FILE_HASH_BUFFERS:
-            # Lists are read from the rule file's directory, at load time (the warm
-            # start compiles these rules eagerly: loader._load_cached).
-            rule_dir = str(Path(rule.file).parent) if rule.file and rule.file != "<text>" \
-                else None
             legacy.append(Chain((FILE_HASH_BUFFERS[kw], ()),
-                                (parse_hash_list(kw, value, rule_dir),)))
+                                (parse_hash_list(kw, value, _rule_dir(rule)),)))
             cr.app = True
         elif kw == "filesize":
             legacy.append(Chain(("file.size", ()), (FileSize(parse_filesize(value)),)))
@@ -667,6 +699,7 @@ class LazyRules(Sequence[CompiledRule]):
         self._done: list[CompiledRule | None] = [None] * len(infos)
         self._variables = variables
         self._classes = classifications
+        self._datasets: dict[str, Dataset] = {}
 
     def __len__(self) -> int:
         return len(self._infos)
@@ -686,7 +719,7 @@ class LazyRules(Sequence[CompiledRule]):
             rule = parse_rule(info.raw, self._variables, self._classes, file=info.file,
                               line=info.line)
             try:
-                got = compile_rule(rule, info.order, self._classes)
+                got = compile_rule(rule, info.order, self._classes, self._datasets)
             except (CompileError, KeywordError):
                 # It compiled when the cache was written; what it reads beside the rules
                 # (a hash list) has changed since. It must not stop the packet: it never
@@ -733,9 +766,10 @@ def compile_rules(rules: Iterable[Rule],
     ordered = sorted(rules, key=lambda r: _sort_key(r, {}))
     out: list[CompiledRule] = []
     failures: list[CompileFailure] = []
+    datasets: dict[str, Dataset] = {}
     for r in ordered:
         try:
-            out.append(compile_rule(r, len(out), classes))
+            out.append(compile_rule(r, len(out), classes, datasets))
         except (CompileError, KeywordError) as e:
             failures.append(CompileFailure(r, str(e)))
     return Program(out, failures, [r.info() for r in out])

@@ -7,8 +7,11 @@ semantics follow Suricata 7's keyword documentation and detect-*.c parsers.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -21,7 +24,7 @@ class KeywordError(ValueError):
 # fails to compile with "unsupported keyword 'x'" (reported by `rules check`), rather
 # than silently matching differently from Suricata.
 UNSUPPORTED: Final = frozenset({
-    "iprep", "geoip", "lua", "luajit", "dataset", "datarep", "asn1", "engine-event", "ftpbounce", "rpc", "ipopts",
+    "iprep", "geoip", "lua", "luajit", "asn1", "engine-event", "ftpbounce", "rpc",
     "entropy",
     "ftpdata_command", "ssl_state", "tls_cert_notbefore", "tls_cert_notafter",
     "tls_cert_expired", "tls_cert_valid", "ssh.protoversion", "ssh.softwareversion",
@@ -29,7 +32,7 @@ UNSUPPORTED: Final = frozenset({
     "nfs_procedure", "nfs.version", "snmp.version", "snmp.pdu_type", "modbus",
     "dnp3_func", "dnp3_ind", "dnp3_obj", "enip_command", "cip_service", "http2.frametype",
     "http2.errorcode", "http2.priority", "http2.window", "http2.size_update",
-    "http2.settings", "flowvar", "pktvar", "tcp.mss", "icmpv6.mtu",
+    "http2.settings", "flowvar", "pktvar", "icmpv6.mtu",
     "tls.store", "tls_store", "fragoffset",
 })
 
@@ -656,3 +659,184 @@ def parse_base64_decode(value: str | None) -> Base64Decode:
         else:
             raise KeywordError(f"'base64_decode': invalid option {w!r}")
     return Base64Decode(nbytes, offset, relative)
+
+
+# -- ipopts ----------------------------------------------------------------------------------
+
+# IPv4 option names (Suricata's ipopts keyword) -> option type byte; "any": any option.
+IPOPTS: Final = {"eol": 0x00, "nop": 0x01, "rr": 0x07, "ts": 0x44, "sec": 0x82,
+                 "esec": 0x85, "lsrr": 0x83, "ssrr": 0x89, "satid": 0x88, "any": -1}
+
+
+def parse_ipopts(value: str | None) -> int:
+    v = (value or "").strip().lower()
+    if v not in IPOPTS:
+        raise KeywordError(f"'ipopts': unknown option {value!r}")
+    return IPOPTS[v]
+
+
+# -- dataset / datarep -------------------------------------------------------------------------
+
+DATASET_TYPES: Final = frozenset({"string", "md5", "sha256", "ipv4", "ip"})
+# Entries one dataset holds at most: `dataset:set` adds no more beyond it (and does not
+# match), so traffic cannot grow it without bound. Suricata bounds it with memcap.
+DATASET_MAX_ENTRIES: Final = 1_000_000
+
+
+@dataclass(slots=True, eq=False)
+class Dataset:
+    """One named set (dataset) or value -> reputation map (datarep) of the ruleset,
+    shared by every rule that names it (Suricata's datasets are global). Values are kept
+    as the buffer holds them: raw strings, raw md5/sha256 digests, 4-byte IPv4 or 16-byte
+    IPv6 addresses (``ip`` maps IPv4 into ::ffff:0:0/96)."""
+
+    name: str
+    type: str
+    values: set[bytes] = field(default_factory=set)
+    reps: dict[bytes, int] = field(default_factory=dict)
+
+    def key(self, buf: bytes) -> bytes | None:
+        """The buffer as this set stores it, None when it cannot be one of its values."""
+        t = self.type
+        if t == "string":
+            return buf
+        if t == "md5":
+            return buf if len(buf) == 16 else None
+        if t == "sha256":
+            return buf if len(buf) == 32 else None
+        if t == "ipv4":
+            return buf if len(buf) == 4 else None
+        if len(buf) == 4:  # ip
+            return b"\x00" * 10 + b"\xff\xff" + buf
+        return buf if len(buf) == 16 else None
+
+
+def _dataset_value(ds: Dataset, text: str) -> bytes:
+    t = ds.type
+    if t == "string":
+        return base64.b64decode(text, validate=True)
+    if t in ("md5", "sha256"):
+        v = bytes.fromhex(text)
+        if len(v) != (16 if t == "md5" else 32):
+            raise ValueError(f"not a {t} hash")
+        return v
+    addr = ipaddress.ip_address(text)
+    if t == "ipv4":
+        if addr.version != 4:
+            raise ValueError("not an IPv4 address")
+        return addr.packed
+    got = ds.key(addr.packed)
+    assert got is not None
+    return got
+
+
+def load_dataset(ds: Dataset, path: Path, rep: bool) -> None:
+    """Fill ``ds`` from a file: one value per line in the type's text form (base64 for
+    strings, hex for hashes, addresses for ipv4/ip); for datarep ``value,reputation``.
+    A bad line fails the rule that loads it (KeywordError with file:line)."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as e:
+        raise KeywordError(f"cannot read {path.name}: {e.strerror}") from None
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        text, _, rv = line.partition(",")
+        try:
+            v = _dataset_value(ds, text.strip())
+            if rep:
+                ds.reps[v] = int(rv.strip())
+            else:
+                ds.values.add(v)
+        except (ValueError, binascii.Error):
+            raise KeywordError(f"{path.name}:{n}: not a valid {ds.type} value"
+                               + (" with a reputation" if rep else "")) from None
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetOp:
+    """``dataset:<set|isset|isnotset>,<name>,type <t>[,load <file>]...`` or
+    ``datarep:<name>,<op>,<value>,type <t>,load <file>`` on the active buffer."""
+
+    command: str  # set, isset, isnotset, rep
+    dataset: Dataset
+    op: str = ""  # datarep: >, <, >=, <=, ==
+    value: int = 0
+
+    def test(self, buf: bytes) -> bool:
+        ds = self.dataset
+        k = ds.key(buf)
+        if k is None:
+            return self.command == "isnotset"
+        cmd = self.command
+        if cmd == "isset":
+            return k in ds.values
+        if cmd == "isnotset":
+            return k not in ds.values
+        if cmd == "set":  # matches when the value is new to the set
+            if k in ds.values or len(ds.values) >= DATASET_MAX_ENTRIES:
+                return False
+            ds.values.add(k)
+            return True
+        rep = ds.reps.get(k)
+        if rep is None:
+            return False
+        op, v = self.op, self.value
+        return (rep > v if op == ">" else rep < v if op == "<" else rep >= v if op == ">="
+                else rep <= v if op == "<=" else rep == v)
+
+
+def parse_dataset(keyword: str, value: str | None, rule_dir: str | None,
+                  registry: dict[str, Dataset]) -> DatasetOp:
+    """A dataset/datarep keyword, its set taken from (or added to) ``registry`` by name.
+    ``save``/``state`` are accepted but nothing is written (the engine does no I/O);
+    ``memcap``/``hashsize`` are accepted (DATASET_MAX_ENTRIES bounds a set)."""
+    parts = [p.strip() for p in (value or "").split(",")]
+    if keyword == "dataset":
+        if len(parts) < 2 or parts[0] not in ("set", "isset", "isnotset"):
+            raise KeywordError(f"'dataset': invalid command in {value!r}")
+        cmd, name, opts = parts[0], parts[1], parts[2:]
+        op, num = "", 0
+    else:
+        if len(parts) < 3 or parts[1] not in (">", "<", ">=", "<=", "=="):
+            raise KeywordError(f"'datarep' needs name, operator, value in {value!r}")
+        if not parts[2].isdigit():
+            raise KeywordError(f"'datarep': invalid value {parts[2]!r}")
+        cmd, name, opts = "rep", parts[0], parts[3:]
+        op, num = parts[1], int(parts[2])
+    if not name or any(c.isspace() for c in name):
+        raise KeywordError(f"'{keyword}': invalid name {name!r}")
+    kind = ""
+    load = None
+    for o in opts:
+        k, _, v = o.partition(" ")
+        v = v.strip()
+        if k == "type" and v in DATASET_TYPES:
+            kind = v
+        elif k == "load" and v:
+            load = v
+        elif k in ("save", "state", "memcap", "hashsize") and v:
+            pass
+        else:
+            raise KeywordError(f"'{keyword}': invalid option {o!r}")
+    if not kind:
+        raise KeywordError(f"'{keyword}' needs 'type string|md5|sha256|ipv4|ip'")
+    if keyword == "datarep" and load is None:
+        raise KeywordError("'datarep' needs 'load <file>'")
+    reg_key = f"{keyword}:{name}"
+    ds = registry.get(reg_key)
+    if ds is None:
+        ds = Dataset(name, kind)
+        if load is not None:
+            path = Path(load)
+            if not path.is_absolute() and rule_dir is not None:
+                path = Path(rule_dir) / path
+            try:
+                load_dataset(ds, path, keyword == "datarep")
+            except KeywordError as e:
+                raise KeywordError(f"'{keyword}': {e}") from None
+        registry[reg_key] = ds
+    elif ds.type != kind:
+        raise KeywordError(f"'{keyword}': {name} is of type {ds.type}, not {kind}")
+    return DatasetOp(cmd, ds, op, num)

@@ -169,9 +169,9 @@ def _load_cached(path: Path, variables: Variables,
     infos = blob["infos"]
     lazy = LazyRules(infos, variables, classes)
     for i, info in enumerate(infos):
-        if "filemd5" in info.raw or "filesha" in info.raw:
-            # Rules with hash lists read them when compiled: now, at load time, not on
-            # their first packet (the engine does no I/O).
+        if any(w in info.raw for w in ("filemd5", "filesha", "dataset", "datarep")):
+            # Rules with hash lists or datasets read them when compiled: now, at load
+            # time, not on their first packet (the engine does no I/O).
             lazy[i]  # a list gone missing since the cache was written: never matches
     program = Program(lazy, failures, infos)
     engine = SignatureEngine(program, build_prefilters(program, path.parent), thresholds)

@@ -60,6 +60,8 @@ STICKY_BUFFERS: dict[str, str] = {
     "ipv6.hdr": "ipv6.hdr",
     "icmpv4.hdr": "icmpv4.hdr",
     "icmpv6.hdr": "icmpv6.hdr",
+    "ip.src": "ip.src",  # the packet's source / destination address (4 or 16 bytes)
+    "ip.dst": "ip.dst",
     "dns.query": "dns.query",
     "dns_query": "dns.query",
     "smb.named_pipe": "smb.named_pipe",

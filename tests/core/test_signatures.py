@@ -351,3 +351,21 @@ def test_base64_errors_and_transformed_buffer_options() -> None:
                       'content:"a="; base64_decode:relative; isdataat:1; sid:3;)')
     cr = compile_rule(rule, 0, {})
     assert [ch.key for ch in cr.chains] == [("http.cookie", (("url_decode", None),))]
+
+
+def test_tcp_mss_and_ipopts() -> None:
+    r = Run('alert tcp any any -> any any (msg:"small mss"; tcp.mss:<536; sid:1;)',
+            'alert tcp any any -> any any (msg:"mss 1460"; tcp.mss:1460; sid:2;)',
+            'alert ip any any -> any any (msg:"rr"; ipopts:rr; sid:3;)',
+            'alert ip any any -> any any (msg:"any opt"; ipopts:any; sid:4;)')
+
+    def syn(sp: int, opts: list[Any], ipopt: bytes = b"") -> Any:
+        return Ether() / IP(src=CLIENT, dst=SERVER, options=ipopt) / TCP(
+            sport=sp, dport=80, flags="S", options=opts)
+
+    assert r.sids(syn(1, [("NOP", None), ("MSS", 500)])) == [1]
+    assert r.sids(syn(2, [("WScale", 7), ("MSS", 1460)])) == [2]
+    assert r.sids(syn(3, [])) == []  # no MSS option: tcp.mss does not match
+    # Record route (type 7, length 7, pointer 4, one address, padded with EOL).
+    assert r.sids(syn(4, [], b"\x07\x07\x04\x00\x00\x00\x00\x00")) == [3, 4]
+    assert r.sids(syn(5, [], b"\x01\x01\x01\x00")) == [4]

@@ -32,6 +32,7 @@ from appliance.rules.keywords import (
     ByteMath,
     ByteRead,
     ByteTest,
+    DatasetOp,
     FileSize,
     HashList,
     IsDataAt,
@@ -173,6 +174,9 @@ def _match(items: tuple[Any, ...], i: int, buf: bytes, lcache: list[bytes | None
         elif t is Base64Decode:
             if isinstance(env, MatchEnv):
                 env.b64 = base64_decode(it, buf, prev_end)
+        elif t is DatasetOp:
+            if not it.test(buf):
+                return False
         elif t is HashList:
             # file.md5/.sha1/.sha256: one file's hash as lower-case hex.
             if (buf in it.hashes) == it.negated:

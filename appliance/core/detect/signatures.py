@@ -23,7 +23,7 @@ from appliance.core.decode import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 from appliance.core.detect.inspect import MatchEnv, apply_transforms, match_chain
 from appliance.core.flows import Flow
 from appliance.core.stream import FLOW_ESTABLISHED, TcpState
-from appliance.rules.compiler import BufferKey, CompiledRule, Program
+from appliance.rules.compiler import PACKET_BUFFERS, BufferKey, CompiledRule, Program
 from appliance.rules.keywords import FlowInt, Threshold, Xbit
 from appliance.rules.matcher import APP_GROUP, Prefilter, PrefilterSet, ip_group
 from appliance.rules.thresholds import NO_LIMITS, RateFilter, RuleLimits, ThresholdConfig
@@ -298,6 +298,20 @@ class SignatureEngine:
                     if not elems:
                         ok = False
                         break
+                elif ch.key[0] in PACKET_BUFFERS:
+                    # An app-layer rule's payload (or header) chain: checked on the packet
+                    # whose data completed this inspection, as Suricata checks a rule's
+                    # payload matches on the packet it inspects the transaction with.
+                    have = buffers.get(ch.key)
+                    if have is None:
+                        base = p.payload if ch.key[0] == "pkt_data" else header_buffer(
+                            ch.key[0], p)
+                        have = buffers[ch.key] = (
+                            [apply_transforms(base, ch.key[1])] if base else [])
+                    if not have:
+                        ok = False
+                        break
+                    elems = have
                 else:
                     if ch.key[0] not in raw:
                         ok = False
@@ -411,7 +425,14 @@ class SignatureEngine:
                 return False
             if r.window is not None and not r.window.test(p.tcp_win):
                 return False
-        elif r.flags is not None or r.seq is not None or r.ack is not None or r.window:
+            if r.tcp_mss is not None:
+                mss = tcp_mss(p)
+                if mss is None or not r.tcp_mss.test(mss):
+                    return False
+        elif (r.flags is not None or r.seq is not None or r.ack is not None or r.window
+              or r.tcp_mss is not None):
+            return False
+        if r.ipopts is not None and not _has_ipopt(p, r.ipopts):
             return False
         if r.sameip and src != dst:
             return False
@@ -645,6 +666,10 @@ def header_buffer(name: str, p: Packet) -> bytes | None:
     (extension headers included, as Suricata: suricata-verify ipv6-hdr-keyword-02);
     icmp*.hdr is the 8-byte ICMP header."""
     d = p.data
+    if name == "ip.src":
+        return p.src or None
+    if name == "ip.dst":
+        return p.dst or None
     if name == "ipv4.hdr" or name == "ipv6.hdr":
         o = p.l3_off
         if o < 0 or p.ipver != (4 if name == "ipv4.hdr" else 6):
@@ -674,6 +699,54 @@ def header_buffer(name: str, p: Packet) -> bytes | None:
     return d[o:o + n] if len(d) >= o + n else None
 
 
+def tcp_mss(p: Packet) -> int | None:
+    """The MSS option of a TCP header (kind 2, length 4), None without one."""
+    d, o = p.data, p.l4_off
+    if o < 0 or len(d) < o + 20:
+        return None
+    end = min(len(d), o + (d[o + 12] >> 4) * 4)
+    i = o + 20
+    while i < end:
+        kind = d[i]
+        if kind == 0:  # end of options
+            return None
+        if kind == 1:  # nop
+            i += 1
+            continue
+        if i + 1 >= end or d[i + 1] < 2:
+            return None  # malformed: stop
+        if kind == 2 and d[i + 1] == 4 and i + 4 <= end:
+            return int.from_bytes(d[i + 2:i + 4], "big")
+        i += d[i + 1]
+    return None
+
+
+def _has_ipopt(p: Packet, want: int) -> bool:
+    """Does the IPv4 header carry an option of type ``want`` (-1: any option)?"""
+    if p.ipver != 4:
+        return False
+    d, o = p.data, p.l3_off
+    if o < 0 or len(d) < o + 20:
+        return False
+    end = min(len(d), o + (d[o] & 0x0F) * 4)
+    i = o + 20
+    if want == -1:
+        return i < end
+    while i < end:
+        kind = d[i]
+        if kind == want:
+            return True
+        if kind == 0:
+            return False
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= end or d[i + 1] < 2:
+            return False
+        i += d[i + 1]
+    return False
+
+
 def _elements(cache: dict[BufferKey, list[bytes]], key: BufferKey,
               raw: Mapping[str, bytes | list[bytes]]) -> list[bytes]:
     """A buffer's values (one, or several for a multi-buffer), transformed as the key
@@ -701,7 +774,8 @@ def _stream_capable(r: CompiledRule) -> bool:
     return (r.dsize is None and r.flags is None and r.seq is None and r.ack is None
             and r.window is None and r.ttl is None and r.ip_id is None and r.tos is None
             and r.fragbits is None and r.itype is None and r.icode is None
-            and r.icmp_id is None and r.icmp_seq is None and not r.sameip)
+            and r.icmp_id is None and r.icmp_seq is None and not r.sameip
+            and r.tcp_mss is None and r.ipopts is None)
 
 
 def _chains_match(r: CompiledRule, data: bytes) -> bool:
@@ -718,7 +792,9 @@ def _established(flow: Flow | None) -> bool:
         return False
     if flow.proto == PROTO_TCP:
         tcp = flow.tcp
-        return tcp is not None and tcp.state >= TcpState.ESTABLISHED
+        # Suricata's flow leaves the established state when the session is closed
+        # (the last ACK of the close): flow:established no longer matches then.
+        return tcp is not None and TcpState.ESTABLISHED <= tcp.state < TcpState.CLOSED
     return flow.state == FLOW_ESTABLISHED
 
 

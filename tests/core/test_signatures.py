@@ -369,3 +369,30 @@ def test_tcp_mss_and_ipopts() -> None:
     # Record route (type 7, length 7, pointer 4, one address, padded with EOL).
     assert r.sids(syn(4, [], b"\x07\x07\x04\x00\x00\x00\x00\x00")) == [3, 4]
     assert r.sids(syn(5, [], b"\x01\x01\x01\x00")) == [4]
+
+
+def test_flow_established_ends_when_the_session_closes() -> None:
+    r = Run('alert tcp any any -> any 80 (msg:"est ack"; flow:established,to_server; '
+            'flags:A; sid:1;)')
+    r.send(tcp(CLIENT, SERVER, 40000, 80, "S", 100, 0))
+    r.send(tcp(SERVER, CLIENT, 80, 40000, "SA", 500, 101))
+    assert r.sids(tcp(CLIENT, SERVER, 40000, 80, "A", 101, 501)) == [1]
+    r.send(tcp(CLIENT, SERVER, 40000, 80, "FA", 101, 501))
+    r.send(tcp(SERVER, CLIENT, 80, 40000, "FA", 501, 102))
+    # The last ACK closes the session: not established any more (as Suricata's flow).
+    assert r.sids(tcp(CLIENT, SERVER, 40000, 80, "A", 102, 502)) == []
+
+
+def test_app_rule_with_payload_content_checks_the_packet() -> None:
+    from scapy.layers.dns import DNS, DNSQR
+
+    r = Run('alert dns any any -> any any (msg:"rd query"; content:"|01 00 00 01|"; '
+            'offset:2; depth:4; dns.query; content:"evil"; sid:1;)')
+
+    def q(rd: int, name: str, sp: int) -> Any:
+        return Ether() / IP(src=CLIENT, dst=SERVER) / UDP(sport=sp, dport=53) / DNS(
+            id=7, rd=rd, qd=DNSQR(qname=name))
+
+    assert r.sids(q(1, "evil.example", 3001)) == [1]
+    assert r.sids(q(0, "evil.example", 3002)) == []  # flags 0x0000: payload differs
+    assert r.sids(q(1, "good.example", 3003)) == []

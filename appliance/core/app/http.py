@@ -110,6 +110,7 @@ _CHUNK_END: Final = 5  # CRLF after chunk data
 _TRAILERS: Final = 6
 _BODY_CLOSE: Final = 7  # body until the connection closes (responses)
 _TUNNEL: Final = 8  # CONNECT / 101 Switching Protocols: no more HTTP
+_MAYBE_BODY: Final = 9  # a 304 with Content-Length: a body only if no response follows
 _PROBE09: Final = 9  # request line without protocol: do header lines follow?
 
 _TOKEN_RE: Final = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -1670,6 +1671,17 @@ class HttpParser:
                 self._header_line(side, line, False, out)
             elif st == _TUNNEL:
                 pos = len(buf)
+            elif st == _MAYBE_BODY:
+                head = bytes(buf[pos:pos + 5]).upper()
+                if len(head) < 5 and b"HTTP/".startswith(head) and not self._closing:
+                    break  # a status line may be starting: wait and see
+                held = side.tx
+                assert held is not None
+                if head.startswith(b"HTTP/"):
+                    self._end_response(held, out, truncated=False)
+                else:
+                    self._anom(out, "RESPONSE_BODY_UNEXPECTED", False, held)
+                    self._response_body(held, "length", side.remaining, out)
             else:
                 npos = self._body(side, pos, False, out)
                 if npos == pos and side.state == st:
@@ -1735,12 +1747,26 @@ class HttpParser:
             # No body whatever the headers say (RFC 9110 section 9.3.2).
             self._end_response(tx, out, truncated=False)
             return
+        if st == 304 and kind == "length" and length:
+            # A 304's Content-Length usually describes the cached representation, not a
+            # body (RFC 9110 section 15.4.5), and servers send it on keep-alive
+            # connections, where reading it as a body would swallow the next response.
+            # libhtp reads the body, and an evasion puts a file there: decide on what
+            # follows (another status line: no body).
+            side.state = _MAYBE_BODY
+            side.remaining = length
+            return
         if st is not None and (100 <= st < 200 or st in (204, 304)):
             if not framed:
                 # No body (RFC 9110 sections 15.3.5, 15.4.5).
                 self._end_response(tx, out, truncated=False)
                 return
             self._anom(out, "RESPONSE_BODY_UNEXPECTED", False, tx)
+        self._response_body(tx, kind, length, out)
+
+    def _response_body(self, tx: HttpTransaction, kind: str, length: int,
+                       out: list[AppEvent]) -> None:
+        side = self._resp
         side.decoder = None
         ce = tx.response_header(b"content-encoding")
         if ce is not None:

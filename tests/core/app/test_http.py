@@ -826,3 +826,27 @@ def test_multipart_part_cut_short_is_truncated() -> None:
     p, _ = check_all_chunkings([(True, req)])
     (f,) = p.transactions[0].files
     assert (f.filename, f.size, f.state) == (b"x.exe", 5, "TRUNCATED")
+
+
+def test_304_with_content_length_on_keep_alive_has_no_body() -> None:
+    """Servers put the cached representation's size in a 304's Content-Length; the next
+    response on the connection must not be read as its body."""
+    reqs = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+    resps = (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5000\r\n\r\n"
+             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+    p, ev = check_all_chunkings([(True, reqs), (False, resps)])
+    assert [t.status for t in p.transactions] == [304, 200]
+    assert bytes(p.transactions[0].response_body) == b""
+    assert bytes(p.transactions[1].response_body) == b"hello"
+    assert "RESPONSE_BODY_UNEXPECTED" not in names(ev)
+
+
+def test_304_with_content_length_and_a_body_is_read_as_libhtp_does() -> None:
+    """The evasion: a file behind a 304 (what follows is no status line)."""
+    resps = (b"HTTP/1.1 304 ok\r\nConnection: close\r\nContent-Length: 11\r\n\r\n"
+             b"hello world")
+    p, ev = check_all_chunkings([(True, b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n"),
+                                 (False, resps)])
+    assert bytes(p.transactions[0].response_body) == b"hello world"
+    assert p.transactions[0].files[0].size == 11
+    assert "RESPONSE_BODY_UNEXPECTED" in names(ev)

@@ -508,7 +508,7 @@ def compile_rule(rule: Rule, order: int, classifications: Mapping[str, Classific
             cr.noalert = True
         elif kw in _TLS_LEGACY:
             legacy.append(_tls_legacy(kw, value))
-        elif kw in ("decode-event", "stream-event", "app-layer-event"):
+        elif kw in ("decode-event", "stream-event", "app-layer-event", "engine-event"):
             ev_name, ev_proto = _event_name(kw, value)
             events.append(ev_name)
             if ev_proto is not None and cr.app_proto is None:
@@ -614,6 +614,13 @@ def _event_name(kw: str, value: str | None) -> tuple[str, str | None]:
     v = (value or "").strip().lower()
     if not v or not _EVENT_NAME.match(v):
         raise CompileError(f"'{kw}' needs an event name, not {value!r}")
+    if kw == "engine-event":
+        # Suricata's engine-event names any decoder or stream event by its full name
+        # (decoder.ipv4.trunc_pkt, stream.3whs_syn_resend_diff_seq...); a bare name is
+        # a decoder event, as decode-event's.
+        if v.startswith("stream."):
+            return (v, None)
+        kw = "decode-event"
     if kw == "decode-event":
         return ("decoder." + v.removeprefix("decoder."), None)
     if kw == "stream-event":

@@ -24,7 +24,7 @@ class KeywordError(ValueError):
 # fails to compile with "unsupported keyword 'x'" (reported by `rules check`), rather
 # than silently matching differently from Suricata.
 UNSUPPORTED: Final = frozenset({
-    "iprep", "geoip", "lua", "luajit", "asn1", "engine-event", "ftpbounce", "rpc",
+    "iprep", "geoip", "lua", "luajit", "asn1", "ftpbounce", "rpc",
     "entropy",
     "ftpdata_command", "ssl_state", "tls_cert_notbefore", "tls_cert_notafter",
     "tls_cert_expired", "tls_cert_valid", "ssh.protoversion", "ssh.softwareversion",

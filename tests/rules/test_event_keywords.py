@@ -1,4 +1,4 @@
-"""decode-event, stream-event and app-layer-event: rules that match the anomaly events the
+"""decode-event, stream-event, engine-event and app-layer-event: rules that match the anomaly events the
 decoder, the TCP stream and the app-layer parsers raise on a packet."""
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ RULES = [
     'app-layer-event:dns.z_flag_set; sid:4;)',
     'alert tcp any any -> any any (msg:"two events"; decode-event:tcp.opt_invalid_len; '
     'stream-event:3whs_synack_with_wrong_ack; sid:5;)',
+    'alert tcp any any -> any any (msg:"engine"; '
+    'engine-event:stream.3whs_synack_with_wrong_ack; sid:6;)',
 ]
 
 
@@ -58,7 +60,7 @@ def test_stream_event_matches_on_the_segment() -> None:
                                                    seq=100)) == []
     # SYN-ACK acknowledging the wrong sequence number.
     assert r.sids(Ether() / IP(src=B, dst=A) / TCP(sport=80, dport=4000, flags="SA",
-                                                   seq=900, ack=5555)) == [2]
+                                                   seq=900, ack=5555)) == [2, 6]
 
 
 def test_app_layer_event_needs_the_event_and_the_rest_of_the_rule() -> None:
@@ -80,6 +82,11 @@ def test_app_layer_event_needs_the_event_and_the_rest_of_the_rule() -> None:
     ("app-layer-event", "ssl.invalid_record_type", "app:tls.invalid_record_type", "tls"),
     ("app-layer-event", "applayer_mismatch_protocol_both_directions",
      "app:applayer_mismatch_protocol_both_directions", None),
+    # engine-event: a decoder or stream event by its full name.
+    ("engine-event", "stream.3whs_synack_with_wrong_ack", "stream.3whs_synack_with_wrong_ack",
+     None),
+    ("engine-event", "decoder.ipv4.trunc_pkt", "decoder.ipv4.trunc_pkt", None),
+    ("engine-event", "ipv4.trunc_pkt", "decoder.ipv4.trunc_pkt", None),
 ])
 def test_event_names(kw: str, value: str, name: str, proto: str | None) -> None:
     assert _event_name(kw, value) == (name, proto)

@@ -269,65 +269,52 @@ def parse_packet(buf: bytes | bytearray | memoryview, off: int, end: int) -> Que
     """The attributes of one NFQNL_MSG_PACKET (from just after its nfgenmsg to `end`)."""
     pkt: QueuedPacket | None = None
     payload = b""
-    mark = indev = outdev = pin = pout = skb_info = 0
     hw: bytes | None = None
-    cap: int | None = None
-    hw_proto = hook = 0
+    # The u32 attributes (mark, interfaces, cap length, skb info) by type number: one
+    # store per attribute instead of a chain of comparisons (~1 us a packet less).
+    u32 = [0] * _U32_SLOTS
     unpack_attr = _NLATTR.unpack_from
     be32 = _BE32.unpack_from
     while off + NLA_HDRLEN <= end:
         alen, atype = unpack_attr(buf, off)
         if alen < NLA_HDRLEN or off + alen > end:
             raise MalformedMessage(f"attribute length {alen} at {off} overruns the message")
-        v = off + NLA_HDRLEN
-        vlen = alen - NLA_HDRLEN
         atype &= NLA_TYPE_MASK
         if atype == NFQA_PAYLOAD:
-            payload = bytes(buf[v:v + vlen])
-        elif vlen >= 4 and atype in _U32_ATTRS:
-            val = be32(buf, v)[0]
-            if atype == NFQA_MARK:
-                mark = val
-            elif atype == NFQA_IFINDEX_PHYSINDEV:
-                pin = val
-            elif atype == NFQA_IFINDEX_PHYSOUTDEV:
-                pout = val
-            elif atype == NFQA_IFINDEX_INDEV:
-                indev = val
-            elif atype == NFQA_IFINDEX_OUTDEV:
-                outdev = val
-            elif atype == NFQA_SKB_INFO:
-                skb_info = val
-            else:  # NFQA_CAP_LEN
-                cap = val
+            payload = bytes(buf[off + NLA_HDRLEN:off + alen])
+        elif atype in _U32_ATTRS:
+            if alen >= NLA_HDRLEN + 4:
+                u32[atype] = be32(buf, off + NLA_HDRLEN)[0]
         elif atype == NFQA_PACKET_HDR:
-            if vlen < _PKT_HDR.size:
+            if alen < NLA_HDRLEN + _PKT_HDR.size:
                 raise MalformedMessage("packet header attribute too short")
-            pid, hw_proto, hook = _PKT_HDR.unpack_from(buf, v)
+            pid, hw_proto, hook = _PKT_HDR.unpack_from(buf, off + NLA_HDRLEN)
             pkt = QueuedPacket(pid)
-        elif atype == NFQA_HWADDR and vlen >= 4:
+            pkt.hw_protocol = hw_proto
+            pkt.hook = hook
+        elif atype == NFQA_HWADDR and alen >= NLA_HDRLEN + 4:
+            v = off + NLA_HDRLEN
             n = _HW.unpack_from(buf, v)[0]
-            hw = bytes(buf[v + 4:v + 4 + min(n, vlen - 4, 8)])
+            hw = bytes(buf[v + 4:v + 4 + min(n, alen - NLA_HDRLEN - 4, 8)])
         off += (alen + 3) & ~3  # attributes are 4-byte aligned (NLA_ALIGN)
     if pkt is None:
         raise MalformedMessage("packet message without NFQA_PACKET_HDR")
-    pkt.hw_protocol = hw_proto
-    pkt.hook = hook
     pkt.payload = payload
-    pkt.mark = mark
-    pkt.indev = indev
-    pkt.outdev = outdev
-    pkt.physindev = pin
-    pkt.physoutdev = pout
+    pkt.mark = u32[NFQA_MARK]
+    pkt.indev = u32[NFQA_IFINDEX_INDEV]
+    pkt.outdev = u32[NFQA_IFINDEX_OUTDEV]
+    pkt.physindev = u32[NFQA_IFINDEX_PHYSINDEV]
+    pkt.physoutdev = u32[NFQA_IFINDEX_PHYSOUTDEV]
     pkt.hwaddr = hw
-    pkt.cap_len = cap
-    pkt.skb_info = skb_info
+    pkt.cap_len = u32[NFQA_CAP_LEN] or None  # sent only for a packet that was cut
+    pkt.skb_info = u32[NFQA_SKB_INFO]
     return pkt
 
 
 _U32_ATTRS: Final = frozenset({NFQA_MARK, NFQA_IFINDEX_INDEV, NFQA_IFINDEX_OUTDEV,
                                NFQA_IFINDEX_PHYSINDEV, NFQA_IFINDEX_PHYSOUTDEV,
                                NFQA_CAP_LEN, NFQA_SKB_INFO})
+_U32_SLOTS: Final = max(_U32_ATTRS) + 1
 
 
 def parse_messages(buf: bytes | bytearray | memoryview, n: int | None = None

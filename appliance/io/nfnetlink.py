@@ -24,8 +24,10 @@ is big-endian, the netlink headers are host order.
 
 Not implemented: NFQA_CFG_F_CONNTRACK (NFQA_CT/NFQA_CT_INFO are skipped: the engine keeps
 its own flow state), UID/GID and security context, verdicts that rewrite the payload,
-and BIG TCP super-packets over 64 KiB (a copy range tops out at 0xFFFF; a longer
-packet is handed over truncated, counted in `truncated`, with its NFQA_CAP_LEN).
+and BIG TCP super-packets over 64 KiB (a copy range tops out at 0xFFFF - 4; a longer
+packet is handed over truncated, with its NFQA_CAP_LEN, counted in `truncated`; the
+worker gives it the configured default uninspected, so with BIG TCP enabled on the
+bridge's ports (gro/gso_max_size above 65536) fail-closed drops such packets).
 """
 
 from __future__ import annotations

@@ -74,6 +74,7 @@ class WorkerStats:
     errors: int = 0
     verdicts: dict[str, int] = field(default_factory=dict)
     rejects_sent: int = 0
+    truncated: int = 0  # packets cut at the copy range: the default verdict, uninspected
 
 
 class _Injector:
@@ -194,7 +195,15 @@ class QueueWorker:
                           pkt.get_mark(), hw[:6] if hw else None)
             if hw:
                 self._learn(data, hw[:6])
-            cmds = self.engine.handle(ev)
+            if getattr(pkt, "truncated", False):
+                # Longer than the copy range (netlink transport: a GSO/GRO super-packet
+                # of 65,532+ bytes; an attribute holds at most 65,535 with its header).
+                # Its tail cannot be inspected, so it gets the configured default, as if
+                # the engine had failed; the rest of its flow is inspected as usual.
+                st.truncated += 1
+                cmds = []
+            else:
+                cmds = self.engine.handle(ev)
             if any(isinstance(c, ScanRequest) for c in cmds):
                 # The packet completing a download is held (we are still in its
                 # callback) until the file's verdict, bounded by the scan's hold time.

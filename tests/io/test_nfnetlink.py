@@ -272,3 +272,24 @@ def test_reject_and_held_packets_get_verdicts_of_their_own() -> None:
         (1, 0, 6),  # the rejected packet's drop, alone
         (3, 1, 8)]
     assert covered(msgs, ids)[6] == 0 and worker.stats.errors == 0
+
+
+def test_truncated_packet_gets_the_default_uninspected() -> None:
+    """A packet longer than the copy range (NFQA_CAP_LEN above the payload's length)
+    cannot be inspected whole: the configured default, never the engine's accept."""
+    for fail_open, want in ((False, nl.NF_DROP), (True, nl.NF_ACCEPT)):
+        sent: list[bytes] = []
+        batcher = nl.VerdictBatcher(0, sent.append)
+        engine = ScriptedEngine({1: VerdictKind.ACCEPT, 2: VerdictKind.DROP})
+        worker = QueueWorker(0, engine, None, fail_open=fail_open,  # type: ignore[arg-type]
+                             transport="netlink")
+        worker._flush = batcher.flush
+        buf = b"".join(packet_msg(i, udp(i), nla(13, struct.pack("!I", 65535)))
+                       for i in (1, 2))
+        for p in nl.parse_messages(buf):
+            assert isinstance(p, nl.QueuedPacket) and p.truncated
+            p.verdict_sink = batcher.add
+            worker.handle(p)
+        batcher.flush()
+        assert [decode_verdict(m) for m in sent] == [(3, want, 2, None)]
+        assert worker.stats.truncated == 2

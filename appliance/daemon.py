@@ -665,7 +665,8 @@ class Supervisor:
                         "alerts": ws.get("alerts_by_severity", {}),
                         "bypassed": ws.get("verdicts", {}).get("bypass", 0),
                         "memcap": ws.get("memcap", {}),
-                        "exception_policy": ws.get("exception_policy", {})})
+                        "exception_policy": ws.get("exception_policy", {}),
+                        "pcre_timeouts": ws.get("pcre_timeouts", 0)})
                 continue
             self.action_requests += 1
             if self.on_action is not None:

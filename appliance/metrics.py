@@ -45,6 +45,8 @@ _SCALARS: Final = {
     "packets": ("appliance_packets", "Packets the workers gave a verdict to."),
     "errors": ("appliance_worker_errors", "Packets whose handling raised (verdict by mode)."),
     "bypassed": ("appliance_bypassed_flows", "Flows marked for kernel bypass."),
+    "pcre_timeouts": ("appliance_pcre_timeouts", "pcre calls stopped by the ReDoS time "
+                      "limit (the packet is taken as not matching that rule)."),
 }
 # Worker snapshot keys that are counters by one label.
 _LABELLED: Final = {

@@ -35,6 +35,7 @@ def snapshot(packets: int, drops: int = 0, sev1: int = 0) -> dict[str, object]:
             "alerts": {"1": sev1, "3": 2}, "bypassed": 4,
             "memcap": {"flow": 1, "stream": 0, "defrag": 0},
             "exception_policy": {"flow_memcap/drop-packet": drops},
+            "pcre_timeouts": 2,
             "scan_cache": {"hits": 7, "misses": 2}}
 
 
@@ -78,6 +79,7 @@ def test_scrape_over_loopback(served: tuple[Metrics, str, Path]) -> None:
     assert got[("appliance_alerts_total", (("severity", "3"),))] == 4
     assert got[("appliance_bypassed_flows_total", ())] == 8
     assert got[("appliance_memcap_hits_total", (("memcap", "flow"),))] == 2
+    assert got[("appliance_pcre_timeouts_total", ())] == 4
     assert got[("appliance_exception_policy_total",
                 (("use", "flow_memcap/drop-packet"),))] == 1
     assert got[("appliance_queue_drops_total", (("queue", "0"), ("reason", "kernel")))] == 7

@@ -29,6 +29,7 @@ from typing import Any
 
 from appliance.core.commands import ActionRequest, Log, ScanRequest, Verdict, VerdictKind
 from appliance.core.decode import Decoder
+from appliance.core.detect.inspect import STATS as _inspect_stats
 from appliance.core.engine import Engine
 from appliance.core.events import LINKTYPE_RAW, PacketIn, Shutdown, Tick
 from appliance.core.reject import reject_packets
@@ -408,6 +409,8 @@ class QueueWorker:
                      "emerg_mode_over": e.flows.stats.emergency_left,
                      "get_used": e.flows.stats.evicted, "total": e.flows.stats.total},
             "rejects_sent": self.stats.rejects_sent,
+            # pcre calls stopped by the ReDoS time limit (core/detect/inspect.py).
+            "pcre_timeouts": _inspect_stats.pcre_timeouts,
             "transport": self._transport_counters(),
             "top_talkers": [[format_ip(a), b] for a, b in top],
             "recent_alerts": list(self.recent),

@@ -23,6 +23,9 @@ from appliance.core.decode import (
     PROTO_SCTP,
     PROTO_TCP,
     PROTO_UDP,
+    TH_ACK,
+    TH_RST,
+    TH_SYN,
     Decoder,
     Packet,
     pseudo_tcp_packet,
@@ -71,6 +74,9 @@ from appliance.core.stream import FLOW_ESTABLISHED, FLOW_NEW, StreamUpdate, is_s
 # `stats.decoder.event` so the record stays schema-valid.
 FLOW_PROTOS: Final = frozenset({PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP,
                                 PROTO_ESP})
+
+_SYN_ACK: Final = TH_SYN | TH_ACK
+_SYN_ACK_RST: Final = TH_SYN | TH_ACK | TH_RST
 
 # How strict a verdict is, to keep the strictest when several stages decide.
 _SEVERITY: Final = {VerdictKind.BYPASS: 0, VerdictKind.ACCEPT: 1, VerdictKind.DROP: 2,
@@ -172,6 +178,8 @@ class Engine:
         self.flows.evict_established = self.exc["flow_memcap"] == "ignore"
         self._exc_hit: str | None = None
         self._flow_seen: Flow | None = None  # the flow of the packet being inspected
+        sc = self.flows.stream.config
+        self._pickup_synack = sc.midstream or sc.async_oneside
         self._ssn_drops = 0  # stream.stats.ssn_memcap_drop when last looked at
         self.app_memuse = 0  # bytes held by every flow's app-layer state
         self.anomalies = 0
@@ -821,6 +829,11 @@ class Engine:
         except FlowTableFull:
             self._exc_hit = "flow_memcap"
             return None, True, None
+        if proto == PROTO_TCP and not (f.ts_pkts or f.tc_pkts) and \
+                p.tcp_flags & _SYN_ACK_RST == _SYN_ACK and self._pickup_synack:
+            # A session picked up at the server's SYN/ACK: the flow is the other way.
+            flows.reverse(f)
+            to_server = False
         n = p.pkt_len
         if to_server:
             f.ts_pkts += 1

@@ -361,6 +361,12 @@ class FlowTable:
         self.queues[nq][f.key] = f
         f.queue = nq
 
+    def reverse(self, f: Flow) -> None:
+        """The flow's first packet came from the server (a SYN/ACK picked up midstream):
+        its sender is the server, as Suricata's FlowSwap decides."""
+        f.src, f.dst = f.dst, f.src
+        f.sp, f.dp = f.dp, f.sp
+
     def mark_bypassed(self, f: Flow) -> None:
         """The kernel stops queueing this connection: the bypassed timeout applies."""
         if f.state != FLOW_BYPASSED:

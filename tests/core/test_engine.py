@@ -185,3 +185,37 @@ def test_a_reused_port_after_a_reject_or_a_bypass_is_a_new_connection() -> None:
     (bulk,) = [f for f in engine.flows if f.sp == 4002]
     assert bulk.state == FLOW_BYPASSED and engine.flows.timeout_of(bulk) == 100
     assert _verdicts(engine, _conn(4002, 90000, b"GET /;/bin/sh"), 40.0) == [A, A, A, R]
+
+
+def test_a_session_picked_up_at_the_synack_is_oriented_client_to_server() -> None:
+    """Midstream pickup at the server's SYN/ACK (Suricata's FlowSwap): the flow's client
+    is the SYN/ACK's receiver, so to_server rules and the HTTP parser see the request
+    as a request."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.packet import Raw
+
+    from appliance.core.engine import EngineConfig
+    from appliance.rules.loader import detection_from_text
+
+    loaded = detection_from_text([
+        'alert http any any -> any any (msg:"uri"; flow:to_server; http.uri; '
+        'content:"/index"; sid:5;)'])
+    from appliance.core.flows import FlowConfig
+
+    engine = Engine(EngineConfig(heuristics=None, flow=FlowConfig(midstream=True)),
+                    loaded.engine)
+    c, s = "10.1.0.1", "10.2.0.2"
+    pkts = [
+        IP(src=s, dst=c) / TCP(sport=80, dport=5000, flags="SA", seq=900, ack=101),
+        IP(src=c, dst=s) / TCP(sport=5000, dport=80, flags="A", seq=101, ack=901),
+        IP(src=c, dst=s) / TCP(sport=5000, dport=80, flags="PA", seq=101, ack=901)
+        / Raw(b"GET /index HTTP/1.0\r\n\r\n"),
+    ]
+    alerts = []
+    for n, p in enumerate(pkts, 1):
+        cmds = engine.handle(PacketIn(n, 10.0 + n, bytes(p), LINKTYPE_RAW))
+        alerts += [x.record for x in cmds if isinstance(x, Log)
+                   and x.record["event_type"] == "alert"]
+    (f,) = list(engine.flows)
+    assert f.sp == 5000 and f.dp == 80 and f.tc_pkts == 1 and f.ts_pkts == 2
+    assert [a["alert"]["signature_id"] for a in alerts] == [5]

@@ -293,3 +293,58 @@ def test_truncated_packet_gets_the_default_uninspected() -> None:
         batcher.flush()
         assert [decode_verdict(m) for m in sent] == [(3, want, 2, None)]
         assert worker.stats.truncated == 2
+
+
+class FakeNetlinkSocket:
+    """Hands out scripted datagrams (bytes) or raises scripted errors, then EAGAIN."""
+
+    def __init__(self, script: list[Any]) -> None:
+        self.script = list(script)
+        self.sent: list[bytes] = []
+
+    def recv_into(self, buf: bytearray, n: int = 0, flags: int = 0) -> int:
+        if not self.script:
+            raise BlockingIOError
+        item = self.script.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        buf[:len(item)] = item
+        return len(item)
+
+    def send(self, msg: bytes) -> int:
+        self.sent.append(msg)
+        return len(msg)
+
+
+def fake_queue(script: list[Any]) -> tuple[nl.NfQueue, FakeNetlinkSocket]:
+    q = nl.NfQueue.__new__(nl.NfQueue)  # no kernel: the socket is a fake
+    sock = FakeNetlinkSocket(script)
+    q.queue, q.stats, q._early, q._seq = 0, nl.QueueStats(), [], 0
+    q._buf = bytearray(nl.RECV_BUFFER)
+    q._view = memoryview(q._buf)
+    q.sock = sock  # type: ignore[assignment]
+    q.batcher = nl.VerdictBatcher(0, q._send)
+    return q, sock
+
+
+def test_receive_counts_enobufs_and_goes_on() -> None:
+    import errno
+
+    gso = nla(14, struct.pack("!I", nl.NFQA_SKB_GSO | nl.NFQA_SKB_CSUMNOTREADY))
+    two = packet_msg(3, b"c" * 8) + packet_msg(4, b"d" * 8)
+    q, sock = fake_queue([packet_msg(1, b"a" * 8, gso), OSError(errno.ENOBUFS, "lost"),
+                          packet_msg(2, b"b" * 7), two, b"\x05\x00\x00\x00" + b"\0" * 12,
+                          packet_msg(5, b"e" * 8, nla(13, struct.pack("!I", 70000)))])
+    got = []
+    for _ in range(8):
+        got += q.receive()
+    assert [p.id for p in got] == [1, 2, 3, 4, 5]
+    st = q.stats
+    assert (st.enobufs, st.messages, st.malformed, st.gso, st.csum_not_ready,
+            st.truncated) == (1, 5, 1, 1, 1, 1)
+    for p in got:
+        p.accept()
+    q.flush()
+    assert [decode_verdict(m) for m in sock.sent] == [(3, 1, 5, None)]
+    with pytest.raises(OSError):
+        fake_queue([OSError(errno.EBADF, "closed")])[0].receive()

@@ -365,7 +365,7 @@ def _load(rules: tuple[str, ...], cfg_path: str | None, quiet: bool = False,
               help="threshold.config (threshold, suppress, rate_filter lines) "
                    "[the one beside the rules, if any].")
 @click.option("--transport", type=click.Choice(["netfilterqueue", "netlink"]),
-              default="netfilterqueue", show_default=True,
+              default="netfilterqueue", show_default=True, envvar="APPLIANCE_TRANSPORT",
               help="NFQUEUE transport: netfilterqueue (one verdict per packet) or "
                    "netlink (GSO super-packets, batch verdicts).")
 def run(bridge: str, rules: tuple[str, ...], config_path: str | None, eve: str | None,

@@ -82,7 +82,10 @@ def test_bypassed_bulk_flow_leaves_the_queue(lab: Lab, start_appliance: Any) -> 
     got = curl(lab, f"{URL4}/text/{2 * 1024 * 1024}", timeout=20)
     assert got.stdout == f"200 {2 * 1024 * 1024}", got
     print(f"packets queued for a 2 MiB inspected download: {queued(lab) - before}")
-    assert queued(lab) - before > 500  # not bypassed: inspected throughout
+    # Not bypassed: inspected throughout, at least one queued packet per 64 KiB of body
+    # (netfilterqueue queues ~1,450 segments; the netlink transport GSO super-packets of
+    # up to 64 KiB).
+    assert queued(lab) - before > 2 * 1024 * 1024 // (64 * 1024)
 
 
 def test_fail_open_worker_killed_transfer_resumes_and_worker_returns(

@@ -67,7 +67,13 @@ from appliance.core.records import (
     heuristic_record,
     stats_record,
 )
-from appliance.core.stream import FLOW_ESTABLISHED, FLOW_NEW, StreamUpdate, is_stream_starter
+from appliance.core.stream import (
+    FLOW_CLOSED,
+    FLOW_ESTABLISHED,
+    FLOW_NEW,
+    StreamUpdate,
+    is_stream_starter,
+)
 
 # Decoder events that Suricata's stats schema does not name (ours, not Suricata's):
 # counted in `decoder.invalid` and the engine's own counters, left out of
@@ -324,6 +330,13 @@ class Engine:
                     kind = self._app_results(p, flow, app, kind, ev.id, out)
                 if upd is not None and flow is not None:
                     kind = self._stream(p, flow, upd, kind, ev.id, out)
+                    if flow.state == FLOW_CLOSED and flow.app is not None and (
+                            flow.app.parser is not None or flow.app.detector is not None):
+                        # Both sides closed: the app layer has nothing more to parse.
+                        # Its last records now, and its memory back, rather than after
+                        # the closed timeout (60 s of bodies and transactions kept).
+                        self._app_close(flow, p.ts, out)
+                        flow.app.abandon()
             else:
                 kind = self._fragment(p, out, ev.id)
         except _Decided as d:

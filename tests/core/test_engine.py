@@ -219,3 +219,41 @@ def test_a_session_picked_up_at_the_synack_is_oriented_client_to_server() -> Non
     (f,) = list(engine.flows)
     assert f.sp == 5000 and f.dp == 80 and f.tc_pkts == 1 and f.ts_pkts == 2
     assert [a["alert"]["signature_id"] for a in alerts] == [5]
+
+
+def test_app_state_is_freed_when_both_sides_close() -> None:
+    """A closed TCP flow waits for its closed timeout in the table, but its parser,
+    bodies and transactions go at once (and its last records are written)."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.packet import Raw
+
+    from appliance.core.engine import EngineConfig
+
+    engine = Engine(EngineConfig(heuristics=None))
+    c, s = "10.1.0.1", "10.2.0.2"
+    req = b"GET /t HTTP/1.1\r\nHost: x\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n" + b"t" * 3000
+    pkts = [
+        IP(src=c, dst=s) / TCP(sport=5000, dport=80, flags="S", seq=0),
+        IP(src=s, dst=c) / TCP(sport=80, dport=5000, flags="SA", seq=0, ack=1),
+        IP(src=c, dst=s) / TCP(sport=5000, dport=80, flags="A", seq=1, ack=1),
+        IP(src=c, dst=s) / TCP(sport=5000, dport=80, flags="PA", seq=1, ack=1) / Raw(req),
+        IP(src=s, dst=c) / TCP(sport=80, dport=5000, flags="PA", seq=1, ack=1 + len(req))
+        / Raw(resp),
+    ]
+    e = 1 + len(req)
+    r = 1 + len(resp)
+    fins = [
+        IP(src=c, dst=s) / TCP(sport=5000, dport=80, flags="FA", seq=e, ack=r),
+        IP(src=s, dst=c) / TCP(sport=80, dport=5000, flags="FA", seq=r, ack=e + 1),
+        IP(src=c, dst=s) / TCP(sport=5000, dport=80, flags="A", seq=e + 1, ack=r + 1),
+    ]
+    types = []
+    for n, p in enumerate(pkts, 1):
+        types += [x.record["event_type"] for x in engine.handle(
+            PacketIn(n, 10.0 + n, bytes(p), LINKTYPE_RAW)) if isinstance(x, Log)]
+    assert "http" in types and engine.app_memuse >= 3000
+    for n, p in enumerate(fins, 10):
+        engine.handle(PacketIn(n, 10.0 + n, bytes(p), LINKTYPE_RAW))
+    (f,) = list(engine.flows)  # still in the table, for its closed timeout
+    assert f.app.parser is None and engine.app_memuse == 0

@@ -453,9 +453,19 @@ class NfQueue:
             self._request(config_bind(queue, self._next_seq()))
             self._request(config_params(queue, copy_range, max_len, self._next_seq()))
             mask = NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN
-            flags = (NFQA_CFG_F_GSO if gso else 0) | (NFQA_CFG_F_FAIL_OPEN if fail_open
-                                                      else 0)
-            self._request(config_flags(queue, flags, mask, self._next_seq()))
+            open_flag = NFQA_CFG_F_FAIL_OPEN if fail_open else 0
+            self.gso = gso
+            try:
+                self._request(config_flags(queue, (NFQA_CFG_F_GSO if gso else 0) | open_flag,
+                                           mask, self._next_seq()))
+            except NfQueueError as e:
+                if not gso or e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                # A kernel without NFQA_CFG_F_GSO (before 3.10): segments are queued,
+                # as with netfilterqueue; batch verdicts still apply.
+                self.gso = False
+                self._request(config_flags(queue, open_flag, NFQA_CFG_F_FAIL_OPEN,
+                                           self._next_seq()))
             self.sock.setblocking(False)
         except BaseException:
             self.sock.close()

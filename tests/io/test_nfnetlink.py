@@ -348,3 +348,71 @@ def test_receive_counts_enobufs_and_goes_on() -> None:
     assert [decode_verdict(m) for m in sock.sent] == [(3, 1, 5, None)]
     with pytest.raises(OSError):
         fake_queue([OSError(errno.EBADF, "closed")])[0].receive()
+
+
+class FakeKernel(FakeNetlinkSocket):
+    """Answers config requests as nfnetlink_queue would: an ack per request, or the
+    errno that `refuse(msg)` returns; packets already queued come before the answer."""
+
+    def __init__(self, refuse: Any, early: bytes = b"") -> None:
+        super().__init__([])
+        self.refuse = refuse
+        self.early = early
+        self.options: list[tuple[int, int, int]] = []
+
+    def send(self, msg: bytes) -> int:
+        self.sent.append(msg)
+        seq = struct.unpack_from("=I", msg, 8)[0]
+        err = self.refuse(msg)
+        self.script.append(self.early + nlhdr(36, 2, 0, seq) + struct.pack("=i", -err)
+                           + msg[:16])
+        self.early = b""
+        return len(msg)
+
+    def bind(self, addr: Any) -> None:
+        pass
+
+    def setsockopt(self, level: int, opt: int, value: int) -> None:
+        self.options.append((level, opt, value))
+
+    def settimeout(self, t: Any) -> None:
+        pass
+
+    def setblocking(self, b: bool) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def flags_of(msg: bytes) -> tuple[int, int] | None:
+    """(mask, flags) of a config message that sets flags, else None."""
+    if struct.unpack_from("=H", msg, 4)[0] != 0x0302 or len(msg) < 36:
+        return None
+    if struct.unpack_from("=HH", msg, 20) != (8, 4):
+        return None
+    return struct.unpack_from("!I", msg, 24)[0], struct.unpack_from("!I", msg, 32)[0]
+
+
+def test_bind_sequence_gso_fallback_and_early_packets(monkeypatch: Any) -> None:
+    import errno
+
+    def old_kernel(msg: bytes) -> int:
+        f = flags_of(msg)
+        return errno.EOPNOTSUPP if f and f[1] & nl.NFQA_CFG_F_GSO else 0
+
+    kernel = FakeKernel(old_kernel, early=packet_msg(1, b"x" * 8))
+    monkeypatch.setattr(nl.socket, "socket", lambda *a: kernel)
+    q = nl.NfQueue(4, max_len=100, fail_open=True)
+    assert not q.gso
+    sent = [flags_of(m) for m in kernel.sent]
+    assert sent[2:] == [(5, 5), (1, 1)]  # GSO|FAIL_OPEN refused; FAIL_OPEN alone
+    assert kernel.options and kernel.options[0][1] == nl.SO_RCVBUFFORCE
+    # The packet queued while binding is handed out by the first receive.
+    assert q.has_early and [p.id for p in q.receive()] == [1]
+
+    kernel = FakeKernel(lambda m: errno.EBUSY if struct.unpack_from("=H", m, 4)[0] == 0x0302
+                        and m[24] == 1 else 0)
+    monkeypatch.setattr(nl.socket, "socket", lambda *a: kernel)
+    with pytest.raises(nl.NfQueueError, match="bind/unbind: EBUSY"):
+        nl.NfQueue(4)

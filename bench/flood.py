@@ -313,20 +313,11 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="Print the figures as JSON too.")
     a = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
-    from inline import Running
+    from labrun import lab_with_appliances
 
     rules = a.rules or [str(REPO / "rules")]
     tmp = Path(tempfile.mkdtemp(prefix="bench-flood-"))
-    lab = Lab("bfl-")
-    lab.up()
-    running: list[Any] = []
-
-    def start(*args: str) -> Any:
-        r = Running(lab, rules, "--eve", str(tmp / "eve.json"), *args)
-        running.append(r)
-        return r
-
-    try:
+    with lab_with_appliances("bfl-", rules, tmp / "eve.json") as (lab, start):
         fig = run_flood(lab, start, tmp, sources=a.sources, rate=a.rate, memcap=a.memcap,
                         transfer_rate=a.transfer_rate, queues=a.queues)
         print(f"rules: {', '.join(rules)}; flow memcap {a.memcap}; {a.queues} queue(s); "
@@ -334,10 +325,6 @@ def main() -> None:
         print(report(fig))
         if a.json:
             print(json.dumps({k: v for k, v in fig.items() if not k.endswith("_samples")}))
-    finally:
-        for r in running:
-            r.stop()
-        lab.down()
 
 
 if __name__ == "__main__":

@@ -214,29 +214,16 @@ def main() -> None:
     ap.add_argument("--rules", action="append", default=None)
     ap.add_argument("--json", action="store_true", help="Print the figures as JSON too.")
     a = ap.parse_args()
-    from inline import Running
+    from labrun import lab_with_appliances
 
     rules = a.rules or [str(REPO / "rules")]
     tmp = Path(tempfile.mkdtemp(prefix="bench-soak-"))
-    lab = Lab("bsk-")
-    lab.up()
-    running: list[Any] = []
-
-    def start(*args: str) -> Any:
-        r = Running(lab, rules, "--eve", str(tmp / "eve.json"), *args)
-        running.append(r)
-        return r
-
-    try:
+    with lab_with_appliances("bsk-", rules, tmp / "eve.json") as (lab, start):
         fig = run_soak(lab, start, tmp, a.minutes * 60)
         print(f"rules: {', '.join(rules)}; machine shared, figures indicative")
         print(report(fig))
         if a.json:
             print(json.dumps(fig))
-    finally:
-        for r in running:
-            r.stop()
-        lab.down()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from appliance.policy_file import policy_from_text
 from appliance.rules.loader import detection_from_text, load_detection
 from tests.fuzz.corpus_io import Frame, write_pcap
 from tests.fuzz.harness import ACK, PSH, SYN, tcp_segment
+from tests.io.test_control import raw
 
 CLI = Path(__file__).resolve().parents[1] / "pcaps"
 C, S = b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02"
@@ -228,37 +228,17 @@ def control(tmp_path: Path) -> Iterator[ControlServer]:
         srv.stop()
 
 
-def _talk(path: Path, data: bytes, half_close: bool = True) -> list[dict[str, Any]]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(5)
-        s.connect(str(path))
-        try:
-            s.sendall(data)
-            if half_close:
-                s.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        buf = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            buf += chunk
-    return [json.loads(ln) for ln in buf.splitlines()]
 
 
 def test_truncated_control_request_gets_an_error_and_the_server_serves_on(
         control: ControlServer) -> None:
     # a request cut by the end of the stream (once: the connection closed without a word)
-    replies = _talk(control.path, b'{"command": "status"}\n{"command": "sta')
+    replies = raw(control.path, b'{"command": "status"}\n{"command": "sta')
     assert replies[0] == {"ok": True, "result": {"up": 1}}
     assert replies[1]["ok"] is False and "truncated request" in replies[1]["error"]
     assert len(replies) == 2
     # a multi-byte character cut in half, then the end
-    replies = _talk(control.path, '{"command": "stätus'.encode()[:-4])
+    replies = raw(control.path, '{"command": "stätus'.encode()[:-4])
     assert len(replies) == 1 and "truncated request" in replies[0]["error"]
     assert control_call(control.path, "status") == {"ok": True, "result": {"up": 1}}
     assert control.errors == 2
@@ -266,7 +246,7 @@ def test_truncated_control_request_gets_an_error_and_the_server_serves_on(
 
 def test_oversized_control_request_then_the_next_client(control: ControlServer) -> None:
     huge = b'{"command": "status", "args": {"x": "' + b"a" * 1_000_000 + b'"}}\n'
-    replies = _talk(control.path, huge)
+    replies = raw(control.path, huge)
     assert len(replies) == 1 and "too large (limit 4096 bytes)" in replies[0]["error"]
     assert control_call(control.path, "status")["ok"] is True
 

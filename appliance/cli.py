@@ -364,10 +364,10 @@ def _load(rules: tuple[str, ...], cfg_path: str | None, quiet: bool = False,
 @click.option("--threshold-file", type=click.Path(), default=None,
               help="threshold.config (threshold, suppress, rate_filter lines) "
                    "[the one beside the rules, if any].")
-@click.option("--transport", type=click.Choice(["netfilterqueue", "netlink"]),
-              default="netfilterqueue", show_default=True, envvar="APPLIANCE_TRANSPORT",
-              help="NFQUEUE transport: netfilterqueue (one verdict per packet) or "
-                   "netlink (GSO super-packets, batch verdicts).")
+@click.option("--transport", type=click.Choice(["netlink", "netfilterqueue"]),
+              default="netlink", show_default=True, envvar="APPLIANCE_TRANSPORT",
+              help="NFQUEUE transport: netlink (GSO super-packets, batch verdicts) or "
+                   "netfilterqueue (libnetfilter_queue, one verdict per packet).")
 def run(bridge: str, rules: tuple[str, ...], config_path: str | None, eve: str | None,
         threshold_file: str | None,
         queues: int, fail_open: bool, policy_path: str | None, state_dir: str,

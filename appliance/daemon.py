@@ -78,9 +78,10 @@ class RunOptions:
     # token file (`agent-name token` lines); None: not served.
     endpoint_api: str | None = None
     endpoint_tokens: str | None = None
-    # How workers talk to NFQUEUE: "netfilterqueue" (libnetfilter_queue, one verdict per
-    # packet) or "netlink" (appliance/io/nfnetlink.py: GSO and batch verdicts).
-    transport: str = "netfilterqueue"
+    # How workers talk to NFQUEUE: "netlink" (appliance/io/nfnetlink.py: GSO and batch
+    # verdicts; ~25x the inspected TCP throughput, bench/inline.py) or "netfilterqueue"
+    # (libnetfilter_queue, one verdict per packet).
+    transport: str = "netlink"
 
 
 def python_unreadable_by(user: str) -> str | None:

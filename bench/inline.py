@@ -161,8 +161,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rules", action="append", default=None)
     ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--transport", choices=("netfilterqueue", "netlink", "both"),
-                    default="netfilterqueue")
+    ap.add_argument("--transport", choices=("netlink", "netfilterqueue", "both"),
+                    default="netlink")
     ap.add_argument("--prefix", default="bench-", help="the lab's name prefix")
     a = ap.parse_args()
     rules = a.rules or ([str(ETOPEN)] if ETOPEN.exists() else []) + [str(REPO / "rules")]

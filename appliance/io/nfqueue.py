@@ -1,19 +1,21 @@
 """NFQUEUE worker: packets from one kernel queue through the engine, verdicts back.
 
-Transport: netfilterqueue 1.1.0 (the design card's choice). It hands over one packet per
-callback and sends one verdict per packet; it does not negotiate GSO, so the kernel
-segments super-packets before queueing them (DESIGN.md: ~1 Gbit/s for one TCP stream
-before bypass). Bypassed connections skip the queue entirely (connmark), which is what
-keeps bulk transfers at bridge speed.
+Two transports. `netlink` (the default, appliance/io/nfnetlink.py): the queue bound on
+a plain netlink socket with GSO (super-packets handed over whole) and batch verdicts for
+runs of packets with the same verdict. `netfilterqueue` 1.1.0 (the design card's first
+choice): one packet per callback and one verdict per packet; it does not negotiate GSO,
+so the kernel segments super-packets before queueing them. bench/inline.py, one
+inspected TCP stream on the lab: ~0.2 Gbit/s with netfilterqueue, ~4-5 Gbit/s with
+netlink; small packets about the same rate (netlink ~5-10% fewer: its parsing is
+Python). Bypassed connections skip the queue entirely (connmark), which is what keeps
+bulk transfers at bridge speed.
 
 Every packet gets a verdict: if the engine or a sink raises, the configured default
 (accept when fail-open, drop when fail-closed) is sent and the error counted.
 
-Second transport, `transport="netlink"` (appliance/io/nfnetlink.py): the queue bound on
-a plain netlink socket with GSO (super-packets handed over whole) and batch verdicts for
-runs of packets with the same verdict. Its packets have the same surface as
-netfilterqueue's, so `handle` serves both; `_flush` sends the pending batch where a
-verdict must not wait (before a packet is held for a file scan, around a reject).
+The netlink transport's packets have the same surface as netfilterqueue's, so `handle`
+serves both; `_flush` sends the pending batch where a verdict must not wait (before a
+packet is held for a file scan, around a reject).
 """
 
 from __future__ import annotations

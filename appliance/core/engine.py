@@ -355,9 +355,14 @@ class Engine:
         out: list[Command] = []
         fileinfo = self._file_records.pop(ev.token, None)
         if fileinfo is not None and self.config.log_app_records:
+            # The 7.0 schema's fileinfo has no verdict field: the verdict goes in the
+            # record's metadata flowvars (Suricata's place for values attached to a
+            # flow), and a malicious file lists the appliance's file rule in `sid`.
+            fileinfo["metadata"] = {"flowvars": [
+                {"key": "file_verdict", "value": ev.verdict},
+                {"key": "file_verdict_source", "value": ev.source},
+                *({"key": "file_signature", "value": s} for s in ev.signatures)]}
             if ev.verdict == "malicious":
-                # The 7.0 schema's fileinfo has no verdict field; `sid` lists the rules
-                # that matched the file, and the appliance's file rule did.
                 fileinfo["fileinfo"]["sid"] = [FILE_SID_MALICIOUS]
             out.append(Log(app_record(flow, p.ts, fileinfo)))
         if ev.verdict == "malicious":

@@ -98,6 +98,10 @@ def test_a_large_download_reaches_the_scanners_whole(eve_validator: Any) -> None
     # Logged after the verdict, naming the appliance's file rule.
     assert fi["fileinfo"]["sid"] == [FILE_SID_MALICIOUS]
     assert fi["fileinfo"]["size"] == len(body) and fi["fileinfo"]["state"] == "CLOSED"
+    assert fi["metadata"]["flowvars"] == [
+        {"key": "file_verdict", "value": "malicious"},
+        {"key": "file_verdict_source", "value": "scan"},
+        {"key": "file_signature", "value": "yara:test:Marker"}]
     alert = next(x for x in d.logs if x.get("event_type") == "alert")
     assert d.logs.index(fi) < d.logs.index(alert)
     assert not list(eve_validator.iter_errors(fi))
@@ -109,6 +113,7 @@ def test_a_clean_file_logs_fileinfo_without_sid() -> None:
     d.run(b"hello" * 1000)
     (fi,) = d.fileinfo()
     assert "sid" not in fi["fileinfo"] and d.verdicts[-1] is VerdictKind.ACCEPT
+    assert {"key": "file_verdict", "value": "clean"} in fi["metadata"]["flowvars"]
 
 
 def test_file_memcap_bounds_kept_content_and_the_hash_still_goes() -> None:

@@ -60,6 +60,9 @@ class AppResult:
     dns_questions: list[tuple[bytes, int]] = field(default_factory=list)
     http_statuses: list[int] = field(default_factory=list)
     proto_decided: bool = False  # this call decided the flow's app_proto
+    # FTP data connections announced by this call: (server address, Expectation); the
+    # engine keeps them in its app/ftp.py Expectations table.
+    expected: list[tuple[bytes, Any]] = field(default_factory=list)
 
 
 class AppState:
@@ -163,6 +166,23 @@ def feed_tcp(flow: Flow, data: bytes, to_server: bool, res: AppResult) -> None:
     _events(flow, st, st.parser.feed(data, to_server), res)
 
 
+def ftp_data_flow(flow: Flow, table: Any, now: float, file_budget: Any) -> bool:
+    """A new TCP flow that an FTP control channel announced (app/ftp.py Expectations):
+    parsed as ftp-data from its first byte, no detection. True when it is one."""
+    if not len(table):
+        return False
+    exp = table.take(flow.src, flow.dst, flow.dp, now)
+    if exp is None:
+        return False
+    from appliance.core.app.ftp import FtpDataParser
+
+    st = flow.app = AppState(flow, file_budget)
+    st.detector = None
+    st.parser = FtpDataParser(exp, file_budget)
+    flow.app_proto = "ftp-data"
+    return True
+
+
 def feed_udp(flow: Flow, p: Packet, to_server: bool, res: AppResult) -> None:
     st: AppState | None = flow.app
     if st is None:
@@ -246,11 +266,45 @@ def _events(flow: Flow, st: AppState, events: list[AppEvent], res: AppResult) ->
                     res.inspections.append(Inspection(ev.to_server, tx.tx_id, bufs))
                 for d in tx.eve():
                     res.records.append({"event_type": "dns", "tx_id": tx.tx_id, "dns": d})
+        elif k.startswith("ftp_"):
+            _ftp_event(flow, ev, res)
         elif k == TLS_HANDSHAKE:
             res.inspections.append(Inspection(ev.to_server, 0, dict(st.parser.buffers())))
         elif k == TLS_ENCRYPTED:
             res.encrypted = True
             _tls_record(flow, st, res)
+
+
+def _ftp_event(flow: Flow, ev: AppEvent, res: AppResult) -> None:
+    """app/ftp.py's events: control transactions, announced data connections, data."""
+    k = ev.kind
+    if k == "ftp_tx":
+        tx = ev.data["tx"]
+        if tx.bounce_ip is not None and tx.bounce_ip != flow.src:
+            # PORT/EPRT naming another host than the client: the ftpbounce keyword.
+            res.inspections.append(Inspection(True, tx.tx_id, {"ftpbounce": b"1"}))
+        res.records.append({"event_type": "ftp", "tx_id": tx.tx_id, "ftp": tx.eve()})
+    elif k == "ftp_expect":
+        exp = ev.data["expect"]
+        if exp.active:  # the server connects to the announced address
+            exp.peer = flow.dst
+            res.expected.append((exp.ip, exp))
+        else:  # the client connects to the server
+            exp.peer = flow.src
+            res.expected.append((flow.dst, exp))
+    elif k == "ftp_data":
+        parser = ev.data["parser"]
+        cmd = parser.command.lower()
+        res.inspections.append(Inspection(ev.to_server, 0, {
+            "file.data": bytes(parser.window), "ftpdata_command": cmd}))
+        if not parser.logged:
+            # ftpdata_command holds in both directions of the data connection (as
+            # Suricata's): the other one is inspected once, at the first data.
+            parser.logged = True
+            res.inspections.append(Inspection(not ev.to_server, 0,
+                                              {"ftpdata_command": cmd}))
+    elif k == "ftp_data_done":
+        res.records.append({"event_type": "ftp_data", "ftp_data": ev.data["parser"].eve()})
 
 
 def _tls_record(flow: Flow, st: AppState, res: AppResult) -> None:

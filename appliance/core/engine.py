@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from appliance.core import applayer
+from appliance.core.app.ftp import Expectations
 from appliance.core.app.http import FileBudget
 from appliance.core.applayer import AppResult, AppState
 from appliance.core.commands import Command, Hold, Log, ScanRequest, Verdict, VerdictKind
@@ -208,6 +209,8 @@ class Engine:
                             if self.config.scan_files else None)
         self._next_token = 1
         self._hold: int | None = None
+        # FTP data connections announced on control channels (app/ftp.py), bounded.
+        self.ftp_expect = Expectations()
         self._held: set[int] = set()
 
     # -- the one entry point ---------------------------------------------------------
@@ -412,7 +415,8 @@ class Engine:
         if self.policy is not None and not self.policy.role(flow.role).scan_files:
             return
         for f in res.files:
-            if f.to_server or f.state != "CLOSED":
+            # Downloads: HTTP responses; FTP RETR data whichever way its connection goes.
+            if not getattr(f, "download", not f.to_server) or f.state != "CLOSED":
                 f.release()
                 continue
             data = f.take_data()  # the content kept as it streamed (app/http.py)
@@ -420,7 +424,7 @@ class Engine:
                 # Not kept (no room, or the flow started before scanning was on): the
                 # body kept for detection, if it is the whole file.
                 tx = flow.app.parser.get_tx(f.tx_id) if flow.app is not None and \
-                    flow.app.parser is not None else None
+                    hasattr(flow.app.parser, "get_tx") else None
                 body = bytes(tx.response_body) if tx is not None else b""
                 if len(body) == f.size and f.size <= self.config.scan_max_bytes:
                     data = body
@@ -740,6 +744,9 @@ class Engine:
         if p.proto == PROTO_TCP:
             if upd is None or not (upd.to_server or upd.to_client):
                 return None
+            if flow.app is None and len(self.ftp_expect):
+                # An FTP data connection? (its parser keeps its file in the budget)
+                applayer.ftp_data_flow(flow, self.ftp_expect, p.ts, self.file_budget)
             if flow.app is None and self.file_budget is not None and (
                     self.policy is None or self.policy.role(flow.role).scan_files):
                 flow.app = AppState(flow, self.file_budget)  # its downloads are kept
@@ -748,6 +755,8 @@ class Engine:
                 applayer.feed_tcp(flow, upd.to_server, True, res)
             if upd.to_client:
                 applayer.feed_tcp(flow, upd.to_client, False, res)
+            for ip, exp in res.expected:  # data connections an FTP command announced
+                self.ftp_expect.add(ip, exp, p.ts)
         elif p.proto == PROTO_UDP:
             res = AppResult()
             applayer.feed_udp(flow, p, to_server, res)

@@ -105,6 +105,9 @@ BUFFER_APP: Final = {
     # as soon as the file is seen; size and hashes once it is complete.
     "file.name": None, "file.magic": None,
     "dns.query": "dns",
+    # FTP (applayer.py): the data connection's command (retr/stor...), and a
+    # PORT/EPRT transaction naming another host than the client.
+    "ftpdata_command": "ftp-data", "ftpbounce": "ftp",
     "tls.sni": "tls", "tls.cert_subject": "tls", "tls.cert_issuer": "tls",
     "tls.cert_serial": "tls", "tls.cert_fingerprint": "tls", "tls.certs": "tls",
     "ja3.hash": "tls", "ja3.string": "tls", "ja3s.hash": "tls", "ja3s.string": "tls",
@@ -508,6 +511,14 @@ def compile_rule(rule: Rule, order: int, classifications: Mapping[str, Classific
             cr.noalert = True
         elif kw in _TLS_LEGACY:
             legacy.append(_tls_legacy(kw, value))
+        elif kw == "ftpdata_command":
+            v = (value or "").strip().lower()
+            if v not in ("retr", "stor"):
+                raise CompileError(f"'ftpdata_command' takes retr or stor, not {value!r}")
+            legacy.append(Chain(("ftpdata_command", ()), (CContent(
+                v.encode(), True, False, None, None, None, None, True, True, False),)))
+        elif kw == "ftpbounce":
+            legacy.append(Chain(("ftpbounce", ()), ()))
         elif kw in ("decode-event", "stream-event", "app-layer-event", "engine-event"):
             ev_name, ev_proto = _event_name(kw, value)
             events.append(ev_name)

@@ -24,9 +24,9 @@ class KeywordError(ValueError):
 # fails to compile with "unsupported keyword 'x'" (reported by `rules check`), rather
 # than silently matching differently from Suricata.
 UNSUPPORTED: Final = frozenset({
-    "iprep", "geoip", "lua", "luajit", "asn1", "ftpbounce", "rpc",
+    "iprep", "geoip", "lua", "luajit", "asn1", "rpc",
     "entropy",
-    "ftpdata_command", "ssl_state", "tls_cert_notbefore", "tls_cert_notafter",
+    "ssl_state", "tls_cert_notbefore", "tls_cert_notafter",
     "tls_cert_expired", "tls_cert_valid", "ssh.protoversion", "ssh.softwareversion",
     "dce_iface", "dce_opnum", "krb5_msg_type", "krb5_err_code",
     "nfs_procedure", "nfs.version", "snmp.version", "snmp.pdu_type", "modbus",

@@ -79,12 +79,19 @@ def _dns() -> StreamParser:
     return DnsParser()
 
 
+def _ftp() -> StreamParser:
+    from appliance.core.app.ftp import FtpParser
+
+    return FtpParser()
+
+
 # app_proto -> parser factory. Protocols that detection recognises but that have no
 # parser here (ssh, smtp, ftp...) are still recorded as the flow's app_proto.
 PARSERS: Final[list[tuple[str, Callable[[], StreamParser]]]] = [
     ("http", _http),
     ("tls", _tls),
     ("dns", _dns),
+    ("ftp", _ftp),  # its ftp-data flows start from its expectations (applayer.py)
 ]
 
 # Every name detection may return, in Suricata's spelling.

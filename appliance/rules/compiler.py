@@ -112,7 +112,8 @@ BUFFER_APP: Final = {
     "tls.cert_serial": "tls", "tls.cert_fingerprint": "tls", "tls.certs": "tls",
     "ja3.hash": "tls", "ja3.string": "tls", "ja3s.hash": "tls", "ja3s.string": "tls",
     "tls.subjectaltname": "tls", "tls.version": "tls", "dns.opcode": "dns",
-    "ssh.proto": "ssh", "ssh.software": "ssh",
+    "ssh.proto": "ssh", "ssh.software": "ssh", "ssh.hassh": "ssh", "ssh.hassh.string": "ssh",
+    "ssh.hassh.server": "ssh", "ssh.hassh.server.string": "ssh",
 }
 PACKET_BUFFERS: Final = frozenset({"pkt_data", "ipv4.hdr", "ipv6.hdr", "tcp.hdr", "udp.hdr",
                                     "icmpv4.hdr", "icmpv6.hdr", "ip.src", "ip.dst"})

@@ -73,6 +73,12 @@ def _tls() -> StreamParser:
     return TlsParser()
 
 
+def _ssh() -> StreamParser:
+    from appliance.core.app.ssh import SshParser
+
+    return SshParser()
+
+
 def _dns() -> StreamParser:
     from appliance.core.app.dns import DnsParser
 
@@ -86,11 +92,12 @@ def _ftp() -> StreamParser:
 
 
 # app_proto -> parser factory. Protocols that detection recognises but that have no
-# parser here (ssh, smtp, ftp...) are still recorded as the flow's app_proto.
+# parser here (smtp, imap, pop3) are still recorded as the flow's app_proto.
 PARSERS: Final[list[tuple[str, Callable[[], StreamParser]]]] = [
     ("http", _http),
     ("tls", _tls),
     ("dns", _dns),
+    ("ssh", _ssh),
     ("ftp", _ftp),  # its ftp-data flows start from its expectations (applayer.py)
 ]
 

@@ -520,6 +520,8 @@ def compile_rule(rule: Rule, order: int, classifications: Mapping[str, Classific
                 v.encode(), True, False, None, None, None, None, True, True, False),)))
         elif kw == "ftpbounce":
             legacy.append(Chain(("ftpbounce", ()), ()))
+        elif kw in ("ssh.protoversion", "ssh.softwareversion"):
+            legacy.append(_ssh_legacy(kw, value))
         elif kw in ("decode-event", "stream-event", "app-layer-event", "engine-event"):
             ev_name, ev_proto = _event_name(kw, value)
             events.append(ev_name)
@@ -549,6 +551,8 @@ def compile_rule(rule: Rule, order: int, classifications: Mapping[str, Classific
         cr.app = True
         if cr.app_proto is None and any(ch.key[0].startswith("tls.") for ch in legacy):
             cr.app_proto = "tls"
+        if cr.app_proto is None and any(ch.key[0].startswith("ssh.") for ch in legacy):
+            cr.app_proto = "ssh"
     if cr.dns_opcode is not None or cr.dns_rrtype is not None:
         # Checked on the DNS transaction (see signatures.py): an app-layer rule.
         cr.chains = (*cr.chains, Chain(("dns.opcode", ()), ()))
@@ -612,6 +616,30 @@ def _tls_legacy(kw: str, value: str | None) -> Chain:
         pat = pat.lower()
     item = CContent(pat, exact, negated, None, None, None, None, exact, exact, False)
     return Chain((buf, ()), (item,))
+
+
+def _ssh_legacy(kw: str, value: str | None) -> Chain:
+    """Suricata's older SSH value keywords, on the banner buffers of the inspected side:
+    ssh.protoversion:2_compat matches protocol 2.x or 1.99, any other value matches the
+    protocol version exactly (``1.10`` is 1.10 only); ssh.softwareversion:"X" (deprecated
+    for ssh.software) matches a software version that starts with X (the docs only say
+    it matches the software string: prefix is this implementation's reading)."""
+    v = (value or "").strip()
+    if len(v) >= 2 and v[0] == v[-1] == '"':
+        v = v[1:-1]
+    if not v:
+        raise CompileError(f"'{kw}' needs a value")
+    pat = v.encode("utf-8", "surrogateescape")
+    if kw == "ssh.softwareversion":
+        return Chain(("ssh.software", ()), (CContent(pat, False, False, None, None, None,
+                                                      None, True, False, False),))
+    if v == "2_compat":
+        rx = regex.compile(rb"\A(?:2|1\.99\Z)")
+        return Chain(("ssh.proto", ()), (CPcre(rx, False, False, r"/^(?:2|1\.99$)/"),))
+    if not re.fullmatch(r"[0-9](\.[0-9]+)?", v):
+        raise CompileError(f"'{kw}' takes a version such as 2.0 or 2_compat, not {value!r}")
+    return Chain(("ssh.proto", ()), (CContent(pat, False, False, None, None, None, None,
+                                              True, True, False),))
 
 
 _EVENT_NAME = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")

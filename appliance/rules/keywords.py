@@ -27,7 +27,7 @@ UNSUPPORTED: Final = frozenset({
     "iprep", "geoip", "lua", "luajit", "asn1", "rpc",
     "entropy",
     "ssl_state", "tls_cert_notbefore", "tls_cert_notafter",
-    "tls_cert_expired", "tls_cert_valid", "ssh.protoversion", "ssh.softwareversion",
+    "tls_cert_expired", "tls_cert_valid",
     "dce_iface", "dce_opnum", "krb5_msg_type", "krb5_err_code",
     "nfs_procedure", "nfs.version", "snmp.version", "snmp.pdu_type", "modbus",
     "dnp3_func", "dnp3_ind", "dnp3_obj", "enip_command", "cip_service", "http2.frametype",

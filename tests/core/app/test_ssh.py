@@ -324,3 +324,29 @@ def test_same_rule_alerts_once_in_each_direction() -> None:
     recs = _engine_run(rules, CLIENT, srv)
     sids = [r["alert"]["signature_id"] for r in recs if r["event_type"] == "alert"]
     assert sids == [1, 1]
+
+
+def test_legacy_value_keywords() -> None:
+    rules = [
+        'alert ssh any any -> any any (ssh.protoversion:2_compat; sid:1;)',
+        'alert ssh any any -> any any (ssh.protoversion:2.0; sid:2;)',
+        'alert ssh any any -> any any (ssh.protoversion:1.99; sid:3;)',
+        'alert ssh any any -> any any (ssh.protoversion:1.9; sid:4;)',
+        'alert ssh any any -> any any (ssh.softwareversion:"Cisco_"; sid:5;)',
+        'alert ssh any any -> any any (ssh.softwareversion:"server"; sid:6;)',
+    ]
+    recs = _engine_run(rules, CLIENT, SERVER)
+    alerts = sorted((r["alert"]["signature_id"], r["src_port"]) for r in recs
+                    if r["event_type"] == "alert")
+    # 2_compat: the client's 2.0 and the server's 1.99; exact versions; software prefix.
+    assert alerts == [(1, 22), (1, 40000), (2, 40000), (3, 22), (5, 22)]
+
+
+def test_legacy_value_keyword_errors() -> None:
+    from appliance.rules.loader import detection_from_text
+
+    loaded = detection_from_text(['alert ssh any any -> any any (ssh.protoversion:two; sid:1;)',
+                                  'alert ssh any any -> any any (ssh.softwareversion:""; sid:2;)'])
+    reasons = [f.reason for f in loaded.failure_records()]
+    assert reasons == ["'ssh.protoversion' takes a version such as 2.0 or 2_compat, not 'two'",
+                       "'ssh.softwareversion' needs a value"]

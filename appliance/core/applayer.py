@@ -186,6 +186,20 @@ def ftp_data_flow(flow: Flow, table: Any, now: float, file_budget: Any) -> bool:
     return True
 
 
+def ftp_data_fin(flow: Flow, to_server: bool, res: AppResult) -> None:
+    """A FIN on an ftp-data flow: when it comes from the file's sender after every byte
+    was delivered, the file is complete (this packet can wait for the scan verdict)."""
+    st: AppState | None = flow.app
+    parser = st.parser if st is not None else None
+    f = getattr(parser, "file", None)
+    tcp = flow.tcp
+    if st is None or f is None or f.to_server != to_server or tcp is None:
+        return
+    half = tcp.cli if to_server else tcp.srv
+    if half.fin_seq >= 0 and half.nxt_seq == half.fin_seq:
+        _events(flow, st, st.parser.close(), res)
+
+
 def feed_udp(flow: Flow, p: Packet, to_server: bool, res: AppResult) -> None:
     st: AppState | None = flow.app
     if st is None:

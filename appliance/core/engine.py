@@ -25,6 +25,7 @@ from appliance.core.decode import (
     PROTO_TCP,
     PROTO_UDP,
     TH_ACK,
+    TH_FIN,
     TH_RST,
     TH_SYN,
     Decoder,
@@ -743,6 +744,10 @@ class Engine:
         """Feed the app layer what this packet delivered (stream bytes or a datagram)."""
         if p.proto == PROTO_TCP:
             if upd is None or not (upd.to_server or upd.to_client):
+                if p.tcp_flags & TH_FIN and flow.app_proto == "ftp-data":
+                    res = AppResult()  # an FTP data connection's FIN ends its file
+                    applayer.ftp_data_fin(flow, to_server, res)
+                    return res
                 return None
             if flow.app is None and len(self.ftp_expect):
                 # An FTP data connection? (its parser keeps its file in the budget)
@@ -757,6 +762,8 @@ class Engine:
                 applayer.feed_tcp(flow, upd.to_client, False, res)
             for ip, exp in res.expected:  # data connections an FTP command announced
                 self.ftp_expect.add(ip, exp, p.ts)
+            if p.tcp_flags & TH_FIN and flow.app_proto == "ftp-data":
+                applayer.ftp_data_fin(flow, to_server, res)
         elif p.proto == PROTO_UDP:
             res = AppResult()
             applayer.feed_udp(flow, p, to_server, res)

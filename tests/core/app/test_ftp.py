@@ -267,7 +267,8 @@ class Session:
         return [r for r in self.logs if r.get("event_type") == kind]
 
 
-def passive_retr(s: Session, body: bytes, name: bytes = b"eicar.com") -> list[VerdictKind]:
+def passive_retr(s: Session, body: bytes, name: bytes = b"eicar.com",
+                 size: bool = True, fin: bool = False) -> list[VerdictKind]:
     ctl_c, ctl_s = (C, 5000), (S, 21)
     s.connect(ctl_c, ctl_s)
     s.send(ctl_s, ctl_c, b"220 hi\r\n")
@@ -277,10 +278,14 @@ def passive_retr(s: Session, body: bytes, name: bytes = b"eicar.com") -> list[Ve
     s.send(ctl_s, ctl_c, b"227 Entering Passive Mode (203,0,113,21,156,64).\r\n")
     s.send(ctl_c, ctl_s, b"RETR " + name + b"\r\n")
     s.send(ctl_s, ctl_c, b"150 Opening BINARY mode data connection (%d bytes).\r\n"
-           % len(body))
+           % len(body) if size else b"150 Here it comes.\r\n")
     data_c, data_s = (C, 5001), (S, 156 * 256 + 64)
     s.connect(data_c, data_s)
     verdicts = s.send(data_s, data_c, body)
+    if fin:  # the server's FIN after the data
+        seq, ack = s.seq[(S, data_s[1], C, 5001)], s.seq[(C, 5001, S, data_s[1])]
+        verdicts.append(s._send(IP(src=S, dst=C) / TCP(
+            sport=data_s[1], dport=5001, flags="FA", seq=seq, ack=ack, window=65535)))
     s.send(ctl_s, ctl_c, b"226 Transfer complete.\r\n")
     return verdicts
 
@@ -299,6 +304,16 @@ def test_malicious_retr_is_held_and_dropped() -> None:
     assert len(fi) == 1 and fi[0]["app_proto"] == "ftp-data"
     assert fi[0]["fileinfo"]["size"] == len(EICARISH)
     assert engine.file_budget is not None and engine.file_budget.used == 0
+
+
+def test_without_an_announced_size_the_senders_fin_ends_the_file() -> None:
+    engine = Engine(EngineConfig(mode="ips", scan_files=True, heuristics=None))
+    s = Session(engine)
+    s.verdict = "malicious"
+    verdicts = passive_retr(s, EICARISH, size=False, fin=True)
+    assert [r.data for r in s.asked] == [EICARISH]
+    assert verdicts[-1] is VerdictKind.DROP  # the FIN waited for the verdict and went
+    assert all(v is VerdictKind.ACCEPT for v in verdicts[:-1])
 
 
 def test_clean_retr_passes_and_uploads_are_not_scanned() -> None:

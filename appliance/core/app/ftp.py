@@ -335,8 +335,9 @@ class FtpDataParser:
         return self.exp.command
 
     def memuse(self) -> int:
-        kept = self.file.data if self.file is not None else None
-        return len(self.window) + (len(kept) if kept is not None else 0)
+        # The file content kept for the scanners counts against the FileBudget, not
+        # here (as app/http.py's files).
+        return len(self.window)
 
     def get_tx(self, tx_id: int) -> None:
         return None  # no HTTP-like transaction; see applayer.py

@@ -8,7 +8,12 @@ What the parsers report becomes:
   response's winning where both have one, as Suricata's per-direction buffers do);
 - EVE records: `http` when a transaction completes, `dns` per query/answer, `tls` once
   the handshake is done, `ssh` once both sides are encrypted (or at flow end),
-  `fileinfo` per file, `anomaly` (type applayer) per parser event;
+  `ftp` per control transaction, `ftp_data` per data connection, `fileinfo` per file,
+  `anomaly` (type applayer) per parser event;
+- FTP data connections: a control channel's announcements go to the engine's
+  expectation table (`AppResult.expected`); a new flow matching one is ftp-data from its
+  first byte (`ftp_data_flow`), its bytes one file, ended by the announced size or the
+  sender's FIN (`ftp_data_fin`);
 - `encrypted`: nothing left to inspect in a TLS or SSH flow (inline, the engine may
   bypass it).
 """

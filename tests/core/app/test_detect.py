@@ -82,11 +82,11 @@ def test_udp() -> None:
 
 
 def test_registry_is_explicit() -> None:
-    assert [name for name, _ in PARSERS] == ["http", "tls", "dns"]
+    assert [name for name, _ in PARSERS] == ["http", "tls", "dns", "ssh", "ftp"]
     for name, _ in PARSERS:
         p = new_parser(name)
         assert p is not None and p.app_proto == name
-    assert new_parser("ssh") is None
+    assert new_parser("smtp") is None  # detected, not parsed
 
 
 @settings(max_examples=300, deadline=None)

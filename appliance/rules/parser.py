@@ -644,13 +644,7 @@ def _interpret(
 
     for keyword, value in options:
         if keyword == "content" or keyword == "uricontent":
-            if value is None:
-                raise RuleParseError(f"'{keyword}' needs a value")
-            negated, text = split_negation(value)
-            try:
-                pattern = _decode_content(text)
-            except ValueError as exc:
-                raise RuleParseError(f"{keyword}: {exc}") from None
+            negated, pattern = _content_value(keyword, value)
             # uricontent is Suricata's deprecated spelling of content + http_uri.
             buf = "http.uri" if keyword == "uricontent" else state.buffer
             if keyword == "uricontent" and state.sticky is not None:
@@ -802,18 +796,23 @@ def _interpret(
     )
 
 
+def _content_value(keyword: str, value: str | None) -> tuple[bool, bytes]:
+    """A content-like keyword's value: (negated, the bytes), or a RuleParseError."""
+    if value is None:
+        raise RuleParseError(f"'{keyword}' needs a value")
+    negated, text = split_negation(value)
+    try:
+        return negated, _decode_content(text)
+    except ValueError as exc:
+        raise RuleParseError(f"{keyword}: {exc}") from None
+
+
 def _file_content(keyword: str, value: str | None) -> _ContentBuilder:
     """filename / fileext / filemagic as the content they stand for (Suricata 7's file
     keywords docs): ``filename:"x"`` is ``file.name; content:"x"; nocase;``,
     ``fileext:"pdf"`` is ``file.name; content:".pdf"; nocase; endswith;`` and
     ``filemagic:"x"`` is ``file.magic; content:"x"; nocase;``. ``!`` negates."""
-    if value is None:
-        raise RuleParseError(f"'{keyword}' needs a value")
-    negated, text = split_negation(value)
-    try:
-        pattern = _decode_content(text)
-    except ValueError as exc:
-        raise RuleParseError(f"{keyword}: {exc}") from None
+    negated, pattern = _content_value(keyword, value)
     buf = "file.magic" if keyword == "filemagic" else "file.name"
     b = _ContentBuilder(pattern, negated, buf, ())
     b.fields["nocase"] = True

@@ -13,7 +13,7 @@ keyword (lenient import, strict check: DESIGN.md principle 8).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, overload
@@ -321,25 +321,26 @@ def _rule_dir(rule: Rule) -> str | None:
     return str(Path(rule.file).parent) if rule.file and rule.file != "<text>" else None
 
 
+# Buffer keywords whose value alone makes their item.
+_BUFFER_ITEM_PARSERS: Final[dict[str, Callable[[str | None], Item]]] = {
+    "byte_test": parse_byte_test,
+    "byte_jump": parse_byte_jump,
+    "byte_extract": parse_byte_extract,
+    "byte_math": parse_byte_math,
+    "isdataat": parse_isdataat,
+    "bsize": parse_bsize,
+    "base64_decode": parse_base64_decode,
+}
+
+
 def _buffer_item(b: BufferOption, rule: Rule, datasets: dict[str, Dataset]) -> Item:
     k = b.keyword
     if k in ("dataset", "datarep"):
         return parse_dataset(k, b.value, _rule_dir(rule), datasets)
-    if k == "byte_test":
-        return parse_byte_test(b.value)
-    if k == "byte_jump":
-        return parse_byte_jump(b.value)
-    if k == "byte_extract":
-        return parse_byte_extract(b.value)
-    if k == "byte_math":
-        return parse_byte_math(b.value)
-    if k == "isdataat":
-        return parse_isdataat(b.value)
-    if k == "bsize":
-        return parse_bsize(b.value)
-    if k == "base64_decode":
-        return parse_base64_decode(b.value)
-    raise CompileError(f"unsupported keyword '{k}'")
+    parse = _BUFFER_ITEM_PARSERS.get(k)
+    if parse is None:
+        raise CompileError(f"unsupported keyword '{k}'")
+    return parse(b.value)
 
 
 def _fast_pattern(rule: Rule) -> tuple[BufferKey, bytes, bool] | None:

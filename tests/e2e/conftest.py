@@ -125,6 +125,20 @@ def start_appliance(lab: Lab, tmp_path: Path) -> Iterator[object]:
 
 # -- helpers for fault, flood and soak tests -------------------------------------------
 
+def kill_paused(supervisor: int, worker: int, pause: float = 0.5) -> float:
+    """SIGKILL a worker while its supervisor is stopped, so that for `pause` seconds no
+    worker is bound (what the kernel does then is the fail-open/closed mode's job, not
+    a restart's). Returns the time of the kill."""
+    os.kill(supervisor, signal.SIGSTOP)
+    try:
+        t = time.time()
+        os.kill(worker, signal.SIGKILL)
+        time.sleep(pause)
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
+    return t
+
+
 def eve_records(path: Path, event_type: str) -> list[dict[str, Any]]:
     """The EVE records of one type written so far (a partial last line is skipped)."""
     if not path.exists():

@@ -32,7 +32,14 @@ import pytest
 
 from appliance.io.nfqueue import MAX_QUEUE_LEN
 from appliance.lab import Lab
-from tests.e2e.conftest import UdpProbe, control, eve_records, nfqueue_counters, ruleset
+from tests.e2e.conftest import (
+    UdpProbe,
+    control,
+    eve_records,
+    kill_paused,
+    nfqueue_counters,
+    ruleset,
+)
 
 WATCHDOG = 1.5  # seconds without a heartbeat before the watchdog kills a worker
 INTERVAL = 0.005  # probe spacing
@@ -103,13 +110,7 @@ def test_worker_faults(lab: Lab, start_appliance: Any, tmp_path: Path, mode: str
         sender = probe.send(k_seqs.start, len(k_seqs), INTERVAL)
         time.sleep(0.5)
         worker = _worker(app)
-        os.kill(app.proc.pid, signal.SIGSTOP)
-        try:
-            t_kill = time.time()
-            os.kill(worker, signal.SIGKILL)
-            time.sleep(0.5)
-        finally:
-            os.kill(app.proc.pid, signal.SIGCONT)
+        t_kill = kill_paused(app.proc.pid, worker)
         ev_kill = _next_event(app, 0)
         sender.wait(timeout=20)
 

@@ -6,14 +6,12 @@ Traffic only flows between the lab's own namespaces; every loop is bounded.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from itertools import pairwise
 from typing import Any
 
 from appliance.lab import Lab
-from tests.e2e.conftest import UdpProbe, control
+from tests.e2e.conftest import UdpProbe, control, kill_paused
 from tests.e2e.test_inline import URL4, URL6, alerts, curl, queued
 
 NETLINK = ("--transport", "netlink")
@@ -72,13 +70,7 @@ def test_netlink_fail_open_killed_worker_and_held_download(
         time.sleep(0.5)
         # The supervisor is paused around the kill, so for 0.5 s no worker is bound:
         # what the kernel does then is fail-open's job (--queue-bypass), not a restart's.
-        os.kill(app.proc.pid, signal.SIGSTOP)
-        try:
-            t_kill = time.time()
-            os.kill(worker, signal.SIGKILL)
-            time.sleep(0.5)
-        finally:
-            os.kill(app.proc.pid, signal.SIGCONT)
+        t_kill = kill_paused(app.proc.pid, worker)
         sender.wait(timeout=20)
         got = probe.received()
     finally:

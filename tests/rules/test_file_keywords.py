@@ -11,12 +11,10 @@ from typing import Any
 import pytest
 from scapy.layers.inet import IP, TCP, Ether
 
-from appliance.core.commands import Log
-from appliance.core.engine import Engine, EngineConfig
-from appliance.core.events import LINKTYPE_ETHERNET, PacketIn
 from appliance.rules.keywords import KeywordError, NumCheck, parse_filesize, parse_hash_list
 from appliance.rules.loader import LoadedRules, detection_from_text, load_detection
 from appliance.rules.parser import Content, parse_rule
+from tests.rules.test_header_buffers import alert_sids
 
 C, S = "192.168.1.10", "203.0.113.5"
 BODY = b"MZ\x90\x00 this is the downloaded program body"
@@ -27,8 +25,6 @@ RESP = (b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(BODY)).encode()
 
 def download_alerts(loaded: LoadedRules) -> list[int]:
     """Replay one HTTP download (handshake, GET, 200 with BODY, FIN) and return the sids."""
-    assert not loaded.failure_records(), loaded.failure_records()
-    eng = Engine(EngineConfig(), loaded.engine)
     sp, dp = 41000, 80
 
     def t(src: str, dst: str, s: int, d: int, flags: str, seq: int, ack: int,
@@ -48,12 +44,7 @@ def download_alerts(loaded: LoadedRules) -> list[int]:
         t(S, C, dp, sp, "FA", 501 + len(RESP), 102 + len(REQ)),
         t(C, S, sp, dp, "A", 102 + len(REQ), 502 + len(RESP)),
     ]
-    got: list[int] = []
-    for n, pkt in enumerate(pkts, 1):
-        for c in eng.handle(PacketIn(n, 100.0 + n, bytes(pkt), LINKTYPE_ETHERNET)):
-            if isinstance(c, Log) and c.record["event_type"] == "alert":
-                got.append(c.record["alert"]["signature_id"])
-    return sorted(got)
+    return alert_sids(loaded, pkts)
 
 
 def test_filename_fileext_filemagic_are_contents_on_file_buffers() -> None:

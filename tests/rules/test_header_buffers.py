@@ -17,7 +17,11 @@ A, B = "192.168.1.10", "203.0.113.5"
 
 
 def sids(rules: list[str], *pkts: Any) -> list[int]:
-    loaded = detection_from_text(rules)
+    return alert_sids(detection_from_text(rules), pkts)
+
+
+def alert_sids(loaded: Any, pkts: Any) -> list[int]:
+    """Replay Ethernet packets through an Engine with these rules; the sids alerted."""
     assert not loaded.failure_records(), loaded.failure_records()
     eng = Engine(EngineConfig(), loaded.engine)
     got: list[int] = []

@@ -1258,6 +1258,21 @@ class HttpParser:
         self.transactions.append(tx)
         return tx
 
+    def _header_step(self, side: _Side, pos: int, to_server: bool, out: list[AppEvent],
+                     lone_cr: bool = False) -> tuple[int, bool]:
+        """One header or trailer line from pos: (the new position, whether to wait for
+        more data first)."""
+        prev_lf = side.bare_lf
+        line, npos = self._read_line(side, pos, to_server, out, lone_cr=lone_cr)
+        if line is None:
+            return npos, True
+        if prev_lf and line:
+            line = self._blank_line(side, line, npos, prev_lf)
+            if line is None:
+                return pos, True  # wait for the byte after this blank line
+        self._header_line(side, line, to_server, out)
+        return npos, False
+
     def _read_line(self, side: _Side, pos: int, to_server: bool,
                    out: list[AppEvent], lone_cr: bool = False) -> tuple[bytes | None, int]:
         """Next line (without CR/LF) from pos, or None when more data is needed.
@@ -1374,17 +1389,9 @@ class HttpParser:
                 else:
                     self._complete_09(tx, out)
             elif st in (_HEADERS, _TRAILERS):
-                prev_lf = side.bare_lf
-                line, npos = self._read_line(side, pos, True, out)
-                if line is None:
-                    pos = npos
+                pos, wait = self._header_step(side, pos, True, out)
+                if wait:
                     break
-                if prev_lf and line:
-                    line = self._blank_line(side, line, npos, prev_lf)
-                    if line is None:
-                        break  # wait for the byte after this blank line
-                pos = npos
-                self._header_line(side, line, True, out)
             elif st == _TUNNEL:
                 pos = len(buf)
             else:
@@ -1658,17 +1665,9 @@ class HttpParser:
                 pos = npos
                 self._status_line(line, out)
             elif st in (_HEADERS, _TRAILERS):
-                prev_lf = side.bare_lf
-                line, npos = self._read_line(side, pos, False, out, lone_cr=True)
-                if line is None:
-                    pos = npos
+                pos, wait = self._header_step(side, pos, False, out, lone_cr=True)
+                if wait:
                     break
-                if prev_lf and line:
-                    line = self._blank_line(side, line, npos, prev_lf)
-                    if line is None:
-                        break  # wait for the byte after this blank line
-                pos = npos
-                self._header_line(side, line, False, out)
             elif st == _TUNNEL:
                 pos = len(buf)
             elif st == _MAYBE_BODY:

@@ -84,6 +84,15 @@ class RunOptions:
     transport: str = "netlink"
 
 
+def _add_counters(into: dict[str, Any], counters: Mapping[str, Any]) -> None:
+    """Add nested counters (a worker's memcap_counters()) into `into`, key by key."""
+    for k, v in counters.items():
+        if isinstance(v, Mapping):
+            _add_counters(into.setdefault(k, {}), v)
+        elif isinstance(v, int):
+            into[k] = int(into.get(k, 0)) + v
+
+
 def python_unreadable_by(user: str) -> str | None:
     """The first directory of this Python installation (or this package) that `user`
     cannot traverse, or None when everything is reachable. Checked from the mode bits:
@@ -420,6 +429,7 @@ class Supervisor:
             for name, v in ws.get("transport", {}).items():
                 if isinstance(v, int):
                     sums[name] = sums.get(name, 0) + v
+            _add_counters(totals.setdefault("counters", {}), ws.get("counters", {}))
         totals["bypassed"] = totals["verdicts"].get("bypass", 0)
         totals["flow"] = self._flow_totals()
         totals["top_talkers"] = sorted(talkers.items(), key=lambda kv: -kv[1])[:5]
@@ -485,16 +495,20 @@ class Supervisor:
 
         st = self.status()["traffic"]
         v = st["verdicts"]
-        fl = {k: n for k, n in st["flow"].items() if k != "emergency"}
+        # flow.memcap in EVE is Suricata's counter of memcap hits (from the workers'
+        # counters below), not the configured size that status shows.
+        fl = {k: n for k, n in st["flow"].items() if k not in ("emergency", "memcap")}
         now = time.time()
-        return {"timestamp": format_ts(now), "event_type": "stats",
-                "stats": {"uptime": int(now - self._started),
-                          "decoder": {"pkts": st["packets"]},
-                          "ips": {"accepted": v.get("accept", 0) + v.get("bypass", 0),
-                                  "blocked": v.get("drop", 0) + v.get("reject", 0),
-                                  "rejected": v.get("reject", 0)},
-                          "flow": fl,
-                          "detect": {"alert": st["alerts"]}}}
+        stats: dict[str, Any] = {
+            "uptime": int(now - self._started),
+            "decoder": {"pkts": st["packets"]},
+            "ips": {"accepted": v.get("accept", 0) + v.get("bypass", 0),
+                    "blocked": v.get("drop", 0) + v.get("reject", 0),
+                    "rejected": v.get("reject", 0)},
+            "flow": fl,
+            "detect": {"alert": st["alerts"]}}
+        _add_counters(stats, st.get("counters", {}))
+        return {"timestamp": format_ts(now), "event_type": "stats", "stats": stats}
 
     def write_stats(self) -> None:
         self._eve_write(self.stats_record())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -151,3 +152,31 @@ def test_supervisor_status_sums_memcap_hits_and_exception_policy_uses() -> None:
     assert t["memcap"] == {"flow": 4, "reassembly": 1}
     assert t["exception_policy"] == {"flow_memcap/drop-packet": 7,
                                      "applayer_memcap/drop-flow": 1}
+
+
+def test_supervisor_eve_stats_sum_the_workers_suricata_counters(eve_validator: Any) -> None:
+    from appliance.config import Config
+    from appliance.daemon import RunOptions, Supervisor
+
+    sup = Supervisor(Config(), None, RunOptions(bridge="br-none"), log=lambda _m: None)
+    sup.worker_stats = {
+        0: {"flow": {"memcap": 64 << 20, "total": 3},
+            "counters": {"flow": {"memcap": 4, "get_used_failed": 2},
+                         "tcp": {"ssn_memcap_drop": 1, "segment_memcap_drop": 0},
+                         "ips": {"drop_reason": {"flow_memcap": 2}}}},
+        1: {"flow": {"memcap": 64 << 20, "total": 5},
+            "counters": {"flow": {"memcap": 1, "get_used_failed": 1},
+                         "defrag": {"max_frag_hits": 3},
+                         "app_layer": {"error": {"http": {"alloc": 2}}},
+                         "ips": {"drop_reason": {"flow_memcap": 1}}}},
+    }
+    rec = sup.stats_record()
+    assert not list(eve_validator.iter_errors(rec))
+    st = rec["stats"]
+    # flow.memcap is the hits counter, not the configured sizes summed.
+    assert st["flow"]["memcap"] == 5 and st["flow"]["get_used_failed"] == 3
+    assert st["flow"]["total"] == 8
+    assert st["tcp"] == {"ssn_memcap_drop": 1, "segment_memcap_drop": 0}
+    assert st["defrag"] == {"max_frag_hits": 3}
+    assert st["app_layer"] == {"error": {"http": {"alloc": 2}}}
+    assert st["ips"]["drop_reason"] == {"flow_memcap": 3}

@@ -65,6 +65,7 @@ from appliance.core.records import (
     alert_record,
     anomaly_record,
     app_record,
+    app_stats_name,
     flow_record,
     heuristic_record,
     stats_record,
@@ -147,8 +148,8 @@ class _Decided(Exception):
 
 
 class EngineStats:
-    __slots__ = ("drop_reasons", "errors", "exception_policy", "first_ts", "last_ts",
-                 "packets", "verdicts")
+    __slots__ = ("app_alloc_errors", "drop_reasons", "errors", "exception_policy",
+                 "first_ts", "last_ts", "packets", "verdicts")
 
     def __init__(self) -> None:
         self.packets = 0
@@ -160,6 +161,9 @@ class EngineStats:
         self.exception_policy: dict[str, dict[str, int]] = {c: {} for c in CAPS}
         # Packets dropped (or rejected) by an exception policy, by Suricata's drop reason.
         self.drop_reasons: dict[str, int] = {}
+        # App-layer memcap hits by Suricata's stats name of the protocol (dns_udp, http..):
+        # Suricata 7 counts a parser refused memory as app_layer.error.<proto>.alloc.
+        self.app_alloc_errors: dict[str, int] = {}
 
 
 class Engine:
@@ -783,6 +787,9 @@ class Engine:
                     self.app_memuse -= m
                     st.mem = 0
                     self._exc_hit = "applayer_memcap"
+                    name = app_stats_name(flow.app_proto or "failed", flow.proto)
+                    errs = self.stats.app_alloc_errors
+                    errs[name] = errs.get(name, 0) + 1
         return res
 
     def _app_results(self, p: Packet, flow: Flow, res: AppResult, kind: VerdictKind,
@@ -976,7 +983,6 @@ class Engine:
         flow = {
             "total": fs.total,
             "active": len(self.flows),
-            "memcap": self.flows.config.memcap,
             "memuse": self.flows.memuse,
             "emerg_mode_entered": fs.emergency_entered,
             "emerg_mode_over": fs.emergency_left,
@@ -985,18 +991,47 @@ class Engine:
         }
         first = self.stats.first_ts if self.stats.first_ts is not None else now
         rec = stats_record(now, int(now - first), decoder, flow)
-        rec["stats"]["tcp"] = self.flows.stream.eve_tcp()
+        st = rec["stats"]
+        st["tcp"] = self.flows.stream.eve_tcp()
+        for section, counters in self.memcap_counters().items():
+            st.setdefault(section, {}).update(counters)
         v = self.stats.verdicts
-        # Suricata 7's IPS counters; drop_reason counts the packets each memcap's
-        # exception policy dropped or rejected (the 7.0 schema has no counter for the
-        # pass and bypass policies: those are in `exception_policy_stats()`).
-        rec["stats"]["ips"] = {
+        st["ips"].update({
             "accepted": v["accept"] + v["bypass"], "blocked": v["drop"] + v["reject"],
             "rejected": v["reject"],
-            "drop_reason": {r: self.stats.drop_reasons.get(r, 0)
-                            for r in DROP_REASON.values()},
-        }
+        })
         return rec
+
+    def memcap_counters(self) -> dict[str, dict[str, Any]]:
+        """Memcap hits and exception-policy uses under Suricata 7's stats names, by
+        stats section (merged into `stats_record`; workers report them for the
+        supervisor's record).
+
+        Each use of a memcap's exception policy is counted, whatever the policy did,
+        under Suricata 7's own counter for it: flow.get_used_failed (the flow table
+        refused a flow even after reuse), tcp.ssn_memcap_drop (stream),
+        tcp.segment_memcap_drop (reassembly), defrag.max_frag_hits (no tracker or
+        fragment could be stored) and app_layer.error.<proto>.alloc. flow.memcap counts
+        every time the table was full, also when a sweep or reuse made room.
+        ips.drop_reason counts the packets a policy dropped or rejected. Which policy
+        answered each use (pass and bypass included) is in exception_policy_stats()
+        (status, metrics): the 7.0 schema has no per-policy counters."""
+        ss = self.flows.stream.stats
+        d = self.defrag.stats
+        out: dict[str, dict[str, Any]] = {
+            "flow": {"memcap": self.flows.stats.memcap_hits,
+                     "get_used_failed": sum(self.stats.exception_policy["flow_memcap"]
+                                            .values())},
+            "tcp": {"ssn_memcap_drop": ss.ssn_memcap_drop,
+                    "segment_memcap_drop": ss.segment_memcap_drop},
+            "defrag": {"max_frag_hits": d.max_frag_hits + d.memcap_refused},
+            "ips": {"drop_reason": {r: self.stats.drop_reasons.get(r, 0)
+                                    for r in DROP_REASON.values()}},
+        }
+        if self.stats.app_alloc_errors:
+            out["app_layer"] = {"error": {name: {"alloc": n} for name, n
+                                          in self.stats.app_alloc_errors.items()}}
+        return out
 
     def exception_policy_stats(self) -> dict[str, Any]:
         """Each cap's policy in force and its uses by policy (for status and metrics)."""

@@ -138,6 +138,17 @@ def anomaly_record(p: Packet, flow: Flow | None, event: str, pcap_cnt: int | Non
     return r
 
 
+# App-layer protocols that Suricata's stats name per transport (dns_tcp, dns_udp...).
+_PER_TRANSPORT: Final = frozenset({"dns", "dcerpc", "enip", "krb5", "nfs"})
+
+
+def app_stats_name(app_proto: str, proto: int) -> str:
+    """The name of an app-layer protocol in Suricata's stats.app_layer objects."""
+    if app_proto in _PER_TRANSPORT or app_proto == "failed":
+        return f"{app_proto}_{'tcp' if proto == 6 else 'udp'}"
+    return app_proto
+
+
 def stats_record(now: float, uptime: int, decoder: dict[str, Any],
                  flow: dict[str, Any]) -> dict[str, Any]:
     return {

@@ -398,6 +398,8 @@ class QueueWorker:
                        "reassembly": e.flows.stream.stats.segment_memcap_drop,
                        "defrag": e.defrag.stats.memcap_hits,
                        "applayer": sum(e.stats.exception_policy["applayer_memcap"].values())},
+            # Memcap hits and policy uses under Suricata's stats names (EVE stats).
+            "counters": e.memcap_counters(),
             # Uses of each memcap's exception policy, as "cap/policy".
             "exception_policy": {f"{cap}/{pol}": n
                                  for cap, uses in e.stats.exception_policy.items()

@@ -317,6 +317,67 @@ def test_exception_anomaly_and_stats_records_are_schema_valid(eve_validator: Any
         assert not list(eve_validator.iter_errors(rec))
 
 
+def _force(cap: str, policy: str) -> Run:
+    """An engine whose `cap` was hit once, answered by `policy`."""
+    if cap == "flow_memcap":
+        r = _flow_full(policy)
+        r.send(IP(src="10.0.0.3", dst=SRV) / TCP(sport=1003, dport=80, flags="S"))
+    elif cap == "stream_memcap":
+        r = _stream_full(policy)
+        r.send(IP(src="10.0.0.2", dst=SRV) / TCP(sport=1002, dport=80, flags="S"))
+    elif cap == "reassembly_memcap":
+        r = _reassembly_full(policy)
+        r.send(r.data("10.0.0.1", 1001, b"A" * 1000, off=10))
+        r.send(r.data("10.0.0.1", 1001, b"B" * 1400, off=1010))
+    elif cap == "defrag_memcap":
+        room = TRACKER_OVERHEAD + FRAG_OVERHEAD + 300
+        r = Run(replace(_cfg(defrag_memcap=policy), defrag=DefragConfig(memcap=room)))
+        r.send(IP(src="10.0.0.1", dst=SRV, id=7, flags="MF") / Raw(b"x" * 2000))
+    else:
+        r = Run(replace(_cfg(applayer_memcap=policy), app_layer_memcap=4000))
+        r.handshake("10.0.0.1", 1001)
+        r.send(r.data("10.0.0.1", 1001, _post(6000)))
+    assert r.uses(cap) == {policy: 1}
+    return r
+
+
+# Where Suricata 7's stats count one use of each cap's exception policy.
+EVE_COUNTER = {
+    "flow_memcap": ("flow", "get_used_failed"),
+    "stream_memcap": ("tcp", "ssn_memcap_drop"),
+    "reassembly_memcap": ("tcp", "segment_memcap_drop"),
+    "defrag_memcap": ("defrag", "max_frag_hits"),
+    "applayer_memcap": ("app_layer", "error", "http", "alloc"),
+}
+
+
+# (The flow memcap's "ignore" evicts a flow instead: no use to count.)
+@pytest.mark.parametrize(("cap", "policy"), [
+    (c, p) for c in sorted(EVE_COUNTER) for p in ("pass-packet", "bypass", "ignore",
+                                                  "drop-packet")
+    if (c, p) != ("flow_memcap", "ignore")])
+def test_eve_stats_count_every_use_whatever_the_policy(
+        cap: str, policy: str, eve_validator: Any) -> None:
+    """A pass, bypass or ignore use is counted in EVE stats too, not only drops."""
+    r = _force(cap, policy)
+    rec = r.engine.stats_record(r.ts)
+    assert not list(eve_validator.iter_errors(rec))
+    node: Any = rec["stats"]
+    for k in EVE_COUNTER[cap]:
+        node = node[k]
+    assert node == 1
+    # Only the drop-type policies add to ips.drop_reason.
+    dropped = sum(rec["stats"]["ips"]["drop_reason"].values())
+    assert dropped == (1 if policy == "drop-packet" else 0)
+    # The other caps' counters stayed at zero.
+    for other, path in EVE_COUNTER.items():
+        if other != cap and path[0] != "app_layer":
+            node = rec["stats"]
+            for k in path:
+                node = node[k]
+            assert node == 0, other
+
+
 def test_config_keys_set_each_policy_and_reject_unknown_values() -> None:
     cfg = config_from_dict({
         "exception-policy": "pass-flow",

@@ -292,7 +292,8 @@ def _events(flow: Flow, st: AppState, events: list[AppEvent], res: AppResult) ->
         elif k.startswith("ftp_"):
             _ftp_event(flow, ev, res)
         elif k == TLS_HANDSHAKE:
-            res.inspections.append(Inspection(ev.to_server, 0, dict(st.parser.buffers())))
+            res.inspections.append(Inspection(ev.to_server, 0,
+                                              dict(st.parser.buffers(ev.to_server))))
         elif k == TLS_ENCRYPTED:
             res.encrypted = True
             _tls_record(flow, st, res)

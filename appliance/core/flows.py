@@ -345,7 +345,10 @@ class FlowTable:
                 to_server = p.src == f.src
         else:
             to_server = p.src == f.src and p.sp == f.sp
-        f.last = ts
+        if ts > f.last:
+            # A packet stamped earlier than the last one (a capture's clock stepped back)
+            # does not age the flow: else the next packet would find it timed out.
+            f.last = ts
         q = self.queues[f.queue]
         q.move_to_end(key)
         return f, to_server

@@ -10,8 +10,36 @@ fingerprint), JA3 and JA3S (https://github.com/salesforce/ja3: GREASE values, RF
 inspected: ``encrypted`` becomes True and a ``TLS_ENCRYPTED`` event tells the engine it
 may bypass the flow.
 
-Malformed input becomes Suricata's TLS event names (``INVALID_RECORD_TYPE``,
-``INVALID_RECORD_LENGTH``, ``INVALID_HANDSHAKE_MESSAGE``, ``CERTIFICATE_INVALID_DER``...).
+Malformed input becomes Suricata's TLS app-layer event names (the ``tls.<name>`` of
+``app-layer-event``, Suricata's tls-events.rules), each with a trigger:
+
+- record layer: ``INVALID_RECORD_TYPE`` (content type not 20-24),
+  ``INVALID_RECORD_VERSION`` (major version not 3), ``INVALID_RECORD_LENGTH`` (longer
+  than RFC 8446 5.2 allows), ``TOO_MANY_RECORDS_IN_PACKET`` (more than
+  MAX_RECORDS_PER_CHUNK records in one delivery);
+- handshake: ``HANDSHAKE_INVALID_LENGTH`` (a message longer than MAX_HANDSHAKE_LEN),
+  ``INVALID_HANDSHAKE_MESSAGE`` (a hello or certificate message that does not parse),
+  ``MULTIPLE_SNI_EXTENSIONS``, ``INVALID_SNI_TYPE``, ``INVALID_SNI_LENGTH``;
+- certificates (either side's): ``CERTIFICATE_INVALID_LENGTH`` (a length that runs past
+  the message, or a DER header cut short), ``INVALID_CERTIFICATE`` (DER that does not
+  parse: a value running past its container, wrong tags, bad times),
+  ``CERTIFICATE_MISSING_ELEMENT`` (tbsCertificate without its mandatory fields),
+  ``CERTIFICATE_UNKNOWN_ELEMENT`` (a tbsCertificate field X.509 v3 does not define);
+- heartbeats (RFC 6520): ``HEARTBEAT_MESSAGE`` (any), ``INVALID_HEARTBEAT_MESSAGE``
+  (clear text, type not request/response or too short), ``OVERFLOW_HEARTBEAT_MESSAGE``
+  (clear text, payload_length beyond the record: Heartbleed, CVE-2014-0160),
+  ``DATALEAK_HEARTBEAT_MISMATCH`` (encrypted: the answer's record is longer than the
+  request's, what a Heartbleed answer looks like);
+- ``INVALID_SSL_RECORD``: a parser bug caught (never expected).
+
+Not raised (no parser for what triggers them here): ``INVALID_SSLV2_HEADER`` and
+``ERROR_MESSAGE_ENCOUNTERED`` (SSLv2 records are recognised, not parsed),
+``INVALID_TLS_HEADER``, ``CERTIFICATE_INVALID_STRING``.
+
+After the handshake, records are still framed (header only, payload skipped without
+buffering) to see encrypted heartbeats; a header that does not parse there ends parsing
+of that direction without an event, since reassembly does not tell the parser about gaps
+and a capture's missing segment would desynchronise the framing.
 """
 
 from __future__ import annotations
@@ -37,6 +65,13 @@ MAX_HANDSHAKE_LEN: Final = 256 * 1024
 MAX_CERTS: Final = 16
 # DER nesting depth walked when reading names and extensions.
 MAX_DER_DEPTH: Final = 16
+# Records in one delivery of stream bytes before TOO_MANY_RECORDS_IN_PACKET (Suricata's
+# limit is 255 records per packet): thousands of empty records in one segment are a
+# parser-exhaustion attempt, not TLS.
+MAX_RECORDS_PER_CHUNK: Final = 255
+# RFC 6520 section 4: a HeartbeatMessage is type (1) + payload_length (2) + payload +
+# at least 16 bytes of padding.
+_HB_MIN_PADDING: Final = 16
 
 _CT_CCS: Final = 20
 _CT_ALERT: Final = 21
@@ -72,14 +107,27 @@ def version_name(v: int) -> str:
 # --- a minimal, tolerant DER reader ---------------------------------------------------
 
 
+# Suricata's certificate event names (app-layer-event:tls.<lowercase>).
+CERT_INVALID: Final = "INVALID_CERTIFICATE"
+CERT_INVALID_LENGTH: Final = "CERTIFICATE_INVALID_LENGTH"
+CERT_MISSING_ELEMENT: Final = "CERTIFICATE_MISSING_ELEMENT"
+CERT_UNKNOWN_ELEMENT: Final = "CERTIFICATE_UNKNOWN_ELEMENT"
+
+
 class DerError(Exception):
-    pass
+    """Malformed DER; ``event`` is the TLS event it raises."""
+
+    def __init__(self, msg: str, event: str = CERT_INVALID) -> None:
+        super().__init__(msg)
+        self.event = event
 
 
 def der_read(buf: bytes, off: int, end: int) -> tuple[int, int, int]:
-    """TLV at ``off``: (tag, value start, value end). Raises DerError if malformed."""
+    """TLV at ``off``: (tag, value start, value end). Raises DerError if malformed: a
+    header cut short is CERTIFICATE_INVALID_LENGTH, a value running past its container
+    INVALID_CERTIFICATE (the two cases of suricata-verify bug-1450-04 and -05)."""
     if off + 2 > end:
-        raise DerError("truncated TLV")
+        raise DerError("truncated TLV", CERT_INVALID_LENGTH)
     tag = buf[off]
     if tag & 0x1F == 0x1F:
         raise DerError("high tag numbers are not used in X.509")
@@ -87,8 +135,10 @@ def der_read(buf: bytes, off: int, end: int) -> tuple[int, int, int]:
     off += 2
     if ln & 0x80:
         n = ln & 0x7F
-        if n == 0 or n > 4 or off + n > end:
+        if n == 0 or n > 4:
             raise DerError("bad length")
+        if off + n > end:
+            raise DerError("truncated length", CERT_INVALID_LENGTH)
         ln = int.from_bytes(buf[off : off + n], "big")
         off += n
     if off + ln > end:
@@ -188,6 +238,8 @@ class Certificate:
     not_before: str = ""
     not_after: str = ""
     san: list[str] = field(default_factory=list)
+    # Events of a certificate that parsed anyway (CERTIFICATE_UNKNOWN_ELEMENT).
+    events: list[str] = field(default_factory=list)
 
     @property
     def fingerprint(self) -> str:
@@ -210,7 +262,7 @@ def parse_certificate(der: bytes) -> Certificate:
     if kids and kids[0][0] == 0xA0:  # [0] EXPLICIT version
         i = 1
     if len(kids) < i + 6:
-        raise DerError("tbsCertificate too short")
+        raise DerError("tbsCertificate too short", CERT_MISSING_ELEMENT)
     st, ss, se = kids[i]
     if st != 0x02:
         raise DerError("serial is not an INTEGER")
@@ -225,6 +277,10 @@ def parse_certificate(der: bytes) -> Certificate:
     _, ss, se = kids[i + 4]
     c.subject = der_name(der, ss, se)
     for t2, s2, e2 in kids[i + 6 :]:
+        if t2 not in (0xA1, 0xA2, 0xA3) and CERT_UNKNOWN_ELEMENT not in c.events:
+            # Only issuerUniqueID [1], subjectUniqueID [2] and extensions [3] may follow
+            # subjectPublicKeyInfo (RFC 5280 4.1).
+            c.events.append(CERT_UNKNOWN_ELEMENT)
         if t2 != 0xA3:  # [3] extensions
             continue
         seq = der_children(der, s2, e2)
@@ -356,13 +412,15 @@ def md5_hex(s: str) -> str:
 
 
 class _Dir:
-    __slots__ = ("broken", "buf", "ccs", "hs")
+    __slots__ = ("broken", "buf", "ccs", "hb_len", "hs", "skip")
 
     def __init__(self) -> None:
         self.buf = bytearray()  # record bytes not yet complete
         self.hs = bytearray()  # handshake bytes not yet a complete message
         self.ccs = False  # sent ChangeCipherSpec / encrypted records
         self.broken = False
+        self.skip = 0  # payload bytes of an encrypted record still to pass over
+        self.hb_len = -1  # record length of this side's encrypted heartbeat in flight
 
 
 class TlsParser:
@@ -375,6 +433,10 @@ class TlsParser:
         self.server_hello: Hello | None = None
         self.certs: list[Certificate] = []
         self.certs_der: list[bytes] = []
+        # The client's own certificate chain (mutual TLS, RFC 5246 7.4.6): what the
+        # tls.cert_* keywords read to the server, as Suricata 7.
+        self.client_certs: list[Certificate] = []
+        self.client_certs_der: list[bytes] = []
         self.encrypted = False
         self.alerts = 0
         self._ts = _Dir()
@@ -386,17 +448,20 @@ class TlsParser:
     def memuse(self) -> int:
         ts, tc = self._ts, self._tc
         return (len(ts.buf) + len(ts.hs) + len(tc.buf) + len(tc.hs)
-                + sum(len(c) for c in self.certs_der))
+                + sum(len(c) for c in self.certs_der)
+                + sum(len(c) for c in self.client_certs_der))
 
     def feed(self, data: bytes, to_server: bool) -> list[AppEvent]:
         out: list[AppEvent] = []
         d = self._ts if to_server else self._tc
-        if d.broken or not data or self.encrypted:
+        if d.broken or not data:
             return out
         try:
             self._feed(d, data, to_server, out)
         except Exception:  # principle 7: a bug must not escape into the engine
             d.broken = True
+            d.buf.clear()
+            d.hs.clear()
             out.append(AppEvent(ANOMALY, to_server, "INVALID_SSL_RECORD"))
         return out
 
@@ -425,8 +490,12 @@ class TlsParser:
             return sh.supported_versions[0]
         return sh.version
 
-    def buffers(self) -> dict[str, Any]:
-        """Sticky buffers: bytes, except tls.certs (a list: one entry per certificate)."""
+    def buffers(self, to_server: bool | None = None) -> dict[str, Any]:
+        """Sticky buffers: bytes, except tls.certs (a list: one entry per certificate).
+
+        The certificate buffers (tls.cert_*, tls.certs) are the server's chain, except
+        to the server (``to_server`` True), where they are the client's own chain, as
+        Suricata 7 inspects them per direction."""
         b: dict[str, Any] = {}
         ch = self.client_hello
         if ch is not None:
@@ -441,18 +510,21 @@ class TlsParser:
             b["ja3s.string"] = s.encode()
             b["ja3s.hash"] = md5_hex(s).encode()
             b["tls.version"] = version_name(self.version).encode()
-        if self.certs:
-            c = self.certs[0]
+        certs, ders = ((self.client_certs, self.client_certs_der) if to_server
+                       else (self.certs, self.certs_der))
+        if certs:
+            c = certs[0]
             b["tls.cert_subject"] = c.subject.encode()
             b["tls.cert_issuer"] = c.issuer.encode()
             b["tls.cert_serial"] = c.serial.encode()
             b["tls.cert_fingerprint"] = c.fingerprint.encode()
-        if self.certs_der:
-            b["tls.certs"] = list(self.certs_der)
+        if ders:
+            b["tls.certs"] = list(ders)
         return b
 
     def eve(self) -> dict[str, Any]:
-        """The EVE `tls` object in Suricata 7's field order."""
+        """The EVE `tls` object in Suricata 7's field order (the server's certificate;
+        client certificates are not logged, as Suricata's default tls log)."""
         o: dict[str, Any] = {}
         if self.session_resumed and not self.certs:
             # Suricata logs it only for abbreviated handshakes (no certificate seen).
@@ -483,56 +555,102 @@ class TlsParser:
 
     # records -----------------------------------------------------------------------------
 
+    def _stop(self, d: _Dir) -> None:
+        d.broken = True
+        d.buf.clear()
+        d.hs.clear()
+
     def _feed(self, d: _Dir, data: bytes, to_server: bool, out: list[AppEvent]) -> None:
+        if d.skip:
+            # The rest of an encrypted record: passed over, never buffered.
+            if len(data) <= d.skip:
+                d.skip -= len(data)
+                return
+            data = data[d.skip:]
+            d.skip = 0
         d.buf += data
         buf = d.buf
         pos = 0
         n = len(buf)
+        records = 0
         while n - pos >= 5:
             ctype, ver, ln = _REC.unpack_from(buf, pos)
+            bad = ""
             if ctype < _CT_CCS or ctype > _CT_HEARTBEAT:
                 if (pos == 0 and self.client_hello is None and buf[0] & 0x80
                         and buf[2] == 1 and buf[3] in (0, 3)):
                     # SSLv2-compatible ClientHello: recognised, not parsed further.
-                    d.broken = True
+                    self._stop(d)
                     return
-                out.append(AppEvent(ANOMALY, to_server, "INVALID_RECORD_TYPE"))
-                d.broken = True
-                buf.clear()
+                bad = "INVALID_RECORD_TYPE"
+            elif (ver >> 8) != 0x03 and ver != 0x0200:
+                bad = "INVALID_RECORD_VERSION"
+            elif ln > MAX_RECORD_LEN:
+                bad = "INVALID_RECORD_LENGTH"
+            if bad:
+                if not d.ccs:
+                    # After the handshake this is more likely a gap than an attack
+                    # (module docstring): the direction just stops being parsed.
+                    out.append(AppEvent(ANOMALY, to_server, bad))
+                self._stop(d)
                 return
-            if (ver >> 8) != 0x03 and ver not in (0x0200,):
-                out.append(AppEvent(ANOMALY, to_server, "INVALID_RECORD_VERSION"))
-                d.broken = True
-                buf.clear()
+            records += 1
+            if records > MAX_RECORDS_PER_CHUNK:
+                out.append(AppEvent(ANOMALY, to_server, "TOO_MANY_RECORDS_IN_PACKET"))
+                self._stop(d)
                 return
-            if ln > MAX_RECORD_LEN:
-                out.append(AppEvent(ANOMALY, to_server, "INVALID_RECORD_LENGTH"))
-                d.broken = True
-                buf.clear()
-                return
-            if n - pos - 5 < ln:
+            # Clear-text handshake and heartbeat records are read whole; the rest only
+            # by their header.
+            whole = (ctype == _CT_HANDSHAKE or ctype == _CT_HEARTBEAT) and not d.ccs
+            avail = n - pos - 5
+            if whole and avail < ln:
                 break
             if ctype == _CT_HANDSHAKE and not d.ccs:
                 self._handshake(d, bytes(buf[pos + 5 : pos + 5 + ln]), to_server, out)
-            elif ctype in (_CT_CCS, _CT_APPDATA):
+            elif ctype == _CT_CCS or ctype == _CT_APPDATA:
                 # ChangeCipherSpec, or application data (TLS 1.3 may skip the
                 # compatibility CCS): this direction is encrypted from here on.
-                d.ccs = True
-                self._check_encrypted(out, to_server)
+                if not d.ccs:
+                    d.ccs = True
+                    d.hs.clear()
+                    self._check_encrypted(out, to_server)
             elif ctype == _CT_ALERT:
                 self.alerts += 1
             elif ctype == _CT_HEARTBEAT:
-                out.append(AppEvent(ANOMALY, to_server, "HEARTBEAT_MESSAGE"))
-            pos += 5 + ln
+                self._heartbeat(d, ln, bytes(buf[pos + 5 : pos + 5 + ln]) if whole else b"",
+                                to_server, out)
             if d.broken:
+                self._stop(d)
+                return
+            if avail < ln:
+                d.skip = ln - avail
+                pos = n
                 break
+            pos += 5 + ln
         if pos:
             del buf[:pos]
-        if self.encrypted:
-            # Nothing after the handshake is inspected (feed() returns early now).
-            buf.clear()
-            self._ts.hs.clear()
-            self._tc.hs.clear()
+
+    def _heartbeat(self, d: _Dir, ln: int, body: bytes, to_server: bool,
+                   out: list[AppEvent]) -> None:
+        """RFC 6520 heartbeats: in clear text the message is checked; encrypted, only
+        the record lengths of a request and its answer can be compared."""
+        out.append(AppEvent(ANOMALY, to_server, "HEARTBEAT_MESSAGE"))
+        if not d.ccs:
+            if len(body) < 3 or body[0] not in (1, 2):  # heartbeat_request/_response
+                out.append(AppEvent(ANOMALY, to_server, "INVALID_HEARTBEAT_MESSAGE"))
+            elif 3 + ((body[1] << 8) | body[2]) + _HB_MIN_PADDING > len(body):
+                # The payload it claims (and asks to have echoed) is not in the record.
+                out.append(AppEvent(ANOMALY, to_server, "OVERFLOW_HEARTBEAT_MESSAGE"))
+            return
+        peer = self._tc if to_server else self._ts
+        if peer.hb_len >= 0:
+            # The answer to the peer's request: it echoes the same payload, so a longer
+            # record carries memory that was never sent (Heartbleed's answer).
+            if ln > peer.hb_len:
+                out.append(AppEvent(ANOMALY, to_server, "DATALEAK_HEARTBEAT_MISMATCH"))
+            peer.hb_len = -1
+        else:
+            d.hb_len = ln
 
     def _check_encrypted(self, out: list[AppEvent], to_server: bool) -> None:
         if not self.encrypted and self._ts.ccs and self._tc.ccs:
@@ -544,23 +662,24 @@ class TlsParser:
         hs = d.hs
         hs += payload
         pos = 0
-        while len(hs) - pos >= 4 and not d.ccs:
+        while len(hs) - pos >= 4 and not d.ccs and not d.broken:
             mtype = hs[pos]
             mlen = (hs[pos + 1] << 16) | (hs[pos + 2] << 8) | hs[pos + 3]
             if mlen > MAX_HANDSHAKE_LEN:
                 out.append(AppEvent(ANOMALY, to_server, "HANDSHAKE_INVALID_LENGTH"))
-                d.broken = True
-                hs.clear()
+                self._stop(d)
                 return
             if len(hs) - pos - 4 < mlen:
                 break
             body = bytes(hs[pos + 4 : pos + 4 + mlen])
             pos += 4 + mlen
-            self._message(mtype, body, to_server, out)
-        if pos:
+            self._message(d, mtype, body, to_server, out)
+        if d.broken:
+            hs.clear()
+        elif pos:
             del hs[:pos]
 
-    def _message(self, mtype: int, body: bytes, to_server: bool,
+    def _message(self, d: _Dir, mtype: int, body: bytes, to_server: bool,
                  out: list[AppEvent]) -> None:
         ev: list[str] = []
         name = ""
@@ -578,7 +697,11 @@ class TlsParser:
                     self._check_encrypted(out, to_server)
             elif mtype == _HS_CERTIFICATE and not self._tls13:
                 name = "certificate"
-                self._certificates(body, to_server, ev)
+                if not self._certificates(body, to_server, ev):
+                    # A certificate message that does not parse is an invalid handshake
+                    # message and, as Suricata's parser error, ends this direction.
+                    ev.append("INVALID_HANDSHAKE_MESSAGE")
+                    d.broken = True
         except _Malformed:
             ev.append("INVALID_HANDSHAKE_MESSAGE")
         for e in ev:
@@ -586,35 +709,48 @@ class TlsParser:
         if name:
             out.append(AppEvent(TLS_HANDSHAKE, to_server, name))
 
-    def _certificates(self, body: bytes, to_server: bool, ev: list[str]) -> None:
-        if to_server:
-            return  # client certificates: not logged by default
+    def _certificates(self, body: bytes, to_server: bool, ev: list[str]) -> bool:
+        """A Certificate message (RFC 5246 7.4.2) of either side; False when it does not
+        parse (its events in ``ev``). Certificates read before a bad one are kept."""
         if len(body) < 3:
-            raise _Malformed("short certificate list")
+            ev.append(CERT_INVALID_LENGTH)
+            return False
         total = (body[0] << 16) | (body[1] << 8) | body[2]
         if total + 3 > len(body):
-            ev.append("CERTIFICATE_INVALID_LENGTH")
-            return
+            ev.append(CERT_INVALID_LENGTH)
+            return False
         off = 3
         end = 3 + total
         ders: list[bytes] = []
+        certs: list[Certificate] = []
+        ok = True
         while off + 3 <= end and len(ders) < MAX_CERTS:
             cl = (body[off] << 16) | (body[off + 1] << 8) | body[off + 2]
             off += 3
             if off + cl > end:
-                ev.append("CERTIFICATE_INVALID_LENGTH")
+                ev.append(CERT_INVALID_LENGTH)
+                ok = False
                 break
-            ders.append(body[off : off + cl])
+            der = body[off : off + cl]
             off += cl
-        self.certs_der = ders
-        self.certs = []
-        for i, der in enumerate(ders):
             try:
-                self.certs.append(parse_certificate(der))
-            except (DerError, ValueError, IndexError):
-                ev.append("CERTIFICATE_INVALID_DER")
-                if i == 0:
-                    break
+                c = parse_certificate(der)
+            except DerError as e:
+                ev.append(e.event)
+                ok = False
+                break
+            except (ValueError, IndexError):
+                ev.append(CERT_INVALID)
+                ok = False
+                break
+            ders.append(der)
+            certs.append(c)
+            ev.extend(e for e in c.events if e not in ev)
+        if to_server:
+            self.client_certs_der, self.client_certs = ders, certs
+        else:
+            self.certs_der, self.certs = ders, certs
+        return ok
 
 
 def looks_like_tls(data: bytes) -> bool | None:

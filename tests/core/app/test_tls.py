@@ -51,18 +51,21 @@ def rdn_name(*attrs: tuple[str, str]) -> bytes:
                               for o, v in attrs))
 
 
-def make_cert() -> bytes:
+def make_cert(subject_cn: str = "www.example.com", extra: bytes = b"",
+              fields: int = 8) -> bytes:
+    """A certificate; ``extra`` is appended to tbsCertificate, ``fields`` keeps only its
+    first fields (to build broken ones)."""
     tbs = der(0x30, b"".join((
         der(0xA0, der(0x02, b"\x02")),
         der(0x02, bytes.fromhex("00c0ffee")),
         der(0x30, oid("1.2.840.113549.1.1.11")),
         rdn_name(("2.5.4.6", "US"), ("2.5.4.10", "Test CA"), ("2.5.4.3", "Test Root")),
         der(0x30, der(0x17, b"240101000000Z") + der(0x18, b"20991231235959Z")),
-        rdn_name(("2.5.4.3", "www.example.com"), ("2.5.4.10", "Example, Inc.")),
+        rdn_name(("2.5.4.3", subject_cn), ("2.5.4.10", "Example, Inc.")),
         der(0x30, der(0x30, oid("1.2.840.10045.2.1")) + der(0x03, b"\x00\x04")),
         der(0xA3, der(0x30, der(0x30, oid("2.5.29.17") + der(
             0x04, der(0x30, der(0x82, b"www.example.com") + der(0x82, b"example.com")))))),
-    )))
+    )[:fields]) + extra)
     return der(0x30, tbs + der(0x30, oid("1.2.840.113549.1.1.11")) + der(0x03, b"\x00sig"))
 
 
@@ -116,6 +119,10 @@ CLIENT = record(22, client_hello())
 SERVER = record(22, server_hello() + certificate(CERT, CERT) + handshake(14, b""))
 CCS = record(20, b"\x01")
 FINISHED = record(22, b"\x9a" * 40)  # encrypted Finished: not parsed
+
+
+def anomalies(ev: list[AppEvent]) -> list[str]:
+    return [e.name for e in ev if e.kind == ANOMALY]
 
 
 def run(chunks: list[tuple[bool, bytes]], step: int = 0) -> tuple[TlsParser, list[AppEvent]]:
@@ -216,15 +223,122 @@ def test_invalid_records_raise_anomalies_not_exceptions() -> None:
         struct.pack("!BHH", 22, 0x0303, MAX_RECORD_LEN + 1): "INVALID_RECORD_LENGTH",
         record(22, handshake(1, b"\x03\x03short")): "INVALID_HANDSHAKE_MESSAGE",
         record(22, b"\x0b\xff\xff\xff"): "HANDSHAKE_INVALID_LENGTH",
-        record(24, b"\x01\x40\x00"): "HEARTBEAT_MESSAGE",
     }
     for data, name in cases.items():
         _, ev = run([(True, data)])
         assert [e.name for e in ev if e.kind == ANOMALY] == [name]
     bad_cert = record(22, server_hello() + certificate(b"\x30\x82\xff\xff\x00"))
     p, ev = run([(True, CLIENT), (False, bad_cert)])
-    assert [e.name for e in ev if e.kind == ANOMALY] == ["CERTIFICATE_INVALID_DER"]
+    assert anomalies(ev) == ["INVALID_CERTIFICATE", "INVALID_HANDSHAKE_MESSAGE"]
     assert p.eve()["ja3s"]["string"] == JA3S  # the rest of the handshake still counts
+
+
+# --- Suricata's TLS events (tls-events.rules) ----------------------------------------------
+
+
+def _server_certs(*certs: bytes) -> list[str]:
+    """The events of a server flight carrying these certificates, then a record that
+    must not be parsed any more when the certificate message was bad."""
+    flight = record(22, server_hello() + certificate(*certs)) + b"\x99\x03\x03\x00\x00"
+    _, ev = run([(True, CLIENT), (False, flight)])
+    return anomalies(ev)
+
+
+def test_certificate_events_by_kind_of_damage() -> None:
+    # suricata-verify bug-1450-04: a DER header cut short by its container.
+    assert _server_certs(bytes.fromhex("300530 84fffffffa04")) == [
+        "CERTIFICATE_INVALID_LENGTH", "INVALID_HANDSHAKE_MESSAGE"]
+    # bug-1450-05: a complete header whose value runs past its container.
+    assert _server_certs(bytes.fromhex("300630 84fffffffa04")) == [
+        "INVALID_CERTIFICATE", "INVALID_HANDSHAKE_MESSAGE"]
+    # tbsCertificate without subject and key: a missing element.
+    assert _server_certs(make_cert(fields=5)) == [
+        "CERTIFICATE_MISSING_ELEMENT", "INVALID_HANDSHAKE_MESSAGE"]
+    # A field X.509 v3 does not define after the extensions: unknown, but the
+    # certificate is still read (and the next record too: the bad type is raised).
+    assert _server_certs(make_cert(extra=der(0xA5, b"\x00"))) == [
+        "CERTIFICATE_UNKNOWN_ELEMENT", "INVALID_RECORD_TYPE"]
+    # A certificate length beyond the list.
+    body = (10).to_bytes(3, "big") + (200).to_bytes(3, "big") + b"\x30" * 7
+    _, ev = run([(True, CLIENT), (False, record(22, server_hello() + handshake(11, body)))])
+    assert anomalies(ev) == ["CERTIFICATE_INVALID_LENGTH", "INVALID_HANDSHAKE_MESSAGE"]
+    # A good chain raises nothing.
+    assert _server_certs(CERT, CERT) == ["INVALID_RECORD_TYPE"]
+
+
+def test_certificates_before_a_bad_one_are_kept() -> None:
+    flight = record(22, server_hello() + certificate(CERT, b"\x30"))  # a header cut short
+    p, ev = run([(True, CLIENT), (False, flight)])
+    assert anomalies(ev) == ["CERTIFICATE_INVALID_LENGTH", "INVALID_HANDSHAKE_MESSAGE"]
+    assert p.buffers(False)["tls.cert_subject"] == b"CN=www.example.com, O=Example, Inc."
+    assert p._tc.broken and not p._ts.broken
+
+
+def test_client_certificate_buffers_to_the_server_only() -> None:
+    client_cert = make_cert("client.example")
+    client_flight = record(22, certificate(client_cert) + handshake(16, b"\x00\x01x"))
+    p, ev = run([(True, CLIENT), (False, SERVER), (True, client_flight)])
+    assert anomalies(ev) == []
+    assert [e.to_server for e in ev if e.name == "certificate"] == [False, True]
+    to_server, to_client = p.buffers(True), p.buffers(False)
+    assert to_server["tls.cert_subject"] == b"CN=client.example, O=Example, Inc."
+    assert to_server["tls.certs"] == [client_cert]
+    assert to_client["tls.cert_subject"] == b"CN=www.example.com, O=Example, Inc."
+    assert to_client["tls.certs"] == [CERT, CERT]
+    assert p.eve()["subject"] == "CN=www.example.com, O=Example, Inc."  # server's only
+    # Without a client certificate nothing of the server's leaks to the server side.
+    q, _ = run([(True, CLIENT), (False, SERVER)])
+    assert "tls.cert_subject" not in q.buffers(True)
+
+
+def heartbeat(mtype: int, claimed: int, payload: bytes, padding: int = 16) -> bytes:
+    return record(24, bytes((mtype,)) + struct.pack("!H", claimed) + payload
+                  + b"\x00" * padding)
+
+
+def test_clear_text_heartbeats() -> None:
+    ok = heartbeat(1, 4, b"ping")
+    assert anomalies(run([(True, ok)])[1]) == ["HEARTBEAT_MESSAGE"]
+    bleed = heartbeat(1, 0x4000, b"ping")
+    assert anomalies(run([(True, bleed)])[1]) == ["HEARTBEAT_MESSAGE",
+                                                  "OVERFLOW_HEARTBEAT_MESSAGE"]
+    short_pad = heartbeat(2, 4, b"ping", padding=3)
+    assert anomalies(run([(False, short_pad)])[1]) == ["HEARTBEAT_MESSAGE",
+                                                       "OVERFLOW_HEARTBEAT_MESSAGE"]
+    for bad in (heartbeat(7, 4, b"ping"), record(24, b"\x01\x00")):
+        assert anomalies(run([(True, bad)])[1]) == ["HEARTBEAT_MESSAGE",
+                                                    "INVALID_HEARTBEAT_MESSAGE"]
+
+
+def test_encrypted_heartbeat_answer_longer_than_request() -> None:
+    hs = FLOW[:4]
+    request = record(24, b"\xaa" * 40)
+    _, ev = run([*hs, (True, request), (False, record(24, b"\xbb" * 40))])
+    assert anomalies(ev) == ["HEARTBEAT_MESSAGE", "HEARTBEAT_MESSAGE"]
+    _, ev = run([*hs, (True, request), (False, record(24, b"\xbb" * 16000))], step=700)
+    assert anomalies(ev) == ["HEARTBEAT_MESSAGE", "HEARTBEAT_MESSAGE",
+                             "DATALEAK_HEARTBEAT_MISMATCH"]
+
+
+def test_encrypted_records_are_skipped_not_buffered() -> None:
+    p = TlsParser()
+    for to_server, data in FLOW:
+        p.feed(data, to_server)
+    big = record(23, b"\x00" * 16000)
+    for i in range(0, len(big), 1000):
+        assert p.feed(big[i : i + 1000], False) == []
+        assert p.memuse() < 2 * len(CERT) + 10
+    assert p._tc.skip == 0 and not p._tc.broken
+    # A desynchronised header after the handshake (a capture gap) ends that side
+    # quietly; before the handshake it is an event.
+    assert p.feed(b"\x99\x03\x03\x00\x00", False) == [] and p._tc.broken
+    assert anomalies(run([(True, b"\x99\x03\x03\x00\x00")])[1]) == ["INVALID_RECORD_TYPE"]
+
+
+def test_too_many_records_in_one_delivery() -> None:
+    alerts = record(21, b"\x01\x00") * 256
+    assert anomalies(run([(True, alerts)])[1]) == ["TOO_MANY_RECORDS_IN_PACKET"]
+    assert anomalies(run([(True, alerts[:-7]), (True, alerts[-7:])])[1]) == []
 
 
 def test_certificate_reader_on_truncations() -> None:

@@ -588,13 +588,14 @@ class Engine:
                 continue
             matches = det.inspect_stream(p, flow, chunk_ts, data, gap)
             if matches:
-                k = self._act(p, flow, chunk_ts, pkt_id, matches, out)
+                k = self._act(p, flow, chunk_ts, pkt_id, matches, out, stateful=True)
                 if _SEVERITY[k] > _SEVERITY[kind]:
                     kind = k
         return kind
 
     def _act(self, p: Packet, flow: Flow | None, to_server: bool, pkt_id: int,
-             matches: list[RuleMatch], out: list[Command]) -> VerdictKind:
+             matches: list[RuleMatch], out: list[Command], stateful: bool = False
+             ) -> VerdictKind:
         ips = self.config.mode == "ips"
         kind = VerdictKind.ACCEPT
         role = self.policy.role(flow.role) if self.policy is not None and flow else None
@@ -604,16 +605,27 @@ class Engine:
             if role is not None:
                 # The guest's role may turn an alert into a drop (or the reverse).
                 act = role.action_for(act, r.rule.sid, r.rule.classtype, r.severity)
+            # Suricata 7's action scope by rule type, inline or not: a pass or drop
+            # from a transaction, the stream, an IP-only rule, or payload bytes of a
+            # tracked TCP session (Suricata matches those on the stream) applies to the
+            # rest of the flow; one from a rule on this packet alone (header keywords,
+            # dsize, the payload of a packet outside a session) to this packet only,
+            # and later packets are still inspected (suricata-verify util-action-04).
+            whole_flow = flow is not None and act != "alert" and (
+                stateful or m.tx_id is not None or r.ip_only
+                or (flow.state == FLOW_ESTABLISHED and flow.tcp is not None
+                    and r.inspects_payload))
             if act == "pass":
-                if flow is not None:
+                if whole_flow:
+                    assert flow is not None
                     flow.action = "pass"
                     kind = VerdictKind.BYPASS
+                else:
+                    # This packet only: no further rule acts on it.
+                    return kind
                 continue
-            if act != "alert" and flow is not None and (
-                    ips or m.tx_id is not None or r.ip_only):
-                # IDS mode, as Suricata 7: a drop from a transaction or an IP-only rule
-                # ends the flow's inspection; one from a payload rule only concerns its
-                # packet, and later packets still alert (suricata-verify util-action-04).
+            if whole_flow:
+                assert flow is not None
                 flow.action = "drop"
             blocking = ips and act != "alert"
             if blocking:
@@ -813,7 +825,8 @@ class Engine:
             for insp in res.inspections:
                 matches = det.inspect_tx(p, flow, insp.to_server, insp.tx_id, insp.buffers)
                 if matches:
-                    k = self._act(p, flow, insp.to_server, pkt_id, matches, out)
+                    k = self._act(p, flow, insp.to_server, pkt_id, matches, out,
+                                  stateful=True)
                     if _SEVERITY[k] > _SEVERITY[kind]:
                         kind = k
         scans: list[Command] = []

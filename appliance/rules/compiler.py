@@ -241,6 +241,11 @@ class CompiledRule:
         return self.chains[0].key if self.chains else None
 
     @property
+    def inspects_payload(self) -> bool:
+        """A content/pcre chain on the packet's payload (pkt_data)."""
+        return any(ch.key[0] == "pkt_data" for ch in self.chains)
+
+    @property
     def ip_only(self) -> bool:
         """Suricata's IP-only rule: it looks at addresses (and the IP protocol) only, no
         ports, payload, flow state or other header field. Its drop acts on the whole

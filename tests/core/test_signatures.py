@@ -170,19 +170,47 @@ def test_pass_rule_wins_over_alert_and_drop_blocks_in_ips() -> None:
     rules = ('drop udp any any -> any any (msg:"drop"; content:"bad"; sid:1;)',
              'pass udp any any -> any any (msg:"ok"; content:"bad-but-allowed"; sid:2;)')
     r = Run(*rules, mode="ips")
-    kind, alerts = r.send(udp(b"bad-but-allowed", sp=1))
-    # A pass rule ends inspection of the flow: it is bypassed from then on.
-    assert (kind, alerts) == (VerdictKind.BYPASS, [])
-    assert r.send(udp(b"bad", sp=1)) == (VerdictKind.BYPASS, [])
-    kind, alerts = r.send(udp(b"bad", sp=2))
+    # Suricata 7's action scope: a rule on a UDP packet's payload acts on that packet.
+    # The pass wins over the drop for it, without alerts, and later packets are still
+    # inspected.
+    assert r.send(udp(b"bad-but-allowed", sp=1)) == (VerdictKind.ACCEPT, [])
+    kind, alerts = r.send(udp(b"bad", sp=1))
     assert kind is VerdictKind.DROP
     assert alerts[0]["alert"]["action"] == "blocked"
-    # The rest of that flow is dropped too, without more alerts.
-    assert r.send(udp(b"harmless", sp=2)) == (VerdictKind.DROP, [])
+    # The drop concerned that packet: the flow's next harmless packet passes.
+    assert r.send(udp(b"harmless", sp=1)) == (VerdictKind.ACCEPT, [])
     # IDS mode: the same rule only alerts ("allowed").
     ids = Run(*rules)
     kind, alerts = ids.send(udp(b"bad", sp=3))
     assert kind is VerdictKind.ACCEPT and alerts[0]["alert"]["action"] == "allowed"
+
+
+def test_flow_scope_of_pass_and_drop_as_suricata() -> None:
+    """IP-only rules and payload rules on a tracked TCP session act on the whole flow;
+    header-only rules (dsize, flags) on the packet alone."""
+    r = Run('pass ip 198.51.100.5 any -> any any (msg:"trusted"; sid:1;)',
+            'drop tcp any any -> any any (msg:"evil"; flow:established; content:"evil"; '
+            'sid:2;)',
+            'drop tcp any any -> any any (msg:"empty"; dsize:0; flags:A; sid:3;)',
+            'drop udp any any -> any any (msg:"bad"; content:"bad"; sid:4;)',
+            mode="ips")
+    # IP-only pass: the whole flow is bypassed, a later "bad" packet included.
+    assert r.send(udp(b"x", src="198.51.100.5", sp=7)) == (VerdictKind.BYPASS, [])
+    assert r.send(udp(b"bad", src="198.51.100.5", sp=7)) == (VerdictKind.BYPASS, [])
+    # A TCP session: the bare ACK is dropped (dsize:0, this packet only), the session
+    # goes on; its payload drop ends it.
+    assert r.send(tcp(CLIENT, SERVER, 4000, 80, "S", 100, 0))[0] is VerdictKind.ACCEPT
+    assert r.send(tcp(SERVER, CLIENT, 80, 4000, "SA", 500, 101))[0] is VerdictKind.ACCEPT
+    kind, alerts = r.send(tcp(CLIENT, SERVER, 4000, 80, "A", 101, 501))
+    assert kind is VerdictKind.DROP and [a["alert"]["signature_id"] for a in alerts] == [3]
+    assert r.send(tcp(CLIENT, SERVER, 4000, 80, "PA", 101, 501, b"hello"))[0] \
+        is VerdictKind.ACCEPT
+    kind, alerts = r.send(tcp(CLIENT, SERVER, 4000, 80, "PA", 106, 501, b"evil"))
+    assert kind is VerdictKind.DROP and [a["alert"]["signature_id"] for a in alerts] == [2]
+    assert r.send(tcp(CLIENT, SERVER, 4000, 80, "PA", 110, 501, b"more"))[0] \
+        is VerdictKind.DROP
+    assert r.send(tcp(SERVER, CLIENT, 80, 4000, "PA", 501, 110, b"reply"))[0] \
+        is VerdictKind.DROP
 
 
 def test_header_only_rules_by_address_and_port_and_icmp() -> None:

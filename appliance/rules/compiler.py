@@ -250,8 +250,19 @@ class CompiledRule:
         """Suricata's IP-only rule: it looks at addresses (and the IP protocol) only, no
         ports, payload, flow state or other header field. Its drop acts on the whole
         flow even where a payload rule's drop acts on the packet only."""
+        return (self.src_ports.is_any and self.dst_ports.is_any
+                and self.app_layer_protocol is None and self._no_packet_keywords())
+
+    @property
+    def pd_only(self) -> bool:
+        """Suricata's protocol-detection-only rule: app-layer-protocol and nothing else
+        but addresses and ports. It matches once, on the packet whose protocol detection
+        decided the flow's protocol, not on every later packet."""
+        return self.app_layer_protocol is not None and self._no_packet_keywords()
+
+    def _no_packet_keywords(self) -> bool:
         return (not self.chains and not self.app and self.app_proto is None
-                and self.flow is None and self.src_ports.is_any and self.dst_ports.is_any
+                and self.flow is None
                 and not self.flowbit_checks and not self.flowints and not self.sameip
                 and not self.xbit_checks
                 and not self.events
@@ -259,8 +270,7 @@ class CompiledRule:
                     self.dsize, self.itype, self.icode, self.icmp_id, self.icmp_seq,
                     self.ttl, self.ip_proto, self.flags, self.seq, self.ack, self.window,
                     self.ip_id, self.tos, self.fragbits, self.urilen, self.stream_size,
-                    self.tcp_mss, self.ipopts,
-                    self.app_layer_protocol, self.tls_versions, self.dns_opcode,
+                    self.tcp_mss, self.ipopts, self.tls_versions, self.dns_opcode,
                     self.dns_rrtype)))
 
     def info(self) -> RuleInfo:

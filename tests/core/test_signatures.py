@@ -185,6 +185,27 @@ def test_pass_rule_wins_over_alert_and_drop_blocks_in_ips() -> None:
     assert kind is VerdictKind.ACCEPT and alerts[0]["alert"]["action"] == "allowed"
 
 
+def test_protocol_detection_only_rule_matches_once_per_flow() -> None:
+    """app-layer-protocol alone (Suricata's PD-only rule) alerts when the protocol is
+    decided, not on every later packet; with another keyword it is a packet rule."""
+    r = Run('alert tcp any any -> any any (msg:"http seen"; app-layer-protocol:http; sid:1;)',
+            'alert tcp any any -> any any (msg:"http with data"; app-layer-protocol:http; '
+            'dsize:>0; sid:2;)')
+    got = []
+    got += r.sids(tcp(CLIENT, SERVER, 4001, 80, "S", 100, 0))
+    got += r.sids(tcp(SERVER, CLIENT, 80, 4001, "SA", 500, 101))
+    got += r.sids(tcp(CLIENT, SERVER, 4001, 80, "A", 101, 501))
+    req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    got += r.sids(tcp(CLIENT, SERVER, 4001, 80, "PA", 101, 501, req))
+    got += r.sids(tcp(SERVER, CLIENT, 80, 4001, "A", 501, 101 + len(req)))
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    got += r.sids(tcp(SERVER, CLIENT, 80, 4001, "PA", 501, 101 + len(req), resp))
+    got += r.sids(tcp(CLIENT, SERVER, 4001, 80, "PA", 101 + len(req), 501 + len(resp),
+                      req))
+    assert got.count(1) == 1
+    assert got.count(2) >= 2  # the packet rule: each packet with data once http is known
+
+
 def test_flow_scope_of_pass_and_drop_as_suricata() -> None:
     """IP-only rules and payload rules on a tracked TCP session act on the whole flow;
     header-only rules (dsize, flags) on the packet alone."""

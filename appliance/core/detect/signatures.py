@@ -261,6 +261,9 @@ class SignatureEngine:
             st.candidates += 1
             if app and flow is not None and (order, tx_id) in flow.tx_alerted:
                 continue
+            if (r.app_layer_protocol is not None and flow is not None
+                    and (order, -1) in flow.tx_alerted and r.pd_only):
+                continue  # matched once already, when the protocol was decided
             if not self._header(r, p, flow, to_server):
                 continue
             if r.flowbit_checks and not _flowbits_ok(r, flow):
@@ -350,10 +353,10 @@ class SignatureEngine:
                 _apply_flowbits(r, flow)
                 if r.flowints:
                     _apply_flowints(r.flowints, flow)
-                if app:
+                if app or (r.app_layer_protocol is not None and r.pd_only):
                     if not flow.tx_alerted:
                         flow.tx_alerted = set()
-                    flow.tx_alerted.add((order, tx_id))
+                    flow.tx_alerted.add((order, tx_id if app else -1))
             lim = self._rule_limits.get(order)
             if lim is None:
                 lim = self._limits_of(r)

@@ -91,6 +91,12 @@ def _ftp() -> StreamParser:
     return FtpParser()
 
 
+def _smb() -> StreamParser:
+    from appliance.core.app.smb import SmbParser
+
+    return SmbParser()
+
+
 # app_proto -> parser factory. Protocols that detection recognises but that have no
 # parser here (smtp, imap, pop3) are still recorded as the flow's app_proto.
 PARSERS: Final[list[tuple[str, Callable[[], StreamParser]]]] = [
@@ -99,10 +105,11 @@ PARSERS: Final[list[tuple[str, Callable[[], StreamParser]]]] = [
     ("dns", _dns),
     ("ssh", _ssh),
     ("ftp", _ftp),  # its ftp-data flows start from its expectations (applayer.py)
+    ("smb", _smb),
 ]
 
 # Every name detection may return, in Suricata's spelling.
-APP_PROTOS: Final = ("http", "tls", "dns", "ssh", "smtp", "ftp", "imap", "pop3")
+APP_PROTOS: Final = ("http", "tls", "dns", "ssh", "smtp", "ftp", "imap", "pop3", "smb")
 APP_PROTO_FAILED: Final = "failed"
 
 

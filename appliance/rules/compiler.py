@@ -105,10 +105,6 @@ BUFFER_APP: Final = {
     # as soon as the file is seen; size and hashes once it is complete.
     "file.name": None, "file.magic": None,
     "dns.query": "dns",
-    # SMB (app/smb.py): a TREE_CONNECT's path, as a share or as a named pipe once the
-    # response says which; the NTLMSSP AUTHENTICATE's user and domain.
-    "smb.share": "smb", "smb.named_pipe": "smb", "smb.ntlmssp_user": "smb",
-    "smb.ntlmssp_domain": "smb",
     # FTP (applayer.py): the data connection's command (retr/stor...), and a
     # PORT/EPRT transaction naming another host than the client.
     "ftpdata_command": "ftp-data", "ftpbounce": "ftp",
@@ -118,6 +114,9 @@ BUFFER_APP: Final = {
     "tls.subjectaltname": "tls", "tls.version": "tls", "dns.opcode": "dns",
     "ssh.proto": "ssh", "ssh.software": "ssh", "ssh.hassh": "ssh", "ssh.hassh.string": "ssh",
     "ssh.hassh.server": "ssh", "ssh.hassh.server.string": "ssh",
+    # QUIC (app/quic.py); ja3.*/ja3s.* above are also the QUIC hellos'. quic.ua and
+    # quic.cyu.* (Google QUIC) are not produced.
+    "quic.sni": "quic", "quic.version": "quic",
 }
 PACKET_BUFFERS: Final = frozenset({"pkt_data", "ipv4.hdr", "ipv6.hdr", "tcp.hdr", "udp.hdr",
                                     "icmpv4.hdr", "icmpv6.hdr", "ip.src", "ip.dst"})

@@ -91,10 +91,10 @@ def _ftp() -> StreamParser:
     return FtpParser()
 
 
-def _smb() -> StreamParser:
-    from appliance.core.app.smb import SmbParser
+def _quic() -> StreamParser:
+    from appliance.core.app.quic import QuicParser
 
-    return SmbParser()
+    return QuicParser()  # UDP only: parse_datagram
 
 
 # app_proto -> parser factory. Protocols that detection recognises but that have no
@@ -105,11 +105,11 @@ PARSERS: Final[list[tuple[str, Callable[[], StreamParser]]]] = [
     ("dns", _dns),
     ("ssh", _ssh),
     ("ftp", _ftp),  # its ftp-data flows start from its expectations (applayer.py)
-    ("smb", _smb),
+    ("quic", _quic),
 ]
 
 # Every name detection may return, in Suricata's spelling.
-APP_PROTOS: Final = ("http", "tls", "dns", "ssh", "smtp", "ftp", "imap", "pop3", "smb")
+APP_PROTOS: Final = ("http", "tls", "dns", "ssh", "smtp", "ftp", "imap", "pop3")
 APP_PROTO_FAILED: Final = "failed"
 
 

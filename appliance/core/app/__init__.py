@@ -91,6 +91,12 @@ def _ftp() -> StreamParser:
     return FtpParser()
 
 
+def _smb() -> StreamParser:
+    from appliance.core.app.smb import SmbParser
+
+    return SmbParser()
+
+
 def _quic() -> StreamParser:
     from appliance.core.app.quic import QuicParser
 
@@ -106,10 +112,11 @@ PARSERS: Final[list[tuple[str, Callable[[], StreamParser]]]] = [
     ("ssh", _ssh),
     ("ftp", _ftp),  # its ftp-data flows start from its expectations (applayer.py)
     ("quic", _quic),
+    ("smb", _smb),
 ]
 
 # Every name detection may return, in Suricata's spelling.
-APP_PROTOS: Final = ("http", "tls", "dns", "ssh", "smtp", "ftp", "imap", "pop3")
+APP_PROTOS: Final = ("http", "tls", "dns", "ssh", "smtp", "ftp", "imap", "pop3", "smb")
 APP_PROTO_FAILED: Final = "failed"
 
 

@@ -82,7 +82,7 @@ def test_udp() -> None:
 
 
 def test_registry_is_explicit() -> None:
-    assert [name for name, _ in PARSERS] == ["http", "tls", "dns", "ssh", "ftp"]
+    assert [name for name, _ in PARSERS] == ["http", "tls", "dns", "ssh", "ftp", "smb"]
     for name, _ in PARSERS:
         p = new_parser(name)
         assert p is not None and p.app_proto == name

@@ -26,6 +26,7 @@ from typing import Any, Final
 from appliance.core.app import (
     ANOMALY,
     APP_PROTO_FAILED,
+    APP_TX,
     DNS_ANSWER,
     DNS_QUERY,
     FILE_CLOSED,
@@ -39,8 +40,6 @@ from appliance.core.app import (
     new_parser,
 )
 from appliance.core.app.detect import ProtoDetector, detect_udp
-from appliance.core.app.quic import QUIC_TX, looks_like_quic
-from appliance.core.app.smb import SMB_INSPECT, SMB_RECORD
 from appliance.core.app.ssh import SSH_ENCRYPTED, SSH_UPDATE
 from appliance.core.decode import PROTO_TCP, PROTO_UDP, Packet
 from appliance.core.flows import Flow
@@ -213,8 +212,6 @@ def feed_udp(flow: Flow, p: Packet, to_server: bool, res: AppResult) -> None:
         st = flow.app = AppState(flow)
         st.detector = None
         proto = detect_udp(p.payload, p.sp, p.dp) if p.payload else None
-        if proto is None and p.payload and looks_like_quic(p.payload, p.sp, p.dp):
-            proto = "quic"
         flow.app_proto = proto or APP_PROTO_FAILED
         res.proto_decided = True
         if proto is not None:
@@ -295,18 +292,9 @@ def _events(flow: Flow, st: AppState, events: list[AppEvent], res: AppResult) ->
                     res.records.append({"event_type": "dns", "tx_id": tx.tx_id, "dns": d})
         elif k.startswith("ftp_"):
             _ftp_event(flow, ev, res)
-        elif k == SMB_INSPECT:
-            # app/smb.py: a transaction's (or a file's) sticky buffers, per direction.
-            res.inspections.append(Inspection(ev.to_server, ev.tx_id, ev.data["buffers"]))
-        elif k == SMB_RECORD:
-            res.records.append(ev.data["record"])
         elif k == TLS_HANDSHAKE:
             res.inspections.append(Inspection(ev.to_server, 0,
                                               dict(st.parser.buffers(ev.to_server))))
-        elif k == QUIC_TX:
-            # app/quic.py: a hello (or the version) of one direction became known.
-            res.inspections.append(Inspection(ev.to_server, ev.tx_id,
-                                              st.parser.buffers(ev.to_server)))
         elif k == TLS_ENCRYPTED:
             res.encrypted = True
             _tls_record(flow, st, res)
@@ -320,6 +308,18 @@ def _events(flow: Flow, st: AppState, events: list[AppEvent], res: AppResult) ->
         elif k == SSH_ENCRYPTED:
             res.encrypted = True
             _ssh_record(flow, st, res)
+        elif k == APP_TX:
+            # mqtt, sip, krb5, snmp, nfs: a transaction's buffers, its record once done.
+            d = ev.data
+            tb = d.get("buffers")
+            if tb:
+                res.inspections.append(Inspection(ev.to_server, ev.tx_id, dict(tb)))
+            if "eve" in d:
+                et = d["event_type"]
+                res.records.append({"event_type": et, "tx_id": ev.tx_id, et: d["eve"],
+                                    **d.get("extra", {})})
+            if "file" in d:
+                res.files.append(d["file"])
 
 
 def _ftp_event(flow: Flow, ev: AppEvent, res: AppResult) -> None:

@@ -30,9 +30,6 @@ from appliance.core.decode import (
     PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
-    TH_ACK,
-    TH_RST,
-    TH_SYN,
     Packet,
 )
 from appliance.core.stream import (
@@ -46,9 +43,8 @@ from appliance.core.stream import (
     StreamUpdate,
     TcpSession,
     TcpState,
+    is_stream_starter,
 )
-
-_SYN_ACK_RST: Final = TH_SYN | TH_ACK | TH_RST
 
 # Protocol classes for timeouts, as Suricata's flow-timeouts sections.
 PC_DEFAULT: Final = 0
@@ -316,28 +312,16 @@ class FlowTable:
             self._next_sweep = ts + self.config.sweep_interval
         elif ts >= self._next_sweep:
             self.sweep(ts)
-        proto = p.proto
-        if proto == PROTO_TCP or proto == PROTO_UDP:
-            # flow_key() inlined for the common case (one call less per packet).
-            a, ap, b, bp = p.src, p.sp, p.dst, p.dp
-            if a < b or (a == b and ap <= bp):
-                key: FlowKey = (p.vlan, proto, a, ap, b, bp)
-            else:
-                key = (p.vlan, proto, b, bp, a, ap)
-        else:
-            key = flow_key(p)
+        key = flow_key(p)
         f = self.flows.get(key)
         if f is not None:
-            last = f.last
-            tmo = (self._tmo_emerg if self.emergency else self._tmo_normal)[f.queue]
-            # int(x) is within 1 of x (either sign), so the exact whole-second test below
-            # can only hold when ts - last > tmo - 2: most packets skip both int() calls.
-            if ts - last > tmo - 2 and int(ts) > int(last) + tmo:
+            if int(ts) > int(f.last) + (self._tmo_emerg if self.emergency
+                                        else self._tmo_normal)[f.queue]:
                 self._retire(f, "timeout")
                 self.stats.timed_out += 1
                 f = None
-            elif (proto == PROTO_TCP and f.tcp is not None
-                  and p.tcp_flags & _SYN_ACK_RST == TH_SYN  # is_stream_starter()
+            elif (p.proto == PROTO_TCP and f.tcp is not None and p.tcp_flags >= 0
+                  and is_stream_starter(p.tcp_flags)
                   and (f.tcp.state >= TcpState.TIME_WAIT
                        or ((f.state == FLOW_BYPASSED or f.action == "drop")
                            and p.tcp_seq != f.tcp.cli.isn))):
@@ -353,9 +337,7 @@ class FlowTable:
         if f is None:
             f = self._new_flow(key, p)
             to_server = True
-        elif proto == PROTO_TCP or proto == PROTO_UDP:
-            to_server = p.src == f.src and p.sp == f.sp
-        elif proto == PROTO_ICMP or proto == PROTO_ICMPV6:
+        elif p.proto == PROTO_ICMP or p.proto == PROTO_ICMPV6:
             if p.icmp_inner is not None:
                 # The quoted packet went client->server when the error goes the other way.
                 to_server = not (p.icmp_inner[1] == f.src and p.icmp_inner[2] == f.sp)
@@ -367,7 +349,8 @@ class FlowTable:
             # A packet stamped earlier than the last one (a capture's clock stepped back)
             # does not age the flow: else the next packet would find it timed out.
             f.last = ts
-        self.queues[f.queue].move_to_end(key)
+        q = self.queues[f.queue]
+        q.move_to_end(key)
         return f, to_server
 
     def set_state(self, f: Flow, state: int) -> None:
@@ -407,9 +390,7 @@ class FlowTable:
         else:
             f.flags_tc |= p.tcp_flags
         upd = self.stream.process(sess, p, to_server)
-        state = FLOW_STATE_OF[sess.state]
-        if state != f.state:
-            self.set_state(f, state)
+        self.set_state(f, FLOW_STATE_OF[sess.state])
         return upd
 
     # -- time and memory ----------------------------------------------------------------
@@ -417,11 +398,10 @@ class FlowTable:
     def sweep(self, now: float) -> None:
         """Retire every flow whose timeout has passed at packet time `now`."""
         self._next_sweep = now + self.config.sweep_interval
-        limits = self._tmo_emerg if self.emergency else self._tmo_normal
-        for qk, q in self.queues.items():
-            if not q:
-                continue
-            limit = limits[qk]  # config.timeouts[pc][emergency].for_state(st)
+        tmo = self.config.timeouts
+        emerg = 1 if self.emergency else 0
+        for (pc, st), q in self.queues.items():
+            limit = tmo[pc][emerg].for_state(st)
             while q:
                 f = next(iter(q.values()))
                 if int(now) > int(f.last) + limit:

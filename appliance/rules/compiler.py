@@ -21,6 +21,7 @@ from typing import Any, Final, overload
 import regex
 
 from appliance.rules.keywords import (
+    APP_VALUE_KEYWORDS,
     NO_EFFECT,
     UNSUPPORTED,
     Base64Decode,
@@ -42,6 +43,7 @@ from appliance.rules.keywords import (
     StreamSize,
     Threshold,
     Xbit,
+    parse_app_value,
     parse_base64_decode,
     parse_bsize,
     parse_byte_extract,
@@ -88,6 +90,9 @@ APP_ALIASES: Final = {"http1": "http", "ssl": "tls", "ikev2": "ike"}
 UDP_APPS: Final = frozenset({"dns", "dhcp", "snmp", "sip", "tftp", "ntp", "ike", "quic",
                              "bittorrent-dht", "krb5", "nfs"})
 
+# App protocols parsed over both (app/krb5.py: UDP and TCP port 88).
+TCP_UDP_APPS: Final = frozenset({"krb5"})
+
 # Buffers the engine produces and which app protocol produces them.
 BUFFER_APP: Final = {
     "http.uri": "http", "http.uri.raw": "http", "http.method": "http",
@@ -105,10 +110,6 @@ BUFFER_APP: Final = {
     # as soon as the file is seen; size and hashes once it is complete.
     "file.name": None, "file.magic": None,
     "dns.query": "dns",
-    # SMB (app/smb.py): a TREE_CONNECT's path, as a share or as a named pipe once the
-    # response says which; the NTLMSSP AUTHENTICATE's user and domain.
-    "smb.share": "smb", "smb.named_pipe": "smb", "smb.ntlmssp_user": "smb",
-    "smb.ntlmssp_domain": "smb",
     # FTP (applayer.py): the data connection's command (retr/stor...), and a
     # PORT/EPRT transaction naming another host than the client.
     "ftpdata_command": "ftp-data", "ftpbounce": "ftp",
@@ -118,9 +119,16 @@ BUFFER_APP: Final = {
     "tls.subjectaltname": "tls", "tls.version": "tls", "dns.opcode": "dns",
     "ssh.proto": "ssh", "ssh.software": "ssh", "ssh.hassh": "ssh", "ssh.hassh.string": "ssh",
     "ssh.hassh.server": "ssh", "ssh.hassh.server.string": "ssh",
-    # QUIC (app/quic.py); ja3.*/ja3s.* above are also the QUIC hellos'. quic.ua and
-    # quic.cyu.* (Google QUIC) are not produced.
-    "quic.sni": "quic", "quic.version": "quic",
+    # app/mqtt.py (mqtt.type: the message type names of the transaction, for mqtt.type)
+    "mqtt.connect.clientid": "mqtt", "mqtt.connect.username": "mqtt",
+    "mqtt.connect.password": "mqtt", "mqtt.connect.willtopic": "mqtt",
+    "mqtt.connect.willmessage": "mqtt", "mqtt.publish.topic": "mqtt",
+    "mqtt.publish.message": "mqtt", "mqtt.subscribe.topic": "mqtt",
+    "mqtt.unsubscribe.topic": "mqtt", "mqtt.type": "mqtt",
+    "krb5_cname": "krb5", "krb5_sname": "krb5", "sip.method": "sip", "sip.uri": "sip",
+    "sip.request_line": "sip", "sip.protocol": "sip", "sip.stat_code": "sip",
+    "sip.stat_msg": "sip", "sip.response_line": "sip", "snmp.usm": "snmp",
+    "snmp.community": "snmp",
 }
 PACKET_BUFFERS: Final = frozenset({"pkt_data", "ipv4.hdr", "ipv6.hdr", "tcp.hdr", "udp.hdr",
                                     "icmpv4.hdr", "icmpv6.hdr", "ip.src", "ip.dst"})
@@ -415,7 +423,7 @@ def compile_rule(rule: Rule, order: int, classifications: Mapping[str, Classific
         app_proto = None
     else:
         app_proto = proto
-        ipproto = 17 if proto in UDP_APPS else 6
+        ipproto = None if proto in TCP_UDP_APPS else 17 if proto in UDP_APPS else 6
     chains: dict[BufferKey, list[Item]] = {}
     app = False
     seen_b64 = False
@@ -545,6 +553,10 @@ def compile_rule(rule: Rule, order: int, classifications: Mapping[str, Classific
             legacy.append(Chain(("ftpbounce", ()), ()))
         elif kw in ("ssh.protoversion", "ssh.softwareversion"):
             legacy.append(_ssh_legacy(kw, value))
+        elif kw in APP_VALUE_KEYWORDS:  # mqtt.type, krb5_*, snmp.version/pdu_type
+            vbuf, vproto, vitem = parse_app_value(kw, value)
+            legacy.append(Chain((vbuf, ()), (vitem,)))
+            cr.app_proto = cr.app_proto or vproto
         elif kw in ("decode-event", "stream-event", "app-layer-event", "engine-event"):
             ev_name, ev_proto = _event_name(kw, value)
             events.append(ev_name)

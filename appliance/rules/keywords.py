@@ -28,8 +28,8 @@ UNSUPPORTED: Final = frozenset({
     "entropy",
     "ssl_state", "tls_cert_notbefore", "tls_cert_notafter",
     "tls_cert_expired", "tls_cert_valid",
-    "dce_iface", "dce_opnum", "krb5_msg_type", "krb5_err_code",
-    "nfs_procedure", "nfs.version", "snmp.version", "snmp.pdu_type", "modbus",
+    "dce_iface", "dce_opnum",
+    "nfs_procedure", "nfs.version", "modbus",
     "dnp3_func", "dnp3_ind", "dnp3_obj", "enip_command", "cip_service", "http2.frametype",
     "http2.errorcode", "http2.priority", "http2.window", "http2.size_update",
     "http2.settings", "flowvar", "pktvar", "icmpv6.mtu",
@@ -840,3 +840,58 @@ def parse_dataset(keyword: str, value: str | None, rule_dir: str | None,
     elif ds.type != kind:
         raise KeywordError(f"'{keyword}': {name} is of type {ds.type}, not {kind}")
     return DatasetOp(cmd, ds, op, num)
+
+
+# -- value keywords of the smaller app-layer parsers (app/mqtt.py, krb5.py, snmp.py) ----------
+
+# keyword -> (the buffer the parser fills, app_proto, kind). "num": the buffer holds one
+# decimal number per element, tested with Suricata's integer syntax; "set": the value is
+# a comma-separated list of names or numbers, the buffer one name per element.
+APP_VALUE_KEYWORDS: Final = {
+    "mqtt.type": ("mqtt.type", "mqtt", "set"),
+    "krb5.ticket_encryption": ("krb5.ticket_encryption", "krb5", "set"),
+    "krb5_msg_type": ("krb5_msg_type", "krb5", "num"),
+    "krb5_err_code": ("krb5_err_code", "krb5", "num"),
+    "snmp.version": ("snmp.version", "snmp", "num"),
+    "snmp.pdu_type": ("snmp.pdu_type", "snmp", "num"),
+}
+
+
+def parse_app_value(keyword: str, value: str | None) -> tuple[str, str, FileSize | HashList]:
+    """(buffer, app_proto, item) for one of APP_VALUE_KEYWORDS. The item is a number
+    check (FileSize's, on decimal text) or a set membership (HashList's)."""
+    buf, proto, kind = APP_VALUE_KEYWORDS[keyword]
+    if kind == "num":
+        return buf, proto, FileSize(parse_num(keyword, value))
+    text = (value or "").strip()
+    negated = text.startswith("!")
+    names = [v.strip().lower() for v in text.lstrip("!").split(",") if v.strip()]
+    if not names:
+        raise KeywordError(f"'{keyword}' needs a value")
+    if keyword == "mqtt.type":
+        from appliance.core.app.mqtt import TYPE_NAMES
+
+        got: set[bytes] = set()
+        for n in names:
+            if n.isdigit() and 0 < int(n) < len(TYPE_NAMES):
+                n = TYPE_NAMES[int(n)]
+            if n not in TYPE_NAMES[1:]:
+                raise KeywordError(f"unknown MQTT message type {n!r} for 'mqtt.type'")
+            got.add(n.encode())
+        return buf, proto, HashList(keyword, frozenset(got), negated)
+    from appliance.core.app.krb5 import ETYPES, STRONG_ETYPES
+
+    if names == ["weak"]:
+        # Suricata's "weak": every encryption type but the AES and Camellia ones.
+        strong = frozenset(str(e).encode() for e in STRONG_ETYPES)
+        return buf, proto, HashList(keyword, strong, not negated)
+    numbers: set[bytes] = set()
+    by_name = {v: k for k, v in ETYPES.items()}
+    for n in names:
+        if n.lstrip("-").isdigit():
+            numbers.add(str(int(n)).encode())
+        elif n in by_name:
+            numbers.add(str(by_name[n]).encode())
+        else:
+            raise KeywordError(f"unknown encryption type {n!r} for '{keyword}'")
+    return buf, proto, HashList(keyword, frozenset(numbers), negated)

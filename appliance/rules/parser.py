@@ -65,11 +65,7 @@ STICKY_BUFFERS: dict[str, str] = {
     "dns.query": "dns.query",
     "dns_query": "dns.query",
     "smb.named_pipe": "smb.named_pipe",
-    "smb_named_pipe": "smb.named_pipe",
     "smb.share": "smb.share",
-    "smb_share": "smb.share",
-    "smb.ntlmssp_user": "smb.ntlmssp_user",
-    "smb.ntlmssp_domain": "smb.ntlmssp_domain",
     "krb5_cname": "krb5_cname",
     "krb5_sname": "krb5_sname",
     "snmp.community": "snmp.community",
@@ -115,6 +111,9 @@ for _name in (
     "ssh.hassh", "ssh.hassh.server", "ssh.hassh.string", "ssh.hassh.server.string",
     "sip.method", "sip.uri", "sip.request_line", "sip.stat_code", "sip.stat_msg",
     "sip.response_line", "sip.protocol",
+    "mqtt.connect.clientid", "mqtt.connect.username", "mqtt.connect.password",
+    "mqtt.connect.willtopic", "mqtt.connect.willmessage", "mqtt.publish.topic",
+    "mqtt.publish.message", "mqtt.subscribe.topic", "mqtt.unsubscribe.topic",
 ):
     STICKY_BUFFERS[_name] = _name
 
@@ -180,7 +179,8 @@ GENERIC_KEYWORDS = frozenset(
         "ssh.protoversion", "ssh.softwareversion", "dns.opcode",
         "dns.rrtype",
         "dce_iface", "dce_opnum", "krb5_msg_type", "krb5_err_code", "nfs_procedure",
-        "nfs.version", "snmp.version", "snmp.pdu_type", "modbus", "dnp3_func", "dnp3_ind",
+        "nfs.version", "snmp.version", "snmp.pdu_type", "krb5.ticket_encryption",
+        "mqtt.type", "modbus", "dnp3_func", "dnp3_ind",
         "dnp3_obj", "enip_command", "cip_service", "http2.frametype", "http2.errorcode",
         "http2.priority", "http2.window", "http2.size_update", "http2.settings",
         "filestore", "filemd5", "filesha1", "filesha256", "filesize",

@@ -29,6 +29,10 @@ DNS_QUERY: Final = "dns_query"
 DNS_ANSWER: Final = "dns_answer"
 TLS_HANDSHAKE: Final = "tls_handshake"  # a handshake message changed the TLS buffers
 TLS_ENCRYPTED: Final = "tls_encrypted"  # both sides sent ChangeCipherSpec: nothing left to parse
+# A transaction of the smaller parsers (mqtt, sip, krb5, snmp, nfs) progressed: ``data``
+# holds its sticky "buffers" to inspect and, once it is to be logged, "event_type" and
+# "eve" (its EVE object).
+APP_TX: Final = "app_tx"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,16 +95,28 @@ def _ftp() -> StreamParser:
     return FtpParser()
 
 
-def _smb() -> StreamParser:
-    from appliance.core.app.smb import SmbParser
+def _mqtt() -> StreamParser:
+    from appliance.core.app.mqtt import MqttParser
 
-    return SmbParser()
+    return MqttParser()
 
 
-def _quic() -> StreamParser:
-    from appliance.core.app.quic import QuicParser
+def _krb5() -> StreamParser:
+    from appliance.core.app.krb5 import Krb5Parser
 
-    return QuicParser()  # UDP only: parse_datagram
+    return Krb5Parser()
+
+
+def _sip() -> StreamParser:
+    from appliance.core.app.sip import SipParser
+
+    return SipParser()
+
+
+def _snmp() -> StreamParser:
+    from appliance.core.app.snmp import SnmpParser
+
+    return SnmpParser()
 
 
 # app_proto -> parser factory. Protocols that detection recognises but that have no
@@ -111,12 +127,15 @@ PARSERS: Final[list[tuple[str, Callable[[], StreamParser]]]] = [
     ("dns", _dns),
     ("ssh", _ssh),
     ("ftp", _ftp),  # its ftp-data flows start from its expectations (applayer.py)
-    ("quic", _quic),
-    ("smb", _smb),
+    ("mqtt", _mqtt),
+    ("krb5", _krb5),  # UDP datagrams and TCP records
+    ("sip", _sip),  # UDP only
+    ("snmp", _snmp),  # UDP only
 ]
 
 # Every name detection may return, in Suricata's spelling.
-APP_PROTOS: Final = ("http", "tls", "dns", "ssh", "smtp", "ftp", "imap", "pop3", "smb")
+APP_PROTOS: Final = ("http", "tls", "dns", "ssh", "smtp", "ftp", "imap", "pop3", "mqtt",
+                    "krb5", "sip", "snmp")
 APP_PROTO_FAILED: Final = "failed"
 
 
@@ -132,6 +151,7 @@ __all__ = [
     "ANOMALY",
     "APP_PROTOS",
     "APP_PROTO_FAILED",
+    "APP_TX",
     "DNS_ANSWER",
     "DNS_QUERY",
     "FILE_CLOSED",

@@ -15,9 +15,10 @@ in-order bytes of either direction and answers:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
-from appliance.core.app import APP_PROTO_FAILED
+from appliance.core.app import APP_PROTO_FAILED, krb5, mqtt, sip, snmp
 from appliance.core.app.dns import looks_like_dns
 from appliance.core.app.tls import looks_like_tls
 
@@ -105,11 +106,6 @@ def detect_stream(data: bytes, to_server: bool, sport: int = 0, dport: int = 0,
         return "tls"
     if tls is None:
         undecided = True
-    smb = looks_like_smb(data, sport, dport)
-    if smb:
-        return "smb"
-    if smb is None:
-        undecided = True
     for direction, pat, proto in _PATTERNS:
         if direction is not None and direction != to_server:
             continue
@@ -135,6 +131,14 @@ def detect_stream(data: bytes, to_server: bool, sport: int = 0, dport: int = 0,
                 undecided = True  # wait for the client's first command
         elif st == 0 or (st == 1 and len(data) == 3):
             undecided = True
+    # Protocols Suricata probes on their ports only (its default detection ports).
+    for port, name, probe in _TCP_PORT_PROBES:
+        if port == dport or port == sport:
+            r = probe(data)
+            if r:
+                return name
+            if r is None:
+                undecided = True
     # DNS over TCP: a 2-byte length then a sane header and question (RFC 7766).
     # Without the port hint the whole first message must be there and parse.
     hint = dport in DNS_PORTS or sport in DNS_PORTS
@@ -155,28 +159,18 @@ def detect_stream(data: bytes, to_server: bool, sport: int = 0, dport: int = 0,
     return APP_PROTO_FAILED
 
 
-_SMB_MAGICS: Final = (b"\xffSMB", b"\xfeSMB", b"\xfdSMB")
-
-
-def looks_like_smb(data: bytes, sport: int = 0, dport: int = 0) -> bool | None:
-    """SMB by its header: a NetBIOS session message (type 0, 24-bit length) holding an
-    SMB1/SMB2/SMB3 header (``\\xffSMB``, ``\\xfeSMB``, ``\\xfdSMB`` encrypted), as
-    Suricata's SMB probing does; on port 139 also a NetBIOS session request, response
-    or keep-alive (RFC 1002 4.3), which precede the SMB messages there. None: too few
-    bytes to tell."""
-    if not data:
-        return None
-    t = data[0]
-    if t == 0:
-        if len(data) < 8:
-            tail = data[4:]
-            return None if any(m.startswith(tail) for m in _SMB_MAGICS) else False
-        return data[4:8] in _SMB_MAGICS
-    if t in (0x81, 0x82, 0x85) and 139 in (sport, dport):
-        if len(data) < 4:
-            return None
-        return data[1] & 0xFE == 0  # RFC 1002 flags: only the length extension bit
-    return False
+# (port, app_proto, probe): probe says True (it is), False (it is not), None (need more).
+_TCP_PORT_PROBES: Final[tuple[tuple[int, str, Callable[[bytes], bool | None]], ...]] = (
+    (1883, "mqtt", mqtt.probe),
+    (88, "krb5", krb5.probe_tcp),
+)
+# The same for UDP payloads (Suricata's default ports for sip, krb5, snmp).
+_UDP_PORT_PROBES: Final[tuple[tuple[int, str, Callable[[bytes], bool]], ...]] = (
+    (5060, "sip", sip.probe_udp),
+    (88, "krb5", krb5.probe_udp),
+    (161, "snmp", snmp.probe_udp),
+    (162, "snmp", snmp.probe_udp),
+)
 
 
 def _dns_header_sane(h: bytes) -> bool:
@@ -195,6 +189,9 @@ def detect_udp(data: bytes, sport: int, dport: int) -> str | None:
     """
     if dport in DNS_PORTS or sport in DNS_PORTS:
         return "dns" if looks_like_dns(data) else None
+    for port, name, probe in _UDP_PORT_PROBES:
+        if (port == dport or port == sport) and probe(data):
+            return name
     return None
 
 

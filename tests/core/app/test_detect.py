@@ -82,7 +82,8 @@ def test_udp() -> None:
 
 
 def test_registry_is_explicit() -> None:
-    assert [name for name, _ in PARSERS] == ["http", "tls", "dns", "ssh", "ftp", "smb"]
+    assert [name for name, _ in PARSERS] == ["http", "tls", "dns", "ssh", "ftp", "mqtt",
+                                              "krb5", "sip", "snmp"]
     for name, _ in PARSERS:
         p = new_parser(name)
         assert p is not None and p.app_proto == name

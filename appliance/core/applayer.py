@@ -40,6 +40,7 @@ from appliance.core.app import (
     new_parser,
 )
 from appliance.core.app.detect import ProtoDetector, detect_udp
+from appliance.core.app.quic import QUIC_TX, looks_like_quic
 from appliance.core.app.ssh import SSH_ENCRYPTED, SSH_UPDATE
 from appliance.core.decode import PROTO_TCP, PROTO_UDP, Packet
 from appliance.core.flows import Flow
@@ -212,6 +213,8 @@ def feed_udp(flow: Flow, p: Packet, to_server: bool, res: AppResult) -> None:
         st = flow.app = AppState(flow)
         st.detector = None
         proto = detect_udp(p.payload, p.sp, p.dp) if p.payload else None
+        if proto is None and p.payload and looks_like_quic(p.payload, p.sp, p.dp):
+            proto = "quic"
         flow.app_proto = proto or APP_PROTO_FAILED
         res.proto_decided = True
         if proto is not None:
@@ -295,6 +298,10 @@ def _events(flow: Flow, st: AppState, events: list[AppEvent], res: AppResult) ->
         elif k == TLS_HANDSHAKE:
             res.inspections.append(Inspection(ev.to_server, 0,
                                               dict(st.parser.buffers(ev.to_server))))
+        elif k == QUIC_TX:
+            # app/quic.py: a hello (or the version) of one direction became known.
+            res.inspections.append(Inspection(ev.to_server, ev.tx_id,
+                                              st.parser.buffers(ev.to_server)))
         elif k == TLS_ENCRYPTED:
             res.encrypted = True
             _tls_record(flow, st, res)

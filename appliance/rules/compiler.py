@@ -119,6 +119,9 @@ BUFFER_APP: Final = {
     "tls.subjectaltname": "tls", "tls.version": "tls", "dns.opcode": "dns",
     "ssh.proto": "ssh", "ssh.software": "ssh", "ssh.hassh": "ssh", "ssh.hassh.string": "ssh",
     "ssh.hassh.server": "ssh", "ssh.hassh.server.string": "ssh",
+    # QUIC (app/quic.py); ja3.*/ja3s.* above are also the QUIC hellos'. quic.ua and
+    # quic.cyu.* (Google QUIC) are not produced.
+    "quic.sni": "quic", "quic.version": "quic",
     # app/mqtt.py (mqtt.type: the message type names of the transaction, for mqtt.type)
     "mqtt.connect.clientid": "mqtt", "mqtt.connect.username": "mqtt",
     "mqtt.connect.password": "mqtt", "mqtt.connect.willtopic": "mqtt",

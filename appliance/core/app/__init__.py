@@ -119,6 +119,12 @@ def _snmp() -> StreamParser:
     return SnmpParser()
 
 
+def _quic() -> StreamParser:
+    from appliance.core.app.quic import QuicParser
+
+    return QuicParser()  # UDP only: parse_datagram
+
+
 # app_proto -> parser factory. Protocols that detection recognises but that have no
 # parser here (smtp, imap, pop3) are still recorded as the flow's app_proto.
 PARSERS: Final[list[tuple[str, Callable[[], StreamParser]]]] = [
@@ -127,6 +133,7 @@ PARSERS: Final[list[tuple[str, Callable[[], StreamParser]]]] = [
     ("dns", _dns),
     ("ssh", _ssh),
     ("ftp", _ftp),  # its ftp-data flows start from its expectations (applayer.py)
+    ("quic", _quic),
     ("mqtt", _mqtt),
     ("krb5", _krb5),  # UDP datagrams and TCP records
     ("sip", _sip),  # UDP only

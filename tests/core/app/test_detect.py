@@ -82,7 +82,8 @@ def test_udp() -> None:
 
 
 def test_registry_is_explicit() -> None:
-    assert [name for name, _ in PARSERS] == ["http", "tls", "dns", "ssh", "ftp", "mqtt",
+    assert [name for name, _ in PARSERS] == ["http", "tls", "dns", "ssh", "ftp", "quic",
+                                              "mqtt",
                                               "krb5", "sip", "snmp"]
     for name, _ in PARSERS:
         p = new_parser(name)

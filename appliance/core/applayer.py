@@ -41,6 +41,7 @@ from appliance.core.app import (
 )
 from appliance.core.app.detect import ProtoDetector, detect_udp
 from appliance.core.app.quic import QUIC_TX, looks_like_quic
+from appliance.core.app.smb import SMB_INSPECT, SMB_RECORD
 from appliance.core.app.ssh import SSH_ENCRYPTED, SSH_UPDATE
 from appliance.core.decode import PROTO_TCP, PROTO_UDP, Packet
 from appliance.core.flows import Flow
@@ -295,6 +296,11 @@ def _events(flow: Flow, st: AppState, events: list[AppEvent], res: AppResult) ->
                     res.records.append({"event_type": "dns", "tx_id": tx.tx_id, "dns": d})
         elif k.startswith("ftp_"):
             _ftp_event(flow, ev, res)
+        elif k == SMB_INSPECT:
+            # app/smb.py: a transaction's (or a file's) sticky buffers, per direction.
+            res.inspections.append(Inspection(ev.to_server, ev.tx_id, ev.data["buffers"]))
+        elif k == SMB_RECORD:
+            res.records.append(ev.data["record"])
         elif k == TLS_HANDSHAKE:
             res.inspections.append(Inspection(ev.to_server, 0,
                                               dict(st.parser.buffers(ev.to_server))))

@@ -71,6 +71,7 @@ from appliance.core.records import (
     stats_record,
 )
 from appliance.core.stream import (
+    EMPTY,
     FLOW_CLOSED,
     FLOW_ESTABLISHED,
     FLOW_NEW,
@@ -90,6 +91,9 @@ _SYN_ACK_RST: Final = TH_SYN | TH_ACK | TH_RST
 # How strict a verdict is, to keep the strictest when several stages decide.
 _SEVERITY: Final = {VerdictKind.BYPASS: 0, VerdictKind.ACCEPT: 1, VerdictKind.DROP: 2,
                     VerdictKind.REJECT: 3}
+# Per-packet code reads these: a module global is cheaper than an enum class attribute.
+_ACCEPT: Final = VerdictKind.ACCEPT
+_BYPASS: Final = VerdictKind.BYPASS
 
 # The appliance's own alert for a malicious file (EVE gid/sid; stable).
 FILE_GID: Final = 9003
@@ -244,7 +248,7 @@ class Engine:
             st.first_ts = ts
         st.last_ts = ts
         out: list[Command] = []
-        kind = VerdictKind.ACCEPT
+        kind = _ACCEPT
         self._reject_how = ""
         self._hold = None
         self._flow_seen = None
@@ -283,7 +287,7 @@ class Engine:
             st.errors += 1
             if self._fail_closed(flow or self._flow_seen):
                 kind = VerdictKind.DROP  # the guest's role fails closed
-        if kind is VerdictKind.BYPASS:
+        if kind is _BYPASS:
             if not self.config.bypass:
                 kind = VerdictKind.ACCEPT
             elif flow is not None and self.config.mode == "ips":
@@ -306,7 +310,7 @@ class Engine:
     def _inspect(self, p: Packet, ev: PacketIn, out: list[Command]) -> VerdictKind:
         """Every stage for one decoded IP packet (a tunnel's inner packets come here too);
         returns its verdict. The flow it belongs to is left in self._flow_seen."""
-        kind = VerdictKind.ACCEPT
+        kind = _ACCEPT
         flow: Flow | None = None
         self._flow_seen = None
         self._exc_hit = None
@@ -337,7 +341,8 @@ class Engine:
                 if app is not None and flow is not None:
                     kind = self._app_results(p, flow, app, kind, ev.id, out)
                 if upd is not None and flow is not None:
-                    kind = self._stream(p, flow, upd, kind, ev.id, out)
+                    if upd is not EMPTY:  # _stream() has nothing to do with EMPTY
+                        kind = self._stream(p, flow, upd, kind, ev.id, out)
                     if flow.state == FLOW_CLOSED and flow.app is not None and (
                             flow.app.parser is not None or flow.app.detector is not None):
                         # Both sides closed: the app layer has nothing more to parse.
@@ -873,7 +878,7 @@ class Engine:
 
     def _flow_update(self, p: Packet) -> tuple[Flow | None, bool, StreamUpdate | None]:
         proto = p.proto
-        if proto not in FLOW_PROTOS or (not p.has_l4 and proto != PROTO_ESP):
+        if proto not in FLOW_PROTOS or (p.l4_off < 0 and proto != PROTO_ESP):  # has_l4
             # Suricata keeps flows for TCP, UDP, ICMP, ICMPv6, SCTP and ESP only; a bad
             # transport header leaves nothing to key a flow on.
             return None, True, None

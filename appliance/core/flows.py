@@ -30,6 +30,9 @@ from appliance.core.decode import (
     PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
+    TH_ACK,
+    TH_RST,
+    TH_SYN,
     Packet,
 )
 from appliance.core.stream import (
@@ -43,8 +46,9 @@ from appliance.core.stream import (
     StreamUpdate,
     TcpSession,
     TcpState,
-    is_stream_starter,
 )
+
+_SYN_ACK_RST: Final = TH_SYN | TH_ACK | TH_RST
 
 # Protocol classes for timeouts, as Suricata's flow-timeouts sections.
 PC_DEFAULT: Final = 0
@@ -312,16 +316,28 @@ class FlowTable:
             self._next_sweep = ts + self.config.sweep_interval
         elif ts >= self._next_sweep:
             self.sweep(ts)
-        key = flow_key(p)
+        proto = p.proto
+        if proto == PROTO_TCP or proto == PROTO_UDP:
+            # flow_key() inlined for the common case (one call less per packet).
+            a, ap, b, bp = p.src, p.sp, p.dst, p.dp
+            if a < b or (a == b and ap <= bp):
+                key: FlowKey = (p.vlan, proto, a, ap, b, bp)
+            else:
+                key = (p.vlan, proto, b, bp, a, ap)
+        else:
+            key = flow_key(p)
         f = self.flows.get(key)
         if f is not None:
-            if int(ts) > int(f.last) + (self._tmo_emerg if self.emergency
-                                        else self._tmo_normal)[f.queue]:
+            last = f.last
+            tmo = (self._tmo_emerg if self.emergency else self._tmo_normal)[f.queue]
+            # int(x) is within 1 of x (either sign), so the exact whole-second test below
+            # can only hold when ts - last > tmo - 2: most packets skip both int() calls.
+            if ts - last > tmo - 2 and int(ts) > int(last) + tmo:
                 self._retire(f, "timeout")
                 self.stats.timed_out += 1
                 f = None
-            elif (p.proto == PROTO_TCP and f.tcp is not None and p.tcp_flags >= 0
-                  and is_stream_starter(p.tcp_flags)
+            elif (proto == PROTO_TCP and f.tcp is not None
+                  and p.tcp_flags & _SYN_ACK_RST == TH_SYN  # is_stream_starter()
                   and (f.tcp.state >= TcpState.TIME_WAIT
                        or ((f.state == FLOW_BYPASSED or f.action == "drop")
                            and p.tcp_seq != f.tcp.cli.isn))):
@@ -337,7 +353,9 @@ class FlowTable:
         if f is None:
             f = self._new_flow(key, p)
             to_server = True
-        elif p.proto == PROTO_ICMP or p.proto == PROTO_ICMPV6:
+        elif proto == PROTO_TCP or proto == PROTO_UDP:
+            to_server = p.src == f.src and p.sp == f.sp
+        elif proto == PROTO_ICMP or proto == PROTO_ICMPV6:
             if p.icmp_inner is not None:
                 # The quoted packet went client->server when the error goes the other way.
                 to_server = not (p.icmp_inner[1] == f.src and p.icmp_inner[2] == f.sp)
@@ -349,8 +367,7 @@ class FlowTable:
             # A packet stamped earlier than the last one (a capture's clock stepped back)
             # does not age the flow: else the next packet would find it timed out.
             f.last = ts
-        q = self.queues[f.queue]
-        q.move_to_end(key)
+        self.queues[f.queue].move_to_end(key)
         return f, to_server
 
     def set_state(self, f: Flow, state: int) -> None:
@@ -390,7 +407,9 @@ class FlowTable:
         else:
             f.flags_tc |= p.tcp_flags
         upd = self.stream.process(sess, p, to_server)
-        self.set_state(f, FLOW_STATE_OF[sess.state])
+        state = FLOW_STATE_OF[sess.state]
+        if state != f.state:
+            self.set_state(f, state)
         return upd
 
     # -- time and memory ----------------------------------------------------------------
@@ -398,10 +417,11 @@ class FlowTable:
     def sweep(self, now: float) -> None:
         """Retire every flow whose timeout has passed at packet time `now`."""
         self._next_sweep = now + self.config.sweep_interval
-        tmo = self.config.timeouts
-        emerg = 1 if self.emergency else 0
-        for (pc, st), q in self.queues.items():
-            limit = tmo[pc][emerg].for_state(st)
+        limits = self._tmo_emerg if self.emergency else self._tmo_normal
+        for qk, q in self.queues.items():
+            if not q:
+                continue
+            limit = limits[qk]  # config.timeouts[pc][emergency].for_state(st)
             while q:
                 f = next(iter(q.values()))
                 if int(now) > int(f.last) + limit:

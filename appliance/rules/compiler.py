@@ -110,6 +110,10 @@ BUFFER_APP: Final = {
     # as soon as the file is seen; size and hashes once it is complete.
     "file.name": None, "file.magic": None,
     "dns.query": "dns",
+    # SMB (app/smb.py): a TREE_CONNECT's path, as a share or as a named pipe once the
+    # response says which; the NTLMSSP AUTHENTICATE's user and domain.
+    "smb.share": "smb", "smb.named_pipe": "smb", "smb.ntlmssp_user": "smb",
+    "smb.ntlmssp_domain": "smb",
     # FTP (applayer.py): the data connection's command (retr/stor...), and a
     # PORT/EPRT transaction naming another host than the client.
     "ftpdata_command": "ftp-data", "ftpbounce": "ftp",

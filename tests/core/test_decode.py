@@ -598,3 +598,82 @@ def test_engine_gives_exactly_one_verdict_per_packet(frames: list[tuple[int, byt
         assert verdicts[0].packet_id == pid
     assert eng.stats.errors == 0
     assert eng.stats.packets == len(frames)
+
+
+class _GeneralOnly(Decoder):
+    """The decoder without its Ethernet/IPv4 fast path: every packet the general way."""
+
+    __slots__ = ()
+
+    def _fast_ipv4(self, p: Packet, data: bytes, n: int, c: dict[str, int]) -> bool:
+        return False
+
+
+def _same_decoding(lt: int, data: bytes, fast: Decoder, general: Decoder) -> None:
+    a = fast.decode(data, lt, 1.5)
+    b = general.decode(data, lt, 1.5)
+    for name in Packet.__slots__:
+        if name == "tcp_opts":
+            oa, ob = a.tcp_opts, b.tcp_opts
+            assert (oa is None) == (ob is None), data.hex()
+            if oa is not None and ob is not None:
+                assert all(getattr(oa, n) == getattr(ob, n) for n in oa.__slots__), data.hex()
+        elif name != "inner":
+            assert getattr(a, name) == getattr(b, name), (name, data.hex())
+    assert (a.inner is None) == (b.inner is None)
+    assert fast.stats.counts == general.stats.counts, data.hex()
+    assert fast.stats.events == general.stats.events, data.hex()
+
+
+def test_fast_path_decodes_the_sample_captures_as_the_general_path() -> None:
+    fast, general = Decoder(), _GeneralOnly()
+    taken = 0
+    for lt, data in SEEDS:
+        _same_decoding(lt, data, fast, general)
+        taken += lt == LINKTYPE_ETHERNET and data[12:15] == b"\x08\x00\x45"
+    assert taken  # the seeds do exercise the fast path
+
+
+@settings(FUZZ, max_examples=900)
+@given(mutated())
+def test_fast_path_decodes_mutated_packets_as_the_general_path(
+        frame: tuple[int, bytes]) -> None:
+    # Bit flips, truncations and insertions reach every length and flag check the fast
+    # path makes: it must either decline the packet or decode it exactly as the general
+    # path does (fields, counters, events).
+    _same_decoding(*frame, Decoder(), _GeneralOnly())
+
+
+def _eth_ip4(proto: int, l4: bytes, tot: int | None = None, fragf: int = 0) -> bytearray:
+    n = 20 + len(l4) if tot is None else tot
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, n, 7, fragf, 64, proto, 0, C4, S4)
+    return bytearray(b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00" + hdr + l4)
+
+
+def test_fast_path_boundaries_match_the_general_path() -> None:
+    """Every length and flag the fast path checks, at and around each boundary: IPv4
+    total length, capture length (truncation, padding), fragment bits, TCP data offset
+    (with options), UDP length and the tunnel ports it must leave to the general path."""
+    fast, general = Decoder(), _GeneralOnly()
+    tcp = struct.pack("!HHIIBBHHH", 40000, 80, 1, 2, 8 << 4, TH_ACK, 512, 0, 0) + \
+        b"\x02\x04\x05\xb4\x01\x01\x04\x02\x01\x03\x03\x07" + b"payload"
+    udp_body = b"0123456789"
+    frames: list[bytearray] = []
+    for proto, l4 in ((6, tcp), (17, struct.pack("!HHHH", 5353, 53, 18, 0) + udp_body)):
+        base = _eth_ip4(proto, l4)
+        for tot in range(0, len(base) - 14 + 3):
+            f = _eth_ip4(proto, l4, tot=tot)
+            for cut in (len(f) - 1, len(f), len(f) + 4):  # truncated, exact, padded
+                frames.append((f + b"\x00" * 8)[:cut])
+        for fragf in (0x4000, 0x8000, 0x2000, 0x0001, 0x1FFF, 0x6000):
+            frames.append(_eth_ip4(proto, l4, fragf=fragf))
+    for doff in range(16):
+        f = _eth_ip4(6, tcp)
+        f[34 + 12] = doff << 4
+        frames.append(f)
+    for ulen in range(0, 8 + len(udp_body) + 3):
+        frames.append(_eth_ip4(17, struct.pack("!HHHH", 5353, 53, ulen, 0) + udp_body))
+    for sp, dp in ((1, 4789), (1, 6081), (1, 3544), (3544, 1), (4789, 1), (6081, 1)):
+        frames.append(_eth_ip4(17, struct.pack("!HHHH", sp, dp, 18, 0) + udp_body))
+    for f in frames:
+        _same_decoding(LINKTYPE_ETHERNET, bytes(f), fast, general)

@@ -119,6 +119,12 @@ def _snmp() -> StreamParser:
     return SnmpParser()
 
 
+def _smb() -> StreamParser:
+    from appliance.core.app.smb import SmbParser
+
+    return SmbParser()
+
+
 def _quic() -> StreamParser:
     from appliance.core.app.quic import QuicParser
 
@@ -134,6 +140,7 @@ PARSERS: Final[list[tuple[str, Callable[[], StreamParser]]]] = [
     ("ssh", _ssh),
     ("ftp", _ftp),  # its ftp-data flows start from its expectations (applayer.py)
     ("quic", _quic),
+    ("smb", _smb),
     ("mqtt", _mqtt),
     ("krb5", _krb5),  # UDP datagrams and TCP records
     ("sip", _sip),  # UDP only
@@ -141,8 +148,8 @@ PARSERS: Final[list[tuple[str, Callable[[], StreamParser]]]] = [
 ]
 
 # Every name detection may return, in Suricata's spelling.
-APP_PROTOS: Final = ("http", "tls", "dns", "ssh", "smtp", "ftp", "imap", "pop3", "mqtt",
-                    "krb5", "sip", "snmp")
+APP_PROTOS: Final = ("http", "tls", "dns", "ssh", "smtp", "ftp", "imap", "pop3", "smb",
+                    "mqtt", "krb5", "sip", "snmp")
 APP_PROTO_FAILED: Final = "failed"
 
 

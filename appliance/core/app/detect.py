@@ -106,6 +106,11 @@ def detect_stream(data: bytes, to_server: bool, sport: int = 0, dport: int = 0,
         return "tls"
     if tls is None:
         undecided = True
+    smb = looks_like_smb(data, sport, dport)
+    if smb:
+        return "smb"
+    if smb is None:
+        undecided = True
     for direction, pat, proto in _PATTERNS:
         if direction is not None and direction != to_server:
             continue
@@ -157,6 +162,30 @@ def detect_stream(data: bytes, to_server: bool, sport: int = 0, dport: int = 0,
     if undecided and len(data) < DETECT_DEPTH:
         return None
     return APP_PROTO_FAILED
+
+
+_SMB_MAGICS: Final = (b"\xffSMB", b"\xfeSMB", b"\xfdSMB")
+
+
+def looks_like_smb(data: bytes, sport: int = 0, dport: int = 0) -> bool | None:
+    """SMB by its header: a NetBIOS session message (type 0, 24-bit length) holding an
+    SMB1/SMB2/SMB3 header (``\\xffSMB``, ``\\xfeSMB``, ``\\xfdSMB`` encrypted), as
+    Suricata's SMB probing does; on port 139 also a NetBIOS session request, response
+    or keep-alive (RFC 1002 4.3), which precede the SMB messages there. None: too few
+    bytes to tell."""
+    if not data:
+        return None
+    t = data[0]
+    if t == 0:
+        if len(data) < 8:
+            tail = data[4:]
+            return None if any(m.startswith(tail) for m in _SMB_MAGICS) else False
+        return data[4:8] in _SMB_MAGICS
+    if t in (0x81, 0x82, 0x85) and 139 in (sport, dport):
+        if len(data) < 4:
+            return None
+        return data[1] & 0xFE == 0  # RFC 1002 flags: only the length extension bit
+    return False
 
 
 # (port, app_proto, probe): probe says True (it is), False (it is not), None (need more).

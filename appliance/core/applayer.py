@@ -39,6 +39,7 @@ from appliance.core.app import (
     AppEvent,
     new_parser,
 )
+from appliance.core.app.dcerpc import DCERPC_BIND, DCERPC_TX
 from appliance.core.app.detect import ProtoDetector, detect_udp
 from appliance.core.app.quic import QUIC_TX, looks_like_quic
 from appliance.core.app.smb import SMB_INSPECT, SMB_RECORD
@@ -321,6 +322,8 @@ def _events(flow: Flow, st: AppState, events: list[AppEvent], res: AppResult) ->
         elif k == SSH_ENCRYPTED:
             res.encrypted = True
             _ssh_record(flow, st, res)
+        elif k == DCERPC_TX or k == DCERPC_BIND:
+            _dcerpc_event(flow, ev, res)
         elif k == APP_TX:
             # mqtt, sip, krb5, snmp, nfs: a transaction's buffers, its record once done.
             d = ev.data
@@ -365,6 +368,24 @@ def _ftp_event(flow: Flow, ev: AppEvent, res: AppResult) -> None:
                                               {"ftpdata_command": cmd}))
     elif k == "ftp_data_done":
         res.records.append({"event_type": "ftp_data", "ftp_data": ev.data["parser"].eve()})
+
+
+def _dcerpc_event(flow: Flow, ev: AppEvent, res: AppResult) -> None:
+    """app/dcerpc.py (over TCP, UDP, or an SMB pipe): a call's buffers in the direction
+    that progressed (request stub to the server, response stub to the client); its
+    `dcerpc` record once both sides are done, on DCERPC flows only (Suricata logs
+    DCERPC over SMB inside the smb record)."""
+    tx = ev.data["tx"]
+    conn = ev.data["conn"]
+    if ev.kind == DCERPC_TX and not ev.data.get("final"):
+        bufs = conn.buffers(tx, ev.to_server)
+        if bufs:
+            res.inspections.append(Inspection(ev.to_server,
+                                              conn.inspect_id(tx, ev.to_server), bufs))
+    if tx.done and not tx.logged and flow.app_proto == "dcerpc":
+        tx.logged = True
+        res.records.append({"event_type": "dcerpc", "tx_id": tx.tx_id,
+                            "dcerpc": conn.eve(tx)})
 
 
 def _tls_record(flow: Flow, st: AppState, res: AppResult) -> None:

@@ -43,6 +43,8 @@ from appliance.rules.keywords import (
     StreamSize,
     Threshold,
     Xbit,
+    dcerpc_iface_regex,
+    dcerpc_opnum_regex,
     parse_app_value,
     parse_base64_decode,
     parse_bsize,
@@ -110,6 +112,10 @@ BUFFER_APP: Final = {
     # as soon as the file is seen; size and hashes once it is complete.
     "file.name": None, "file.magic": None,
     "dns.query": "dns",
+    # DCERPC calls (app/dcerpc.py), over TCP, UDP or SMB pipes: no app_proto needed, the
+    # buffer exists only where a DCERPC call is parsed (Suricata's dcerpc keywords
+    # match DCERPC over SMB too).
+    "dcerpc.stub_data": None,
     # SMB (app/smb.py): a TREE_CONNECT's path, as a share or as a named pipe once the
     # response says which; the NTLMSSP AUTHENTICATE's user and domain.
     "smb.share": "smb", "smb.named_pipe": "smb", "smb.ntlmssp_user": "smb",
@@ -431,6 +437,8 @@ def compile_rule(rule: Rule, order: int, classifications: Mapping[str, Classific
     else:
         app_proto = proto
         ipproto = None if proto in TCP_UDP_APPS else 17 if proto in UDP_APPS else 6
+    if proto == "dcerpc":
+        ipproto = None  # connection-oriented over TCP, connectionless over UDP
     chains: dict[BufferKey, list[Item]] = {}
     app = False
     seen_b64 = False
@@ -556,6 +564,8 @@ def compile_rule(rule: Rule, order: int, classifications: Mapping[str, Classific
                 raise CompileError(f"'ftpdata_command' takes retr or stor, not {value!r}")
             legacy.append(Chain(("ftpdata_command", ()), (CContent(
                 v.encode(), True, False, None, None, None, None, True, True, False),)))
+        elif kw in _DCERPC_KEYWORDS:
+            legacy.append(_dcerpc_chain(kw, value))
         elif kw == "ftpbounce":
             legacy.append(Chain(("ftpbounce", ()), ()))
         elif kw in ("ssh.protoversion", "ssh.softwareversion"):
@@ -591,6 +601,11 @@ def compile_rule(rule: Rule, order: int, classifications: Mapping[str, Classific
     if legacy:
         cr.chains = (*cr.chains, *legacy)
         cr.app = True
+        if cr.fast is not None and cr.fast[0][0] in PACKET_BUFFERS:
+            # Now an app-layer rule (dcerpc.opnum with a payload content, as the
+            # zerologon rules): it is found through its app-layer buffers, its payload
+            # content checked on the packet that completes the transaction.
+            cr.fast = None
         if cr.app_proto is None and any(ch.key[0].startswith("tls.") for ch in legacy):
             cr.app_proto = "tls"
         if cr.app_proto is None and any(ch.key[0].startswith("ssh.") for ch in legacy):
@@ -658,6 +673,20 @@ def _tls_legacy(kw: str, value: str | None) -> Chain:
         pat = pat.lower()
     item = CContent(pat, exact, negated, None, None, None, None, exact, exact, False)
     return Chain((buf, ()), (item,))
+
+
+# dcerpc.iface / dcerpc.opnum and their legacy names -> the call's pseudo-buffer they
+# test (app/dcerpc.py DceRpcConnection.buffers; keywords.py builds the regexes).
+_DCERPC_KEYWORDS: Final = {"dcerpc.iface": "dcerpc.iface", "dce_iface": "dcerpc.iface",
+                           "dcerpc.opnum": "dcerpc.opnum", "dce_opnum": "dcerpc.opnum"}
+
+
+def _dcerpc_chain(kw: str, value: str | None) -> Chain:
+    buf = _DCERPC_KEYWORDS[kw]
+    make = dcerpc_iface_regex if buf == "dcerpc.iface" else dcerpc_opnum_regex
+    src = make(kw, value)
+    return Chain((buf, ()), (CPcre(regex.compile(src.encode()), False, False,
+                                   f"{kw}:{value}"),))
 
 
 def _ssh_legacy(kw: str, value: str | None) -> Chain:

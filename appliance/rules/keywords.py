@@ -28,7 +28,6 @@ UNSUPPORTED: Final = frozenset({
     "entropy",
     "ssl_state", "tls_cert_notbefore", "tls_cert_notafter",
     "tls_cert_expired", "tls_cert_valid",
-    "dce_iface", "dce_opnum",
     "nfs_procedure", "nfs.version", "modbus",
     "dnp3_func", "dnp3_ind", "dnp3_obj", "enip_command", "cip_service", "http2.frametype",
     "http2.errorcode", "http2.priority", "http2.window", "http2.size_update",
@@ -895,3 +894,110 @@ def parse_app_value(keyword: str, value: str | None) -> tuple[str, str, FileSize
         else:
             raise KeywordError(f"unknown encryption type {n!r} for '{keyword}'")
     return buf, proto, HashList(keyword, frozenset(numbers), negated)
+
+
+# -- dcerpc ---------------------------------------------------------------------------------
+# dcerpc.iface / dcerpc.opnum (and dce_iface / dce_opnum) are matched as regexes on the
+# texts app/dcerpc.py gives a call: "dcerpc.opnum" is the opnum in decimal, each
+# "dcerpc.iface" element "<uuid> <major version> F|-" (F: the request's latest fragment
+# was its first). Opnums and versions are u16 (DCE 1.1 12.6.4.9, 12.6.3.1).
+
+U16_MAX: Final = 0xFFFF
+_UUID_RE: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _fixed_width_range(a: str, b: str) -> str:
+    """A regex for the digit strings of len(a) == len(b) from a to b (a <= b)."""
+    if not a:
+        return ""
+    if a[0] == b[0]:
+        return re.escape(a[0]) + _fixed_width_range(a[1:], b[1:])
+    n = len(a) - 1
+    if a[1:] == "0" * n and b[1:] == "9" * n:
+        return f"[{a[0]}-{b[0]}]" + (rf"\d{{{n}}}" if n else "")
+    parts = [a[0] + _fixed_width_range(a[1:], "9" * n)]
+    lo, hi = int(a[0]) + 1, int(b[0]) - 1
+    if lo <= hi:
+        parts.append(f"[{lo}-{hi}]" + (rf"\d{{{n}}}" if n else ""))
+    parts.append(b[0] + _fixed_width_range("0" * n, b[1:]))
+    return "(?:" + "|".join(parts) + ")"
+
+
+def number_range_regex(lo: int, hi: int) -> str:
+    """A regex matching exactly the decimal numbers lo..hi (no leading zeros)."""
+    if lo > hi:
+        return "(?!)"
+    parts = []
+    while lo <= hi:
+        width_top = 10 ** len(str(lo)) - 1  # the largest number with lo's digit count
+        top = min(hi, width_top)
+        parts.append(_fixed_width_range(str(lo), str(top)))
+        lo = top + 1
+    return "(?:" + "|".join(parts) + ")"
+
+
+def _u16(keyword: str, text: str) -> int:
+    t = text.strip()
+    if not t.isdigit() or int(t) > U16_MAX:
+        raise KeywordError(f"'{keyword}': {t!r} is not a number from 0 to {U16_MAX}")
+    return int(t)
+
+
+def dcerpc_opnum_regex(keyword: str, value: str | None) -> str:
+    """``dcerpc.opnum:12``, ``12,24``, ``12-14,26`` (ranges inclusive), ``>3``, ``<3``
+    -> a regex on the opnum's decimal text."""
+    v = (value or "").strip()
+    if not v:
+        raise KeywordError(f"'{keyword}' needs a value")
+    alts = []
+    for part in v.split(","):
+        p = part.strip()
+        if p.startswith(("<", ">")):
+            n = _u16(keyword, p[1:].lstrip("="))
+            inclusive = p[1:2] == "="
+            if p[0] == "<":
+                lo, hi = 0, n if inclusive else n - 1
+            else:
+                lo, hi = (n if inclusive else n + 1), U16_MAX
+        elif "-" in p:
+            a, _, b = p.partition("-")
+            lo, hi = _u16(keyword, a), _u16(keyword, b)
+            if lo > hi:
+                raise KeywordError(f"'{keyword}': empty range {p!r}")
+        else:
+            lo = hi = _u16(keyword, p)
+        alts.append(number_range_regex(lo, hi))
+    return r"\A(?:" + "|".join(alts) + r")\Z"
+
+
+def dcerpc_iface_regex(keyword: str, value: str | None) -> str:
+    """``dcerpc.iface:<uuid>[,<op><version>][,any_frag]`` (op: <, >, =, !) -> a regex
+    on the call's interface elements. Without any_frag only a request's first
+    fragment matches, as Suricata's."""
+    parts = [p.strip() for p in (value or "").split(",")]
+    uuid = parts[0].lower()
+    if not _UUID_RE.fullmatch(uuid):
+        raise KeywordError(f"'{keyword}': invalid interface UUID {parts[0]!r}")
+    version = r"\d+"
+    any_frag = False
+    rest = parts[1:]
+    if rest and rest[-1].lower() == "any_frag":
+        any_frag = True
+        rest = rest[:-1]
+    if len(rest) > 1:
+        raise KeywordError(f"'{keyword}': too many options in {value!r}")
+    if rest:
+        m = re.fullmatch(r"(<|>|=|!=?)\s*(\d+)", rest[0])
+        if m is None:
+            raise KeywordError(f"'{keyword}': invalid version {rest[0]!r}")
+        op, n = m.group(1), _u16(keyword, m.group(2))
+        if op == "=":
+            version = str(n)
+        elif op == "<":
+            version = number_range_regex(0, n - 1)
+        elif op == ">":
+            version = number_range_regex(n + 1, U16_MAX)
+        else:
+            version = (f"(?:{number_range_regex(0, n - 1)}|"
+                       f"{number_range_regex(n + 1, U16_MAX)})")
+    return r"\A" + re.escape(uuid) + " " + version + " " + ("[F-]" if any_frag else "F") + r"\Z"

@@ -95,6 +95,12 @@ def _ftp() -> StreamParser:
     return FtpParser()
 
 
+def _dcerpc() -> StreamParser:
+    from appliance.core.app.dcerpc import DcerpcParser
+
+    return DcerpcParser()  # TCP (connection-oriented) and UDP (connectionless)
+
+
 def _mqtt() -> StreamParser:
     from appliance.core.app.mqtt import MqttParser
 
@@ -139,6 +145,7 @@ PARSERS: Final[list[tuple[str, Callable[[], StreamParser]]]] = [
     ("dns", _dns),
     ("ssh", _ssh),
     ("ftp", _ftp),  # its ftp-data flows start from its expectations (applayer.py)
+    ("dcerpc", _dcerpc),
     ("quic", _quic),
     ("smb", _smb),
     ("mqtt", _mqtt),
@@ -148,7 +155,7 @@ PARSERS: Final[list[tuple[str, Callable[[], StreamParser]]]] = [
 ]
 
 # Every name detection may return, in Suricata's spelling.
-APP_PROTOS: Final = ("http", "tls", "dns", "ssh", "smtp", "ftp", "imap", "pop3", "smb",
+APP_PROTOS: Final = ("http", "tls", "dns", "ssh", "smtp", "ftp", "imap", "pop3", "dcerpc", "smb",
                     "mqtt", "krb5", "sip", "snmp")
 APP_PROTO_FAILED: Final = "failed"
 

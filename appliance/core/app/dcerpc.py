@@ -11,14 +11,17 @@ DCE 1.1 chapter 12.6). Feed it the bytes of one direction with
 data of WRITE/TRANSACT requests to the server, READ/TRANSACT responses to the client,
 in the order they appear). ``tx_ids`` is a callable giving the next transaction id
 (SMB passes its own allocator so DCERPC and SMB transactions of a flow never share an
-id; without it ids count from 0).
+id; without it ids count from 0). A call takes two ids (see ``inspect_id``).
 
 It returns ``AppEvent``s:
 
 - ``DCERPC_TX`` (``data={"tx": DceTx, "conn": DceRpcConnection}``): a REQUEST or
   RESPONSE fragment updated transaction ``tx`` in direction ``to_server``. Its
-  inspection buffers are ``conn.buffers(tx, to_server)``; ``tx.done`` says both sides
-  are complete (then ``conn.eve(tx)`` is its EVE ``dcerpc`` object);
+  inspection buffers are ``conn.buffers(tx, to_server)``, to inspect under the id
+  ``conn.inspect_id(tx, to_server)`` (each direction of a call has its own, as
+  Suricata alerts once per transaction and direction); ``tx.done`` says both sides
+  are complete (then ``conn.eve(tx)`` is its EVE ``dcerpc`` object). ``close()``
+  reports the calls still open with ``data["final"]`` set: log them, do not inspect;
 - ``DCERPC_BIND``: a BIND/ALTER_CONTEXT (to server) or its ack/nak (to client) was
   parsed (``data={"tx": DceTx, "conn": ...}``; a bind transaction, EVE only);
 - ``ANOMALY`` with a name (``DCERPC_MALFORMED``, ``DCERPC_STUB_TRUNCATED``,
@@ -45,8 +48,8 @@ after the 16-byte common header.
 
 ``DcerpcParser`` is the flow parser (app_proto "dcerpc"): TCP bytes go to one
 connection; UDP payloads are connectionless PDUs (DCE 1.1 chapter 12.5: 80-byte
-header, the interface and opnum in every request). ``looks_like_dcerpc(data)`` and
-``looks_like_dcerpc_udp(data)`` are the detection probes.
+header, the interface and opnum in every request). ``looks_like_dcerpc(data, to_server)``
+and ``looks_like_dcerpc_udp(data)`` are the detection probes.
 
 Note for SMB: a rule's app_proto "dcerpc" must also apply to an SMB flow carrying
 DCERPC (Suricata treats them alike); that equivalence lives in the signature engine.
@@ -114,35 +117,58 @@ def uuid_text(b: bytes, little: bool) -> str:
     return f"{a:08x}-{c:04x}-{d:04x}-{b[8:10].hex()}-{b[10:16].hex()}"
 
 
-def looks_like_dcerpc(data: bytes) -> bool | None:
-    """A connection-oriented PDU header? None while fewer than 16 bytes say nothing
-    against it. Version 5.0/5.1, a known PDU type, a sane data representation and a
-    fragment length that holds at least the header."""
-    if not data:
-        return None
-    if data[0] != 5:
-        return False
-    if len(data) > 1 and data[1] not in (0, 1):
-        return False
-    if len(data) > 2 and data[2] > 20:
-        return False
-    if len(data) > 4 and data[4] & 0xEE:
-        return False  # integer rep 0/1 (high nibble), character rep 0/1 (low nibble)
+# PDU types that open a direction of a connection-oriented association: a client
+# binds (or, picked up midstream, sends requests); a server acks or answers.
+_FIRST_TO_SERVER: Final = frozenset({BIND, ALTER_CONTEXT, REQUEST})
+_FIRST_TO_CLIENT: Final = frozenset({BIND_ACK, BIND_NAK, ALTER_CONTEXT_RESP, RESPONSE, FAULT})
+
+
+def looks_like_dcerpc(data: bytes, to_server: bool) -> bool | None:
+    """A connection-oriented PDU header opening this direction? None while the bytes
+    so far (fewer than 16) say nothing against it. Version 5.0/5.1, a PDU type that
+    can open the direction, a data representation with integer and character codes
+    0/1 and zero reserved bytes, a fragment length holding at least the header and
+    the auth verifier."""
+    first = _FIRST_TO_SERVER if to_server else _FIRST_TO_CLIENT
+    checks = ((0, lambda b: b == 5), (1, lambda b: b in (0, 1)), (2, lambda b: b in first),
+              (4, lambda b: not b & 0xEE), (5, lambda b: b <= 3), (6, lambda b: b == 0),
+              (7, lambda b: b == 0))
+    for i, ok in checks:
+        if i >= len(data):
+            return None
+        if not ok(data[i]):
+            return False
     if len(data) < HDR_LEN:
         return None
-    little = bool(data[4] & 0x10)
-    flen = int.from_bytes(data[8:10], "little" if little else "big")
-    return flen >= HDR_LEN
+    order: Any = "little" if data[4] & 0x10 else "big"
+    flen = int.from_bytes(data[8:10], order)
+    alen = int.from_bytes(data[10:12], order)
+    return flen >= HDR_LEN + alen
 
 
 def looks_like_dcerpc_udp(data: bytes) -> bool:
     """A connectionless PDU: version 4, a CL PDU type, and a body length that is the
     datagram's rest exactly."""
-    if len(data) < CL_HDR_LEN or data[0] != 4 or data[1] > 10 or data[4] & 0xEE:
+    if (len(data) < CL_HDR_LEN or data[0] != 4 or data[1] > 10 or data[4] & 0xEE
+            or data[6] != 0):
         return False
     little = bool(data[4] & 0x10)
     ln = int.from_bytes(data[74:76], "little" if little else "big")
     return CL_HDR_LEN + ln == len(data)
+
+
+class StubData(bytes):
+    """A stub data buffer that knows the byte order of its data representation, for
+    byte_test/byte_jump/byte_extract's ``dce`` option (detect/inspect.py reads
+    ``dce_little``)."""
+
+    dce_little: bool = True
+
+    @classmethod
+    def of(cls, data: bytes | bytearray, little: bool) -> StubData:
+        b = cls(data)
+        b.dce_little = little
+        return b
 
 
 @dataclass(slots=True)
@@ -160,8 +186,12 @@ class Interface:
 class DceTx:
     """A call (request and response with one call_id), or a bind (EVE only)."""
 
-    tx_id: int
+    tx_id: int  # EVE records and to-server inspections
     call_id: int
+    # To-client inspections: Suricata keeps detection state per transaction and
+    # direction (dcerpc.iface / dcerpc.opnum match both ways), the engine's
+    # once-per-transaction bookkeeping is per id: the response side gets its own.
+    resp_id: int = -1
     req_type: int | None = None  # REQUEST, BIND, ALTER_CONTEXT... (None: request lost)
     resp_type: int | None = None
     opnum: int = 0
@@ -178,6 +208,8 @@ class DceTx:
     bind: list[Interface] = field(default_factory=list)  # a bind's contexts
     logged: bool = False
     rpc_version: str = "5.0"
+    req_little: bool = True  # data representation of the latest request / response
+    resp_little: bool = True
     # Connectionless: activity UUID, sequence number and the interface of the header.
     activity: str | None = None
     seqnum: int = 0
@@ -234,8 +266,12 @@ class DceRpcConnection:
 
     def close(self) -> list[AppEvent]:
         """Flow end: open transactions are reported once more for their EVE records."""
-        out = [AppEvent(DCERPC_TX, True, tx_id=t.tx_id, data={"tx": t, "conn": self})
-               for t in self.txs if not t.logged]
+        out = []
+        for t in self.txs:
+            t.req_done = t.resp_done = True
+            if not t.logged:
+                out.append(AppEvent(DCERPC_TX, True, tx_id=t.tx_id,
+                                    data={"tx": t, "conn": self, "final": True}))
         self.txs.clear()
         return out
 
@@ -257,13 +293,19 @@ class DceRpcConnection:
             return []
         return [f"{i2.uuid} {i2.version} ".encode() + flag]
 
+    @staticmethod
+    def inspect_id(tx: DceTx, to_server: bool) -> int:
+        """The transaction id to inspect one direction of a call with."""
+        return tx.tx_id if to_server or tx.resp_id < 0 else tx.resp_id
+
     def buffers(self, tx: DceTx, to_server: bool) -> dict[str, bytes | list[bytes]]:
         b: dict[str, bytes | list[bytes]] = {}
         if tx.req_type not in (REQUEST, None) and tx.cl_iface is None:
             return b  # a bind: nothing for the keywords
         stub = tx.req_stub if to_server else tx.resp_stub
         if (tx.req_frags if to_server else tx.resp_frags):
-            b["dcerpc.stub_data"] = bytes(stub)
+            b["dcerpc.stub_data"] = StubData.of(
+                stub, tx.req_little if to_server else tx.resp_little)
         if tx.req_type is not None:
             b["dcerpc.opnum"] = str(tx.opnum).encode()
         b["dcerpc.iface"] = self.iface_elements(tx)
@@ -343,6 +385,7 @@ class DceRpcConnection:
                 tx.ctx_id = ctx_id
                 tx.opnum = opnum
             tx.rpc_version = version
+            tx.req_little = little
             tx.req_frags += 1
             tx.req_first = bool(flags & PFC_FIRST_FRAG)
             self.add_stub(tx, pdu[24:], True, out)
@@ -354,6 +397,7 @@ class DceRpcConnection:
         elif ptype in (RESPONSE, FAULT) and not to_server:
             tx = self._find(call_id, False, True, out)
             tx.resp_type = ptype
+            tx.resp_little = little
             if tx.req_type is None and len(pdu) >= 22:
                 tx.ctx_id = int.from_bytes(pdu[20:22], order)
             tx.resp_frags += 1
@@ -403,6 +447,7 @@ class DceRpcConnection:
                 out.append(AppEvent(DCERPC_TX, to_server, tx_id=old.tx_id,
                                     data={"tx": old, "conn": self}))
         tx = DceTx(self._next_id(), call_id)
+        tx.resp_id = self._next_id()
         self.txs.append(tx)
         return tx
 
@@ -561,6 +606,7 @@ class DcerpcParser:
                 tx.cl_iface = Interface(0, uuid_text(d[24:40], little), vers & 0xFFFF,
                                         vers >> 16, 0)
             tx.req_frags += 1
+            tx.req_little = little
             tx.req_first = fragnum == 0
             conn.add_stub(tx, body, True, out)
             tx.req_done = last
@@ -570,6 +616,7 @@ class DcerpcParser:
             if tx is None:
                 return  # an answer to nothing seen: nothing to inspect
             tx.resp_type = ptype
+            tx.resp_little = little
             tx.resp_frags += 1
             if ptype == RESPONSE:
                 conn.add_stub(tx, body, False, out)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Final
 
 from appliance.core.app import APP_PROTO_FAILED, krb5, mqtt, sip, snmp
+from appliance.core.app.dcerpc import looks_like_dcerpc, looks_like_dcerpc_udp
 from appliance.core.app.dns import looks_like_dns
 from appliance.core.app.tls import looks_like_tls
 
@@ -144,6 +145,13 @@ def detect_stream(data: bytes, to_server: bool, sport: int = 0, dport: int = 0,
                 return name
             if r is None:
                 undecided = True
+    # DCERPC (connection-oriented) on any port: its 16-byte PDU header, as Suricata
+    # detects it on dynamic RPC ports (app/dcerpc.py looks_like_dcerpc).
+    dce = looks_like_dcerpc(data, to_server)
+    if dce:
+        return "dcerpc"
+    if dce is None:
+        undecided = True
     # DNS over TCP: a 2-byte length then a sane header and question (RFC 7766).
     # Without the port hint the whole first message must be there and parse.
     hint = dport in DNS_PORTS or sport in DNS_PORTS
@@ -218,6 +226,8 @@ def detect_udp(data: bytes, sport: int, dport: int) -> str | None:
     """
     if dport in DNS_PORTS or sport in DNS_PORTS:
         return "dns" if looks_like_dns(data) else None
+    if looks_like_dcerpc_udp(data):
+        return "dcerpc"  # connectionless DCERPC: its 80-byte header sized to the datagram
     for port, name, probe in _UDP_PORT_PROBES:
         if (port == dport or port == sport) and probe(data):
             return name

@@ -313,7 +313,12 @@ def _read(r: ByteRead, buf: bytes, prev_end: int, env: dict[str, int]) -> tuple[
         except (ValueError, UnicodeDecodeError):
             return None
     else:
-        v = int.from_bytes(raw, "little" if r.little else "big")
+        little = r.little
+        if r.dce:
+            # dce: the byte order of the DCERPC data representation (a stub buffer
+            # carries it, app/dcerpc.py StubData); little-endian, NDR's usual, elsewhere.
+            little = getattr(buf, "dce_little", True)
+        v = int.from_bytes(raw, "little" if little else "big")
     if r.bitmask is not None:
         mask = r.bitmask
         v &= mask

@@ -83,7 +83,7 @@ def test_udp() -> None:
 
 def test_registry_is_explicit() -> None:
     assert [name for name, _ in PARSERS] == [
-        "http", "tls", "dns", "ssh", "ftp", "quic", "smb", "mqtt", "krb5", "sip", "snmp"]
+        "http", "tls", "dns", "ssh", "ftp", "dcerpc", "quic", "smb", "mqtt", "krb5", "sip", "snmp"]
     for name, _ in PARSERS:
         p = new_parser(name)
         assert p is not None and p.app_proto == name

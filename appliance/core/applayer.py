@@ -14,6 +14,10 @@ What the parsers report becomes:
   expectation table (`AppResult.expected`); a new flow matching one is ftp-data from its
   first byte (`ftp_data_flow`), its bytes one file, ended by the announced size or the
   sender's FIN (`ftp_data_fin`);
+- SMTP (app/smtp.py): each transaction's buffers when they change (smtp.helo/mail_from/
+  rcpt_to, email.*, file_data of its attachments), `fileinfo` per attachment and an `smtp`
+  record per transaction (both with Suricata's `smtp` and `email` objects); an accepted
+  STARTTLS turns the flow into TLS (its parser gets the rest of the stream);
 - `encrypted`: nothing left to inspect in a TLS or SSH flow (inline, the engine may
   bypass it).
 """
@@ -43,6 +47,7 @@ from appliance.core.app.dcerpc import DCERPC_BIND, DCERPC_TX
 from appliance.core.app.detect import ProtoDetector, detect_udp
 from appliance.core.app.quic import QUIC_TX, looks_like_quic
 from appliance.core.app.smb import SMB_INSPECT, SMB_RECORD
+from appliance.core.app.smtp import SMTP_FILE, SMTP_STARTTLS, SMTP_TX, SMTP_UPDATE
 from appliance.core.app.ssh import SSH_ENCRYPTED, SSH_UPDATE
 from appliance.core.decode import PROTO_TCP, PROTO_UDP, Packet
 from appliance.core.flows import Flow
@@ -297,6 +302,8 @@ def _events(flow: Flow, st: AppState, events: list[AppEvent], res: AppResult) ->
                     res.records.append({"event_type": "dns", "tx_id": tx.tx_id, "dns": d})
         elif k.startswith("ftp_"):
             _ftp_event(flow, ev, res)
+        elif k.startswith("smtp_"):
+            _smtp_event(flow, st, ev, res)
         elif k == SMB_INSPECT:
             # app/smb.py: a transaction's (or a file's) sticky buffers, per direction.
             res.inspections.append(Inspection(ev.to_server, ev.tx_id, ev.data["buffers"]))
@@ -386,6 +393,39 @@ def _dcerpc_event(flow: Flow, ev: AppEvent, res: AppResult) -> None:
         tx.logged = True
         res.records.append({"event_type": "dcerpc", "tx_id": tx.tx_id,
                             "dcerpc": conn.eve(tx)})
+
+
+def _smtp_event(flow: Flow, st: AppState, ev: AppEvent, res: AppResult) -> None:
+    """app/smtp.py's events: inspections, attachments, transaction records, STARTTLS."""
+    k = ev.kind
+    if k == SMTP_UPDATE:
+        tx = ev.data["tx"]
+        res.inspections.append(Inspection(True, tx.tx_id, _buffers(tx, True)))
+    elif k == SMTP_FILE or k == SMTP_TX:
+        tx = ev.data["tx"]
+        rec: dict[str, Any] = {"event_type": "smtp", "tx_id": tx.tx_id}
+        if k == SMTP_FILE:
+            f = ev.data["file"]
+            res.files.append(f)
+            rec = {"event_type": "fileinfo", "tx_id": tx.tx_id, "fileinfo": f.eve()}
+        smtp = tx.eve_smtp()
+        if smtp:
+            rec["smtp"] = smtp
+        email = tx.eve_email()
+        if email:
+            rec["email"] = email
+        res.records.append(rec)
+    elif k == SMTP_STARTTLS:
+        # The server accepted STARTTLS (RFC 3207): the rest of the flow is TLS, as
+        # Suricata's protocol upgrade makes it.
+        tls = new_parser("tls")
+        st.parser = tls
+        flow.app_proto = "tls"
+        if tls is not None:
+            for side in (False, True):
+                data = ev.data["ts" if side else "tc"]
+                if data:
+                    _events(flow, st, tls.feed(data, side), res)
 
 
 def _tls_record(flow: Flow, st: AppState, res: AppResult) -> None:

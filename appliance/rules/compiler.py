@@ -129,6 +129,12 @@ BUFFER_APP: Final = {
     "tls.subjectaltname": "tls", "tls.version": "tls", "dns.opcode": "dns",
     "ssh.proto": "ssh", "ssh.software": "ssh", "ssh.hassh": "ssh", "ssh.hassh.string": "ssh",
     "ssh.hassh.server": "ssh", "ssh.hassh.server.string": "ssh",
+    # SMTP (app/smtp.py): the session's HELO and the transaction's envelope; the
+    # message's headers and URLs (Suricata 8's email.* keywords).
+    "smtp.helo": "smtp", "smtp.mail_from": "smtp", "smtp.rcpt_to": "smtp",
+    "email.from": "smtp", "email.to": "smtp", "email.cc": "smtp", "email.subject": "smtp",
+    "email.date": "smtp", "email.message_id": "smtp", "email.x_mailer": "smtp",
+    "email.received": "smtp", "email.url": "smtp",
     # QUIC (app/quic.py); ja3.*/ja3s.* above are also the QUIC hellos'. quic.ua and
     # quic.cyu.* (Google QUIC) are not produced.
     "quic.sni": "quic", "quic.version": "quic",

@@ -95,6 +95,12 @@ def _ftp() -> StreamParser:
     return FtpParser()
 
 
+def _smtp() -> StreamParser:
+    from appliance.core.app.smtp import SmtpParser
+
+    return SmtpParser()
+
+
 def _dcerpc() -> StreamParser:
     from appliance.core.app.dcerpc import DcerpcParser
 
@@ -138,13 +144,14 @@ def _quic() -> StreamParser:
 
 
 # app_proto -> parser factory. Protocols that detection recognises but that have no
-# parser here (smtp, imap, pop3) are still recorded as the flow's app_proto.
+# parser here (imap, pop3) are still recorded as the flow's app_proto.
 PARSERS: Final[list[tuple[str, Callable[[], StreamParser]]]] = [
     ("http", _http),
     ("tls", _tls),
     ("dns", _dns),
     ("ssh", _ssh),
     ("ftp", _ftp),  # its ftp-data flows start from its expectations (applayer.py)
+    ("smtp", _smtp),  # an accepted STARTTLS hands the flow to TLS (applayer.py)
     ("dcerpc", _dcerpc),
     ("quic", _quic),
     ("smb", _smb),

@@ -83,11 +83,12 @@ def test_udp() -> None:
 
 def test_registry_is_explicit() -> None:
     assert [name for name, _ in PARSERS] == [
-        "http", "tls", "dns", "ssh", "ftp", "dcerpc", "quic", "smb", "mqtt", "krb5", "sip", "snmp"]
+        "http", "tls", "dns", "ssh", "ftp",
+        "smtp", "dcerpc", "quic", "smb", "mqtt", "krb5", "sip", "snmp"]
     for name, _ in PARSERS:
         p = new_parser(name)
         assert p is not None and p.app_proto == name
-    assert new_parser("smtp") is None  # detected, not parsed
+    assert new_parser("imap") is None  # detected, not parsed
 
 
 @settings(max_examples=300, deadline=None)

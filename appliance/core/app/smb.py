@@ -71,7 +71,9 @@ MAX_PENDING: Final = 512
 MAX_FIDS: Final = 1024
 MAX_FILES: Final = 64
 MAX_TREES: Final = 256
-# Out-of-order file chunks held per file until the hole before them is filled.
+# Out-of-order file chunks held until the hole before them is filled: at most this many
+# bytes for the whole flow (SMB2 clients keep a few READs of 64 KiB-1 MiB in flight) and
+# this many chunks per file.
 MAX_REORDER_BYTES: Final = 1024 * 1024
 MAX_REORDER_CHUNKS: Final = 64
 # Bytes of a file kept for file_data rules (the same window as ftp-data's).
@@ -327,7 +329,6 @@ class SmbParser:
         self._next_tx_id = 0
         self._pending: OrderedDict[tuple[int, ...], SmbTx] = OrderedDict()
         self._trees: dict[tuple[int, int], bool] = {}  # (version, tree id) -> is a pipe
-        self._tree_names: dict[tuple[int, int], bytes] = {}
         self._fids: OrderedDict[tuple[int, bytes], _Fid] = OrderedDict()
         self._files: OrderedDict[tuple[int, bytes, bool], SmbFile] = OrderedDict()
         self._smb1_dialects: list[bytes] = []
@@ -581,7 +582,9 @@ class SmbParser:
             name = info.name if info is not None else b""
             f = SmbFile(name, to_server, self._next_tx_id)
             self._next_tx_id += 1
-            if self.file_budget is not None:
+            if self.file_budget is not None and not to_server:
+                # A READ is a download: its content is kept for the scanners (as HTTP
+                # responses are); WRITEs (uploads) are hashed only.
                 f.budget = self.file_budget
                 f.data = bytearray()
             # Files start at offset 0: a first chunk further on waits (reordered READ
@@ -597,7 +600,7 @@ class SmbParser:
             offset = f.next_off
         if offset > f.next_off:
             if (len(f.pending) >= MAX_REORDER_CHUNKS
-                    or f.pending_bytes + len(data) > MAX_REORDER_BYTES):
+                    or self._reorder_bytes() + len(data) > MAX_REORDER_BYTES):
                 # Too far out of order: the hole stays a gap.
                 f.gaps = True
                 self._flush_pending(f, out, force=True)
@@ -611,6 +614,9 @@ class SmbParser:
                 return
         self._append(f, data, out)
         self._flush_pending(f, out, force=False)
+
+    def _reorder_bytes(self) -> int:
+        return sum(f.pending_bytes for f in self._files.values())
 
     def _append(self, f: SmbFile, data: bytes, out: list[AppEvent]) -> None:
         f.update(data)
@@ -696,7 +702,9 @@ class SmbParser:
         now; the rest streams from the framing loop (a large record)."""
         if length <= 0 or start < 0:
             return
-        end = start + length
+        end = min(start + length, s.rec_len)  # a length past the record is cut there
+        if end <= start:
+            return
         have = rec[start:end] if start < len(rec) else b""
         if pipe:
             if end > len(rec) and len(have) < MAX_PIPE_DATA:

@@ -245,6 +245,26 @@ def test_reads_out_of_order_are_reassembled_and_a_hole_truncates() -> None:
     assert fs2[0].state == "TRUNCATED" and fs2[0].eve()["gaps"] is True
 
 
+def test_downloads_kept_for_scanning_uploads_hashed_only() -> None:
+    from appliance.core.app.http import FileBudget
+
+    budget = FileBudget(1 << 20, 1 << 20)
+    cr_req, cr_resp = create(3, "tool.exe", FID, disposition=1)
+    data = b"MZ" + b"\x90" * 3000
+    p = SmbParser()
+    p.file_budget = budget
+    evs = feed_all(p, [(True, cr_req), (False, cr_resp),
+                       (True, read_req(4, FID, 0, len(data))), (False, read_resp(4, data))])
+    assert budget.used == len(data)  # held while the file is open
+    evs += feed_all(p, [(True, close(5, FID))])
+    (down,) = files(evs)
+    assert down.take_data() == data and budget.used == 0
+    q = SmbParser()
+    q.file_budget = budget
+    (up,) = files(feed_all(q, upload_session()))
+    assert up.data is None and budget.used == 0 and up.size == len(FILE_BODY)
+
+
 def test_file_open_at_flow_end_is_truncated() -> None:
     conv = upload_session()[:-1]  # no CLOSE
     p = SmbParser()

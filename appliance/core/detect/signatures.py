@@ -381,7 +381,9 @@ class SignatureEngine:
     def _header(r: CompiledRule, p: Packet, flow: Flow | None, to_server: bool) -> bool:
         if r.ipproto is not None and r.ipproto != p.proto:
             return False
-        if r.app_proto is not None and (flow is None or flow.app_proto != r.app_proto):
+        ap = r.app_proto
+        if ap is not None and (flow is None or (flow.app_proto != ap
+                                                and _APP_ALSO.get(ap) != flow.app_proto)):
             return False
         src, dst, sp, dp = p.src, p.dst, p.sp, p.dp
         # Ports first: a frozenset lookup is cheaper than an address bisect.
@@ -641,6 +643,11 @@ class SignatureEngine:
             return s.count == th.count
         # detection_filter: alert on every match once the rate exceeds count
         return s.count > th.count
+
+
+# A rule's app protocol that also takes another flow protocol (Suricata 7's
+# AppProtoEquals): "dcerpc" rules apply to DCERPC over SMB named pipes (app/smb.py).
+_APP_ALSO: Final = {"dcerpc": "smb"}
 
 
 def packet_events(p: Packet, upd: StreamUpdate | None, app: AppResult | None,

@@ -475,3 +475,24 @@ def test_engine_eicar_over_smb1_alerts_and_logs(eve_validator: Any) -> None:
     for r in recs:
         errors = list(eve_validator.iter_errors(r))
         assert not errors, (r["event_type"], errors[0].message)
+
+
+def test_engine_dcerpc_over_smb_pipe_both_directions() -> None:
+    """A DCERPC call over an SMB2 named pipe: ``alert dcerpc`` rules apply to the SMB
+    flow (as Suricata's dcerpc/smb equivalence), request and response alert once each."""
+    pcap = SHARED / "suricata-verify" / "tests" / "dcerpc" / "dcerpc-smb-ctxid" / "input.pcap"
+    if not pcap.exists():
+        import pytest
+
+        pytest.skip(f"{pcap} is not present")
+    iface = "1ff70682-0a51-30e8-076d-740be8cee98b"
+    rules = [
+        f"alert dcerpc any any -> any any (dcerpc.iface:{iface}; dcerpc.opnum:0; sid:1;)",
+        f"alert smb any any -> any any (dcerpc.iface:{iface}; dcerpc.opnum:1; sid:2;)",
+        f"alert smb any any -> any any (dcerpc.iface:{iface}; sid:3;)",
+        "alert smb any any -> any any (smb.named_pipe; content:\"IPC$\"; sid:4;)",
+    ]
+    recs = _replay(pcap, rules)
+    sids = sorted(r["alert"]["signature_id"] for r in recs if r["event_type"] == "alert")
+    assert sids == [1, 1, 3, 3, 4]
+    assert {r["app_proto"] for r in recs if r["event_type"] == "alert"} == {"smb"}

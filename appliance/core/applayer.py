@@ -45,6 +45,7 @@ from appliance.core.app import (
 )
 from appliance.core.app.dcerpc import DCERPC_BIND, DCERPC_TX
 from appliance.core.app.detect import ProtoDetector, detect_udp
+from appliance.core.app.http2 import H2_DONE, H2_FILE, H2_INSPECT
 from appliance.core.app.quic import QUIC_TX, looks_like_quic
 from appliance.core.app.smb import SMB_INSPECT, SMB_RECORD
 from appliance.core.app.smtp import SMTP_FILE, SMTP_STARTTLS, SMTP_TX, SMTP_UPDATE
@@ -179,8 +180,10 @@ def feed_tcp(flow: Flow, data: bytes, to_server: bool, res: AppResult) -> None:
         early = det.early(to_server)
         rest = data[len(early) - kept:] if len(early) - kept < len(data) else b""
         _events(flow, st, st.parser.feed(early + rest, to_server), res)
-        return
-    _events(flow, st, st.parser.feed(data, to_server), res)
+    else:
+        _events(flow, st, st.parser.feed(data, to_server), res)
+    if getattr(st.parser, "h2c", None) is not None:
+        _h2c_upgrade(flow, st, res)  # a 101 to "Upgrade: h2c": the rest is HTTP/2
 
 
 def ftp_data_flow(flow: Flow, table: Any, now: float, file_budget: Any) -> bool:
@@ -302,6 +305,8 @@ def _events(flow: Flow, st: AppState, events: list[AppEvent], res: AppResult) ->
                     res.records.append({"event_type": "dns", "tx_id": tx.tx_id, "dns": d})
         elif k.startswith("ftp_"):
             _ftp_event(flow, ev, res)
+        elif k.startswith("h2_"):
+            _h2_event(ev, res)
         elif k.startswith("smtp_"):
             _smtp_event(flow, st, ev, res)
         elif k == SMB_INSPECT:
@@ -426,6 +431,57 @@ def _smtp_event(flow: Flow, st: AppState, ev: AppEvent, res: AppResult) -> None:
                 data = ev.data["ts" if side else "tc"]
                 if data:
                     _events(flow, st, tls.feed(data, side), res)
+
+
+def _h2_event(ev: AppEvent, res: AppResult) -> None:
+    """app/http2.py: a stream's (or a stream 0 frame's) transaction changed in one
+    direction, a file of it ended, or it is complete (its `http` record, with the
+    `http2` object as Suricata 7 logs it)."""
+    k = ev.kind
+    tx = ev.data["tx"]
+    if k == H2_INSPECT:
+        res.inspections.append(Inspection(ev.to_server, tx.tx_id,
+                                          _h2_buffers(tx, ev.to_server)))
+        if ev.data.get("status") and tx.status is not None:
+            res.http_statuses.append(tx.status)
+    elif k == H2_FILE:
+        f = ev.data["file"]
+        res.files.append(f)
+        res.inspections.append(Inspection(f.to_server, tx.tx_id, _h2_buffers(tx, f.to_server)))
+        res.records.append({"event_type": "fileinfo", "tx_id": tx.tx_id,
+                            "fileinfo": f.eve(), "http": tx.eve()})
+    elif k == H2_DONE:
+        res.records.append({"event_type": "http", "tx_id": tx.tx_id, "http": tx.eve()})
+
+
+def _h2_buffers(tx: Any, to_server: bool) -> Buffers:
+    b: Buffers = tx.buffers(to_server)
+    files = [f for f in tx.files if f.to_server == to_server]
+    if files:
+        _file_buffers(b, files)
+    return b
+
+
+def _h2c_upgrade(flow: Flow, st: AppState, res: AppResult) -> None:
+    """A 101 answered an HTTP/1 request's "Upgrade: h2c" (RFC 7540 3.2): the flow is
+    HTTP/2 from the byte after the 101, its request stream 1's (app/http2.py), as
+    Suricata switches such a flow to http2."""
+    from appliance.core.app.http2 import Http2Parser
+
+    old = st.parser
+    h1 = old.h2c
+    old.h2c = None
+    parser = Http2Parser(first_tx_id=max(tx.tx_id for tx in old.transactions) + 1)
+    parser.file_budget = old.file_budget
+    old.release_files()
+    st.parser = parser
+    flow.app_proto = "http2"
+    out: list[AppEvent] = []
+    parser.upgrade(h1.method, h1.uri_raw, h1.request_headers, out)
+    _events(flow, st, out, res)
+    rest = bytes(old.h2c_rest)
+    if rest:
+        _events(flow, st, parser.feed(rest, False), res)
 
 
 def _tls_record(flow: Flow, st: AppState, res: AppResult) -> None:

@@ -112,6 +112,8 @@ BUFFER_APP: Final = {
     # as soon as the file is seen; size and hashes once it is complete.
     "file.name": None, "file.magic": None,
     "dns.query": "dns",
+    # HTTP/2 (app/http2.py): header names and "name: value" per field, per direction.
+    "http2.header_name": "http2", "http2.header": "http2",
     # DCERPC calls (app/dcerpc.py), over TCP, UDP or SMB pipes: no app_proto needed, the
     # buffer exists only where a DCERPC call is parsed (Suricata's dcerpc keywords
     # match DCERPC over SMB too).
@@ -441,7 +443,8 @@ def compile_rule(rule: Rule, order: int, classifications: Mapping[str, Classific
         ipproto = IP_PROTOS[proto]
         app_proto = None
     else:
-        app_proto = proto
+        # "http" is HTTP/1 or HTTP/2 in Suricata 7, "http1" HTTP/1 only (signatures.py)
+        app_proto = "http1" if rule.proto == "http1" else proto
         ipproto = None if proto in TCP_UDP_APPS else 17 if proto in UDP_APPS else 6
     if proto == "dcerpc":
         ipproto = None  # connection-oriented over TCP, connectionless over UDP
@@ -574,6 +577,9 @@ def compile_rule(rule: Rule, order: int, classifications: Mapping[str, Classific
             legacy.append(_dcerpc_chain(kw, value))
         elif kw == "ftpbounce":
             legacy.append(Chain(("ftpbounce", ()), ()))
+        elif kw.startswith("http2.") and kw in _HTTP2_KEYWORDS:
+            legacy.append(_http2_chain(kw, value))
+            cr.app_proto = cr.app_proto or "http2"
         elif kw in ("ssh.protoversion", "ssh.softwareversion"):
             legacy.append(_ssh_legacy(kw, value))
         elif kw in APP_VALUE_KEYWORDS:  # mqtt.type, krb5_*, snmp.version/pdu_type
@@ -650,6 +656,40 @@ _TLS_LEGACY: Final = {
     "tls.issuerdn": ("tls.cert_issuer", False),
     "tls.fingerprint": ("tls.cert_fingerprint", True),
 }
+
+
+_HTTP2_KEYWORDS: Final = frozenset({"http2.frametype", "http2.errorcode", "http2.priority",
+                                    "http2.window", "http2.size_update", "http2.settings"})
+
+
+def _http2_chain(kw: str, value: str | None) -> Chain:
+    """Suricata 7's http2.* frame keywords as a chain on the pseudo-buffer app/http2.py
+    fills per direction: frame type and error code names (a name or its number; exact
+    match), priority weights, window increments and table size updates (decimal text,
+    Suricata's integer syntax), and ``http2.settings:NAME[op value]`` on the
+    ``http2.settings.NAME`` buffer of that setting's values."""
+    from appliance.core.app.http2 import ERROR_NAMES, FRAME_NAMES, SETTINGS_NAMES
+
+    v = (value or "").strip()
+    if kw in ("http2.frametype", "http2.errorcode"):
+        names = FRAME_NAMES if kw == "http2.frametype" else ERROR_NAMES
+        name = v.upper()
+        if v.isdigit() and int(v) < len(names):
+            name = names[int(v)]
+        if name not in names:
+            raise CompileError(f"'{kw}': unknown name {value!r}")
+        return Chain((kw, ()), (CContent(name.encode(), False, False, None, None, None, None,
+                                         True, True, False),))
+    if kw == "http2.settings":
+        m = re.match(r"^([A-Za-z0-9_]+)\s*(.*)$", v)
+        known = set(SETTINGS_NAMES.values())
+        if m is None or m.group(1).upper() not in known:
+            raise CompileError(f"'http2.settings': unknown setting {value!r}")
+        buf = "http2.settings." + m.group(1).upper()
+        rest = m.group(2).strip()
+        items: tuple[Item, ...] = (FileSize(parse_num(kw, rest)),) if rest else ()
+        return Chain((buf, ()), items)
+    return Chain((kw, ()), (FileSize(parse_num(kw, v)),))
 
 
 def _check_pcrexform(arg: str | None) -> None:

@@ -29,9 +29,8 @@ UNSUPPORTED: Final = frozenset({
     "ssl_state", "tls_cert_notbefore", "tls_cert_notafter",
     "tls_cert_expired", "tls_cert_valid",
     "nfs_procedure", "nfs.version", "modbus",
-    "dnp3_func", "dnp3_ind", "dnp3_obj", "enip_command", "cip_service", "http2.frametype",
-    "http2.errorcode", "http2.priority", "http2.window", "http2.size_update",
-    "http2.settings", "flowvar", "pktvar", "icmpv6.mtu",
+    "dnp3_func", "dnp3_ind", "dnp3_obj", "enip_command", "cip_service",
+    "flowvar", "pktvar", "icmpv6.mtu",
     "tls.store", "tls_store", "fragoffset",
 })
 

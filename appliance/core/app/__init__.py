@@ -71,6 +71,12 @@ def _http() -> StreamParser:
     return HttpParser()
 
 
+def _http2() -> StreamParser:
+    from appliance.core.app.http2 import Http2Parser
+
+    return Http2Parser()
+
+
 def _tls() -> StreamParser:
     from appliance.core.app.tls import TlsParser
 
@@ -147,6 +153,7 @@ def _quic() -> StreamParser:
 # parser here (imap, pop3) are still recorded as the flow's app_proto.
 PARSERS: Final[list[tuple[str, Callable[[], StreamParser]]]] = [
     ("http", _http),
+    ("http2", _http2),  # prior knowledge; h2c upgrades start as http (applayer.py)
     ("tls", _tls),
     ("dns", _dns),
     ("ssh", _ssh),
@@ -162,7 +169,7 @@ PARSERS: Final[list[tuple[str, Callable[[], StreamParser]]]] = [
 ]
 
 # Every name detection may return, in Suricata's spelling.
-APP_PROTOS: Final = ("http", "tls", "dns", "ssh", "smtp", "ftp", "imap", "pop3", "dcerpc", "smb",
+APP_PROTOS: Final = ("http", "http2", "tls", "dns", "ssh", "smtp", "ftp", "imap", "pop3", "dcerpc", "smb",
                     "mqtt", "krb5", "sip", "snmp")
 APP_PROTO_FAILED: Final = "failed"
 

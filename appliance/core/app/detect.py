@@ -49,6 +49,7 @@ _HTTP_PATTERNS: Final = tuple(m + b" " for m in HTTP_METHODS) + tuple(
 # None = either. Checked in order; the first full match wins.
 _PATTERNS: Final[tuple[tuple[bool | None, bytes, str], ...]] = (
     (False, b"HTTP/1.", "http"),
+    (True, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "http2"),  # RFC 9113 3.4 preface
     (None, b"SSH-", "ssh"),
     (True, b"EHLO ", "smtp"),
     (True, b"HELO ", "smtp"),

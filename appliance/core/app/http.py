@@ -1140,6 +1140,12 @@ class _Side:
         self.file: HttpFile | None = None
 
 
+def _upgrade_h2c(tx: HttpTransaction) -> bool:
+    """A 101 switching to cleartext HTTP/2 (RFC 7540 3.2)."""
+    up = tx.response_header(b"upgrade")
+    return up is not None and up.strip().lower() == b"h2c"
+
+
 class HttpParser:
     """HTTP/1.x for one flow; see the module docstring."""
 
@@ -1157,6 +1163,10 @@ class HttpParser:
         self._tx_bytes = 0
         # Set by the engine when it scans files: downloads' content is kept within it.
         self.file_budget: FileBudget | None = None
+        # h2c (RFC 7540 3.2): the request a 101 switched to HTTP/2, and the bytes that
+        # followed the 101 (to the client): applayer.py hands them to app/http2.py.
+        self.h2c: HttpTransaction | None = None
+        self.h2c_rest = bytearray()
 
     # public API -------------------------------------------------------------------------
 
@@ -1669,6 +1679,8 @@ class HttpParser:
                 if wait:
                     break
             elif st == _TUNNEL:
+                if self.h2c is not None and len(self.h2c_rest) < 65536:
+                    self.h2c_rest += buf[pos:pos + 65536 - len(self.h2c_rest)]
                 pos = len(buf)
             elif st == _MAYBE_BODY:
                 head = bytes(buf[pos:pos + 5]).upper()
@@ -1737,6 +1749,8 @@ class HttpParser:
         if (st == 101 and not framed) or (tx.method.upper() == b"CONNECT" and st is not None
                                           and 200 <= st < 300):
             # Switching protocols / CONNECT tunnel: the rest is not HTTP.
+            if st == 101 and _upgrade_h2c(tx):
+                self.h2c = tx
             self._end_response(tx, out, truncated=False)
             side.state = _TUNNEL
             self._req.state = _TUNNEL

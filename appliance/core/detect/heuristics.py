@@ -905,7 +905,8 @@ class PortMismatchDetector(Detector):
             return
         c = self.cfg
         want = c.expected.get((flow.proto, flow.dp))
-        if want is None or ap == want or (flow.proto, flow.dp, ap) in c.allow:
+        if want is None or ap == want or (flow.proto, flow.dp, ap) in c.allow or (
+                want == "http" and ap == "http2"):  # h2c: prior knowledge or upgrade
             return
         self.fire(out, _MISMATCH_SID.get(want, SID_MISMATCH_HTTP), ts, flow.src, flow.dst,
                   (flow.src, flow.dst, flow.dp, flow.proto), c.suppress_s,

@@ -650,6 +650,11 @@ class SignatureEngine:
 _APP_ALSO: Final = {"dcerpc": "smb"}
 
 
+# A rule's app protocol that also takes another flow protocol: Suricata 7's "http" is
+# HTTP/1 or HTTP/2, "http1" is the HTTP/1 parser's "http".
+_APP_ALSO: Final = {"http": "http2", "http1": "http"}
+
+
 def packet_events(p: Packet, upd: StreamUpdate | None, app: AppResult | None,
                   flow: Flow | None) -> frozenset[str] | None:
     """Every anomaly event this packet raised, as the *-event keywords name them:

@@ -135,11 +135,12 @@ def config_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Config:
             tmo[pc] = (pick(norm, ""), pick(emerg, "emergency-"))
         flow = replace(flow, timeouts=tmo)
     stream = _mapping(doc.get("stream"), f"{source}: stream")
-    _check_keys(stream, {"midstream", "bypass", "async-oneside", "depth", "memcap",
+    _check_keys(stream, {"midstream", "bypass", "bypass-per-direction", "async-oneside",
+                         "depth", "memcap",
                          "reassembly-memcap", "checksum-validation", "host-os-policy",
                          "memcap-policy", "reassembly-memcap-policy"},
                 f"{source}: stream")
-    for key in ("midstream", "bypass", "async-oneside"):
+    for key in ("midstream", "bypass", "bypass-per-direction", "async-oneside"):
         if key in stream and not isinstance(stream[key], bool):
             raise ConfigError(f"{source}: stream.{key}: expected true or false")
     sc = flow.stream
@@ -200,6 +201,8 @@ def config_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Config:
                                                        f"{source}: app-layer.memcap"))
     if "bypass" in stream:
         eng = replace(eng, bypass=stream["bypass"])
+    if "bypass-per-direction" in stream:
+        eng = replace(eng, bypass_per_direction=stream["bypass-per-direction"])
     if "decode" in anomaly:
         if not isinstance(anomaly["decode"], bool):
             raise ConfigError(f"{source}: anomaly.decode: expected true or false")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 
 class VerdictKind(StrEnum):
@@ -14,13 +14,18 @@ class VerdictKind(StrEnum):
     BYPASS = "bypass"  # accept and mark the connection so the kernel stops queueing it
 
 
+DIRECTION_BYPASS: Final = "direction"
+
+
 class Verdict(NamedTuple):
     """The decision on one PacketIn; exactly one per packet. NamedTuple for the same
     per-packet cost reason as PacketIn."""
 
     packet_id: int
     kind: VerdictKind
-    # For REJECT: the rule action (reject, rejectsrc, rejectdst, rejectboth).
+    # For REJECT: the rule action (reject, rejectsrc, rejectdst, rejectboth). For
+    # BYPASS: DIRECTION_BYPASS when only this packet's direction of the connection is
+    # bypassed (the other is still inspected); empty for the whole connection.
     detail: str = ""
 
 

@@ -16,7 +16,15 @@ from appliance.core import applayer
 from appliance.core.app.ftp import Expectations
 from appliance.core.app.http import FileBudget
 from appliance.core.applayer import AppResult, AppState
-from appliance.core.commands import Command, Hold, Log, ScanRequest, Verdict, VerdictKind
+from appliance.core.commands import (
+    DIRECTION_BYPASS,
+    Command,
+    Hold,
+    Log,
+    ScanRequest,
+    Verdict,
+    VerdictKind,
+)
 from appliance.core.decode import (
     PROTO_ESP,
     PROTO_ICMP,
@@ -138,6 +146,10 @@ class EngineConfig:
     # Bypass flows that need no more inspection (Suricata's stream.bypass): the verdict
     # asks the kernel to stop queueing the connection. Off: every packet is inspected.
     bypass: bool = True
+    # ... and each direction of a TCP session on its own once it reached depth, while
+    # the other is still inspected (a one-way bulk transfer leaves the queue: Suricata
+    # waits for both directions). Off: only whole flows are bypassed.
+    bypass_per_direction: bool = True
     # What a packet gets when a memory cap is hit (core/exception_policy.py).
     exception_policy: ExceptionPolicies = field(default_factory=ExceptionPolicies)
     # Bytes all app-layer parsers together may hold (bodies, headers, partial records).
@@ -181,6 +193,10 @@ class Engine:
         self.alerts = 0
         self.alerts_by_severity: dict[int, int] = {}
         self._reject_how = ""
+        # Per-direction bypass (inline only) and whether this packet asks for it.
+        self._bypass_dir = (self.config.mode == "ips" and self.config.bypass
+                            and self.config.bypass_per_direction)
+        self._dir_bypass = False
         self.decoder = Decoder()
         flow_cfg = self.config.flow
         if self.config.mode == "ips" and not flow_cfg.stream.inline:
@@ -252,6 +268,7 @@ class Engine:
         self._reject_how = ""
         self._hold = None
         self._flow_seen = None
+        self._dir_bypass = False
         flow: Flow | None = None
         try:
             p = self.decoder.decode(ev.data, ev.linktype, ts)
@@ -259,6 +276,10 @@ class Engine:
                 kind = self._inspect(p, ev, out)
                 flow = self._flow_seen
                 inner = p.inner
+                if inner is not None:
+                    # A direction mark would go on the tunnel's connection: every inner
+                    # flow's.
+                    self._dir_bypass = False
                 while inner is not None:
                     # Tunnelled traffic (IP-in-IP, GRE, VXLAN, Geneve, Teredo) is
                     # inspected as well: the tunnel packet gets the strictest verdict of
@@ -271,6 +292,7 @@ class Engine:
                         if _SEVERITY[k] > _SEVERITY[kind]:
                             kind = k
                     inner = inner.inner
+                    self._dir_bypass = False
                 self._flow_seen = flow
             if p.events is not None:
                 self.anomalies += len(p.events)
@@ -300,6 +322,12 @@ class Engine:
             self._pending[self._hold] = (pk, ev.id, kind, fl, sha, name)
             self._held.add(self._hold)
             out.append(Hold(ev.id, self._hold))
+            return out
+        if self._dir_bypass and kind is _ACCEPT:
+            # This packet's direction of its TCP session is past depth: the transport
+            # marks that direction of the connection bypassed (DIRECTION_BYPASS).
+            st.verdicts[_BYPASS] += 1
+            out.append(Verdict(ev.id, _BYPASS, DIRECTION_BYPASS))
             return out
         st.verdicts[kind] += 1  # a StrEnum is its value as a key (no .value lookup)
         out.append(Verdict(ev.id, kind, self._reject_how)
@@ -343,6 +371,9 @@ class Engine:
                 if upd is not None and flow is not None:
                     if upd is not EMPTY:  # _stream() has nothing to do with EMPTY
                         kind = self._stream(p, flow, upd, kind, ev.id, out)
+                        if kind is _ACCEPT and self._bypass_dir and flow.action is None \
+                                and (upd.done_ts if to_server else upd.done_tc):
+                            self._dir_bypass = True
                     if flow.state == FLOW_CLOSED and flow.app is not None and (
                             flow.app.parser is not None or flow.app.detector is not None):
                         # Both sides closed: the app layer has nothing more to parse.

@@ -2,9 +2,14 @@
 
     filter FORWARD -i BR -o BR -m physdev --physdev-is-bridged -j APL-BR
     filter APL-BR  -m connmark --mark BYPASS/BYPASS -j ACCEPT     (bypassed connections)
+                   -m connmark --mark ORIG/ORIG -m conntrack --ctdir ORIGINAL -j ACCEPT
+                   -m connmark --mark REPLY/REPLY -m conntrack --ctdir REPLY -j ACCEPT
+                                                      (one bypassed direction of a connection)
                    -j NFQUEUE --queue-balance 0:N-1 [--queue-bypass]
     mangle APL-BR-SAVE (from POSTROUTING): a packet accepted with the bypass mark saves it
-                   on its connection (CONNMARK --save-mark), so the kernel stops queueing it.
+                   on its connection (CONNMARK --save-mark), so the kernel stops queueing it;
+                   one with the direction mark sets ORIG or REPLY on its connection, by the
+                   direction it travels (conntrack's, whoever the engine calls client).
 
 Installing first removes whatever an earlier (crashed) run left under the same names.
 """
@@ -18,6 +23,11 @@ from typing import Final
 from appliance.errors import ApplianceError
 
 BYPASS_MARK: Final = 0x00010000
+# A packet with this mark bypasses its direction of the connection only: the mangle
+# chain turns it into the connection's ORIG or REPLY bit.
+DIRECTION_MARK: Final = 0x00020000
+CT_ORIG_MARK: Final = 0x00040000
+CT_REPLY_MARK: Final = 0x00080000
 TOOLS: Final = ("iptables", "ip6tables")
 
 
@@ -72,12 +82,21 @@ class Chains:
             _ipt(tool, "-t", "filter", "-N", self.chain)
             _ipt(tool, "-t", "filter", "-A", self.chain, "-m", "connmark", "--mark", m,
                  "-j", "ACCEPT")
+            for bit, ctdir in ((CT_ORIG_MARK, "ORIGINAL"), (CT_REPLY_MARK, "REPLY")):
+                _ipt(tool, "-t", "filter", "-A", self.chain, "-m", "connmark", "--mark",
+                     f"{bit:#x}/{bit:#x}", "-m", "conntrack", "--ctdir", ctdir,
+                     "-j", "ACCEPT")
             _ipt(tool, "-t", "filter", "-A", self.chain, *self.queue_target())
             _ipt(tool, "-t", "filter", "-I", *self._jump())
             _ipt(tool, "-t", "mangle", "-N", self.save_chain)
             _ipt(tool, "-t", "mangle", "-A", self.save_chain, "-m", "mark", "--mark", m,
                  "-j", "CONNMARK", "--save-mark", "--nfmask", f"{self.bypass_mark:#x}",
                  "--ctmask", f"{self.bypass_mark:#x}")
+            d = f"{DIRECTION_MARK:#x}/{DIRECTION_MARK:#x}"
+            for bit, ctdir in ((CT_ORIG_MARK, "ORIGINAL"), (CT_REPLY_MARK, "REPLY")):
+                _ipt(tool, "-t", "mangle", "-A", self.save_chain, "-m", "mark", "--mark", d,
+                     "-m", "conntrack", "--ctdir", ctdir, "-j", "CONNMARK", "--or-mark",
+                     f"{bit:#x}")
             _ipt(tool, "-t", "mangle", "-I", *self._save_jump())
 
     def remove(self) -> None:

@@ -29,7 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.core.commands import ActionRequest, Log, ScanRequest, Verdict, VerdictKind
+from appliance.core.commands import (
+    DIRECTION_BYPASS,
+    ActionRequest,
+    Log,
+    ScanRequest,
+    Verdict,
+    VerdictKind,
+)
 from appliance.core.decode import Decoder
 from appliance.core.detect.inspect import STATS as _inspect_stats
 from appliance.core.engine import Engine
@@ -37,7 +44,7 @@ from appliance.core.events import LINKTYPE_RAW, PacketIn, Shutdown, Tick
 from appliance.core.reject import reject_packets
 from appliance.filescan import resolve
 from appliance.io.eve import EveSink
-from appliance.io.netfilter import BYPASS_MARK
+from appliance.io.netfilter import BYPASS_MARK, DIRECTION_MARK
 
 # How often the worker wakes when idle: heartbeats and flow-timeout ticks.
 IDLE_WAKE = 0.25
@@ -232,7 +239,9 @@ class QueueWorker:
             if kind is VerdictKind.ACCEPT:
                 pkt.accept()
             elif kind is VerdictKind.BYPASS:
-                pkt.set_mark((pkt.get_mark() or 0) | self.bypass_mark)
+                bit = (DIRECTION_MARK if verdict is not None
+                       and verdict.detail == DIRECTION_BYPASS else self.bypass_mark)
+                pkt.set_mark((pkt.get_mark() or 0) | bit)
                 pkt.accept()
             elif kind is VerdictKind.REJECT and verdict is not None:
                 # The drop reaches the kernel on its own, before the reset goes out.

@@ -257,3 +257,68 @@ def test_app_state_is_freed_when_both_sides_close() -> None:
         engine.handle(PacketIn(n, 10.0 + n, bytes(p), LINKTYPE_RAW))
     (f,) = list(engine.flows)  # still in the table, for its closed timeout
     assert f.app.parser is None and engine.app_memuse == 0
+
+
+def _dir_session(engine: Engine, wrap: Any = None) -> list[Verdict]:
+    """A session whose client sends 3 x 600 bytes (depth 1000), then the server 3 x 600
+    bytes; the verdicts of every packet. `wrap` puts each packet in a tunnel."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.packet import Raw
+
+    c, s = "10.1.0.1", "10.2.0.2"
+    pkts = [IP(src=c, dst=s) / TCP(sport=4100, dport=80, flags="S", seq=100),
+            IP(src=s, dst=c) / TCP(sport=80, dport=4100, flags="SA", seq=900, ack=101),
+            IP(src=c, dst=s) / TCP(sport=4100, dport=80, flags="A", seq=101, ack=901)]
+    for i in range(3):
+        pkts.append(IP(src=c, dst=s) / TCP(sport=4100, dport=80, flags="PA",
+                                           seq=101 + 600 * i, ack=901) / Raw(b"u" * 600))
+        pkts.append(IP(src=s, dst=c) / TCP(sport=80, dport=4100, flags="A", seq=901,
+                                           ack=701 + 600 * i))
+    for i in range(3):
+        pkts.append(IP(src=s, dst=c) / TCP(sport=80, dport=4100, flags="PA",
+                                           seq=901 + 600 * i, ack=1901)
+                    / Raw(b"evil" + b"d" * 596))
+    out = []
+    for n, x in enumerate(pkts):
+        raw = bytes(wrap(x) if wrap else x)
+        cmds = engine.handle(PacketIn(n, 50.0 + n * 0.01, raw, LINKTYPE_RAW))
+        out += [v for v in cmds if isinstance(v, Verdict)]
+    return out
+
+
+def test_a_direction_past_depth_is_bypassed_alone_while_the_other_is_inspected() -> None:
+    from dataclasses import replace
+
+    from appliance.core.commands import DIRECTION_BYPASS
+    from appliance.core.engine import EngineConfig
+    from appliance.core.flows import FlowConfig
+    from appliance.core.stream import StreamConfig
+    from appliance.rules.loader import detection_from_text
+
+    rule = 'alert tcp any 80 -> any any (msg:"evil reply"; content:"evil"; sid:1;)'
+    cfg = EngineConfig(mode="ips", heuristics=None,
+                       flow=FlowConfig(stream=StreamConfig(depth=1000)))
+    engine = Engine(cfg, detection_from_text([rule]).engine)
+    got = [(v.kind, v.detail) for v in _dir_session(engine)]
+    A, B, D = VerdictKind.ACCEPT, VerdictKind.BYPASS, DIRECTION_BYPASS
+    # Handshake; the client's first 600 bytes (inspected); the server's ACK; the second
+    # 600 cross the depth: that packet and the third bypass the client's direction only.
+    assert got[:5] == [(A, ""), (A, ""), (A, ""), (A, ""), (A, "")]
+    assert got[5] == (B, D) and got[7] == (B, D)
+    assert got[6] == (A, "") and got[8] == (A, "")  # the server's ACKs: still queued
+    # The server's data is still inspected (alerts), until it passes depth too: then the
+    # whole connection is bypassed.
+    assert got[9] == (A, "")
+    assert got[10] == (B, "") and got[11] == (B, "")
+    assert engine.alerts == 2  # both server packets with "evil" before the bypass
+    # Off: only whole connections, once both directions are past depth.
+    off = Engine(replace(cfg, bypass_per_direction=False), detection_from_text([rule]).engine)
+    kinds = [(v.kind, v.detail) for v in _dir_session(off)]
+    assert (B, D) not in kinds and kinds[-1] == (B, "")
+    # Tunnelled: the mark would bypass the tunnel's connection, so never per direction.
+    from scapy.layers.inet import IP
+
+    tun = Engine(cfg, detection_from_text([rule]).engine)
+    kinds = [(v.kind, v.detail) for v in _dir_session(
+        tun, lambda x: IP(src="192.0.2.1", dst="192.0.2.2", proto=4) / x)]
+    assert (B, D) not in kinds

@@ -79,13 +79,54 @@ def test_bypassed_bulk_flow_leaves_the_queue(lab: Lab, start_appliance: Any) -> 
     print(f"packets queued for a 20 MiB bypassed download: {bulk_queued}")
     assert bulk_queued < 200
     before = queued(lab)
-    got = curl(lab, f"{URL4}/text/{2 * 1024 * 1024}", timeout=20)
-    assert got.stdout == f"200 {2 * 1024 * 1024}", got
-    print(f"packets queued for a 2 MiB inspected download: {queued(lab) - before}")
-    # Not bypassed: inspected throughout, at least one queued packet per 64 KiB of body
-    # (netfilterqueue queues ~1,450 segments; the netlink transport GSO super-packets of
-    # up to 64 KiB).
-    assert queued(lab) - before > 2 * 1024 * 1024 // (64 * 1024)
+    got = curl(lab, f"{URL4}/text/{768 * 1024}", timeout=20)
+    assert got.stdout == f"200 {768 * 1024}", got
+    print(f"packets queued for a 768 KiB inspected download: {queued(lab) - before}")
+    # Below the stream depth, not bypassed: inspected throughout, at least one queued
+    # packet per 64 KiB of body (netfilterqueue queues ~540 segments; the netlink
+    # transport GSO super-packets of up to 64 KiB).
+    assert queued(lab) - before > 768 * 1024 // (64 * 1024)
+
+
+def chain_bytes(lab: Lab) -> dict[str, int]:
+    """Bytes counted by our filter chain's rules: the NFQUEUE rule (queued) and the
+    per-direction bypass rules (ORIGINAL, REPLY), IPv4."""
+    from appliance.io.netfilter import Chains
+    from appliance.lab import BRIDGE
+
+    out = lab.run_in("host", "iptables", "-w", "-t", "filter", "-L", Chains(BRIDGE).chain,
+                     "-v", "-x", "-n").stdout
+    got = {"queued": 0, "ORIGINAL": 0, "REPLY": 0}
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) < 3 or not f[1].isdigit():
+            continue
+        if "NFQUEUE" in line:
+            got["queued"] += int(f[1])
+        for d in ("ORIGINAL", "REPLY"):
+            if f"ctdir {d}" in line:
+                got[d] += int(f[1])
+    return got
+
+
+def test_one_way_bulk_direction_past_depth_leaves_the_queue(
+        lab: Lab, start_appliance: Any) -> None:
+    """A 20 MiB download without a pass rule: past the stream depth (1 MiB) its
+    direction is bypassed in the kernel while the client's ACKs are still inspected."""
+    start_appliance()
+    before = chain_bytes(lab)
+    size = 20 * 1024 * 1024
+    got = curl(lab, f"{URL4}/text/{size}", timeout=20)
+    assert got.stdout == f"200 {size}", got
+    after = chain_bytes(lab)
+    queued_b = after["queued"] - before["queued"]
+    reply_b = after["REPLY"] - before["REPLY"]
+    print(f"20 MiB download: {queued_b:,} bytes queued, {reply_b:,} bytes bypassed in the "
+          "reply direction")
+    # The first MiB (depth) and change went through the queue, plus the client's ACKs;
+    # the rest of the download passed the reply-direction bypass rule.
+    assert queued_b < 4 * 1024 * 1024
+    assert reply_b > 15 * 1024 * 1024
 
 
 def test_fail_open_worker_killed_transfer_resumes_and_worker_returns(

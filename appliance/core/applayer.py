@@ -348,6 +348,9 @@ def _events(flow: Flow, st: AppState, events: list[AppEvent], res: AppResult) ->
                                     **d.get("extra", {})})
             if "file" in d:
                 res.files.append(d["file"])
+            if "fileinfo" in d:
+                res.records.append({"event_type": "fileinfo", "tx_id": ev.tx_id,
+                                    "fileinfo": d["fileinfo"]})
 
 
 def _ftp_event(flow: Flow, ev: AppEvent, res: AppResult) -> None:

@@ -28,7 +28,7 @@ UNSUPPORTED: Final = frozenset({
     "entropy",
     "ssl_state", "tls_cert_notbefore", "tls_cert_notafter",
     "tls_cert_expired", "tls_cert_valid",
-    "nfs_procedure", "nfs.version", "modbus",
+    "modbus",
     "dnp3_func", "dnp3_ind", "dnp3_obj", "enip_command", "cip_service",
     "flowvar", "pktvar", "icmpv6.mtu",
     "tls.store", "tls_store", "fragoffset",
@@ -852,6 +852,8 @@ APP_VALUE_KEYWORDS: Final = {
     "krb5_err_code": ("krb5_err_code", "krb5", "num"),
     "snmp.version": ("snmp.version", "snmp", "num"),
     "snmp.pdu_type": ("snmp.pdu_type", "snmp", "num"),
+    "nfs_procedure": ("nfs_procedure", "nfs", "num"),
+    "nfs.version": ("nfs.version", "nfs", "num"),
 }
 
 

@@ -137,6 +137,12 @@ def _snmp() -> StreamParser:
     return SnmpParser()
 
 
+def _nfs() -> StreamParser:
+    from appliance.core.app.nfs import NfsParser
+
+    return NfsParser()
+
+
 def _smb() -> StreamParser:
     from appliance.core.app.smb import SmbParser
 
@@ -166,11 +172,12 @@ PARSERS: Final[list[tuple[str, Callable[[], StreamParser]]]] = [
     ("krb5", _krb5),  # UDP datagrams and TCP records
     ("sip", _sip),  # UDP only
     ("snmp", _snmp),  # UDP only
+    ("nfs", _nfs),  # UDP only
 ]
 
 # Every name detection may return, in Suricata's spelling.
 APP_PROTOS: Final = ("http", "http2", "tls", "dns", "ssh", "smtp", "ftp", "imap", "pop3", "dcerpc", "smb",
-                    "mqtt", "krb5", "sip", "snmp")
+                    "mqtt", "krb5", "sip", "snmp", "nfs")
 APP_PROTO_FAILED: Final = "failed"
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-from appliance.core.app import APP_PROTO_FAILED, krb5, mqtt, sip, snmp
+from appliance.core.app import APP_PROTO_FAILED, krb5, mqtt, nfs, sip, snmp
 from appliance.core.app.dcerpc import looks_like_dcerpc, looks_like_dcerpc_udp
 from appliance.core.app.dns import looks_like_dns
 from appliance.core.app.tls import looks_like_tls
@@ -208,6 +208,7 @@ _UDP_PORT_PROBES: Final[tuple[tuple[int, str, Callable[[bytes], bool]], ...]] = 
     (88, "krb5", krb5.probe_udp),
     (161, "snmp", snmp.probe_udp),
     (162, "snmp", snmp.probe_udp),
+    (2049, "nfs", nfs.probe_udp),
 )
 
 

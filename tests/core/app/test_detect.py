@@ -84,7 +84,8 @@ def test_udp() -> None:
 def test_registry_is_explicit() -> None:
     assert [name for name, _ in PARSERS] == [
         "http", "http2", "tls", "dns", "ssh", "ftp",
-        "smtp", "dcerpc", "quic", "smb", "mqtt", "krb5", "sip", "snmp"]
+        "smtp", "dcerpc", "quic", "smb", "mqtt", "krb5", "sip", "snmp",
+        "nfs"]
     for name, _ in PARSERS:
         p = new_parser(name)
         assert p is not None and p.app_proto == name

@@ -645,14 +645,10 @@ class SignatureEngine:
         return s.count > th.count
 
 
-# A rule's app protocol that also takes another flow protocol (Suricata 7's
-# AppProtoEquals): "dcerpc" rules apply to DCERPC over SMB named pipes (app/smb.py).
-_APP_ALSO: Final = {"dcerpc": "smb"}
-
-
 # A rule's app protocol that also takes another flow protocol: Suricata 7's "http" is
 # HTTP/1 or HTTP/2, "http1" is the HTTP/1 parser's "http".
-_APP_ALSO: Final = {"http": "http2", "http1": "http"}
+_APP_ALSO: Final = {"http": "http2", "http1": "http",
+                    "dcerpc": "smb"}  # DCERPC over SMB named pipes (app/smb.py)
 
 
 def packet_events(p: Packet, upd: StreamUpdate | None, app: AppResult | None,

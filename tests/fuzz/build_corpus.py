@@ -102,7 +102,7 @@ def build_conversations(out: Path) -> None:
 
     from appliance.core.app.detect import ProtoDetector
 
-    counts = {"http": 0, "tls": 0, "dns": 0}
+    counts = {"http": 0, "http2": 0, "tls": 0, "dns": 0}
     limits = {"http": 8, "tls": 6}
     if SHARED.exists():
         for name in ("http-packets", "netflix", "tls2", "ndpi-mixed"):
@@ -146,7 +146,34 @@ def _dns_answer(name: bytes) -> bytes:
 
 
 _H = b"GET /index.html?a=1&b=%41 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: x\r\n\r\n"
+
+
+def _h2(ftype: int, flags: int, stream: int, payload: bytes) -> bytes:
+    """An HTTP/2 frame (RFC 9113 4.1)."""
+    return struct.pack("!I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(
+        "!I", stream) + payload
+
+
+_PRI = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# HPACK: :method GET, :scheme http, :path /, then :authority as a literal with indexing
+_H2_REQ = b"\x82\x86\x84\x41\x0fwww.example.com"
 HAND_CONVS: dict[str, list[list[Chunk]]] = {
+    "http2": [
+        [(True, _PRI + _h2(4, 0, 0, b"\x00\x03\x00\x00\x00\x64") + _h2(1, 5, 1, _H2_REQ)),
+         (False, _h2(4, 0, 0, b"") + _h2(1, 4, 1, b"\x88\x5f\x09text/html")
+          + _h2(0, 8, 1, b"\x02<html>" + b"\x00\x00") + _h2(0, 1, 1, b"</html>"))],
+        # CONTINUATION, PRIORITY, WINDOW_UPDATE, RST_STREAM, PING, GOAWAY
+        [(True, _PRI + _h2(1, 0x20, 3, b"\x00\x00\x00\x00\x10" + _H2_REQ[:5])
+          + _h2(9, 4, 3, _H2_REQ[5:]) + _h2(2, 0, 3, b"\x00\x00\x00\x00\x20")
+          + _h2(8, 0, 0, b"\x00\x00\x87\x4a") + _h2(3, 0, 3, b"\x00\x00\x00\x08")
+          + _h2(6, 0, 0, b"12345678") + _h2(7, 0, 0, b"\x00\x00\x00\x03\x00\x00\x00\x00"))],
+        # push promise, a Huffman-coded value, gzip body, a dynamic table size update
+        [(True, _PRI + _h2(1, 5, 1, b"\x3f\xe1\x1f" + _H2_REQ)),
+         (False, _h2(5, 4, 1, b"\x00\x00\x00\x02\x82\x84") + _h2(
+             1, 4, 1, b"\x88\x41\x8c\xf1\xe3\xc2\xe5\xf2\x3a\x6b\xa0\xab\x90\xf4\xff"
+             b"\x5a\x04gzip") + _h2(0, 1, 1, b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"
+                                   b"\xcbH\xcd\xc9\xc9\x07\x00\x86\xa6\x10\x36\x05\x00\x00\x00"))],
+    ],
     "http": [
         [(True, _H), (False, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")],
         [(True, b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -278,7 +305,7 @@ def main() -> None:
         d = CORPUS / name
         _clear(d)
         build(d)
-    for proto in ("http", "dns", "tls"):
+    for proto in ("http", "http2", "dns", "tls"):
         _clear(CORPUS / proto)
     build_conversations(CORPUS)
 

@@ -465,7 +465,7 @@ def tcp_segment(src: bytes, dst: bytes, sp: int, dp: int, seq: int, ack: int, fl
 
 
 FIN, SYN, RST, PSH, ACK, URG = 1, 2, 4, 8, 16, 32
-_PORTS = {"http": 80, "tls": 443, "dns": 53, "dcerpc": 135}
+_PORTS = {"http": 80, "tls": 443, "dns": 53}
 
 
 def gen_stream(rng: random.Random, convs: dict[str, list[list[Chunk]]]) -> Packets:
@@ -738,39 +738,40 @@ def check_dns(chunks: list[Chunk]) -> int:
     return 0
 
 
-DCERPC_TOKENS = (b"\x05\x00\x0b\x03\x10\x00\x00\x00", b"\x05\x00\x00\x03\x10\x00\x00\x00",
-                 b"\x05\x00\x02\x03\x10\x00\x00\x00", b"\x05\x00\x0c\x03\x00\x00\x00\x00",
-                 b"\xff\xff", b"\x00\x00", b"\x10\x00", b"\x01", b"\x02", b"\x80",
-                 b"\x04\x00\x00\x00\x10\x00\x00\x00")
+HTTP2_TOKENS = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+                b"\x01\x05\x00\x00\x00\x01", b"\x09\x04\x00\x00\x00\x01",
+                b"\x00\x01\x00\x00\x00\x01", b"\x3f\xe1\x1f", b"\xff\xff\xff\x7f",
+                b"\x88", b"\xbe", b"\x40\x0a", b"\x00\x08\x00\x00\x00\x00", b"\xff")
 
 
-def check_dcerpc(chunks: list[Chunk]) -> int:
-    """Both directions of a connection-oriented association, and each chunk as a
-    connectionless datagram, without the parser's catch-all nets."""
+def check_http2(chunks: list[Chunk]) -> int:
+    """Both directions of an HTTP/2 connection without the parser's catch-all net:
+    every event known, memory bounded, records schema-valid."""
     from appliance.core.app import ANOMALY
-    from appliance.core.app.dcerpc import DCERPC_BIND, DCERPC_TX, DcerpcParser
+    from appliance.core.app.http2 import H2_DONE, H2_FILE, H2_INSPECT, Http2Parser
 
-    p = DcerpcParser()
-    q = DcerpcParser()
-    c = p.conn
+    p = Http2Parser()
     try:
         for ts, data in chunks:
+            side = p._cli if ts else p._srv
+            if not data or side.state == 6:  # _DEAD
+                continue
             out: list[Any] = []
-            if not c.failed and data:
-                c._feed(c.client if ts else c.server, bytes(data), ts, out)
-            q._datagram(bytes(data), ts, out)
+            p._feed(side, bytes(data), ts, out)
+            p._prune()
             for ev in out:
-                if ev.kind not in (ANOMALY, DCERPC_TX, DCERPC_BIND):
-                    raise Failure("dcerpc-event", f"unknown event kind {ev.kind}")
+                if ev.kind not in (ANOMALY, H2_INSPECT, H2_FILE, H2_DONE):
+                    raise Failure("http2-event", f"unknown event kind {ev.kind}")
                 tx = ev.data.get("tx")
                 if tx is not None:
-                    conn = ev.data["conn"]
-                    conn.buffers(tx, ev.to_server)
-                    check_record({"event_type": "dcerpc", "dcerpc": conn.eve(tx)})
-            if p.memuse() > 4 * 65536 + 64 * 1024 * 1024:
-                raise Failure("dcerpc-memuse", f"{p.memuse()} bytes held")
-        for ev in p.close() + q.close():
-            check_record({"event_type": "dcerpc", "dcerpc": ev.data["conn"].eve(ev.data["tx"])})
+                    tx.buffers(ev.to_server)
+            if p.memuse() > 4 * 1024 * 1024:
+                raise Failure("http2-memuse", f"{p.memuse()} bytes held")
+        p.close()
+        for tx in p.transactions:
+            check_record({"event_type": "http", "http": tx.eve()})
+            for f in tx.files:
+                check_record({"event_type": "fileinfo", "fileinfo": f.eve()})
     except Failure:
         raise
     except Exception as e:
@@ -1052,7 +1053,7 @@ def targets() -> list[Target]:
     """Every target, each with its seeds loaded from the corpus."""
     packets = _pcap_seeds()
     frames1 = [[f] for seq in packets for f in seq]
-    convs = {p: _conv_seeds(p) for p in ("http", "tls", "dns", "dcerpc")}
+    convs = {p: _conv_seeds(p) for p in ("http", "http2", "tls", "dns")}
     rules = [ln for f in _files("rules", "*.rules")
              for ln in f.read_text(encoding="utf-8", errors="replace").splitlines() if ln]
     policies = [f.read_text(encoding="utf-8", errors="replace")
@@ -1116,9 +1117,9 @@ def targets() -> list[Target]:
                _dump_conv("tls"), _shrink_chunks, weight=3, seeds=convs["tls"]),
         Target("dns", lambda rng: mutate_conv(rng, convs["dns"], DNS_TOKENS), check_dns,
                _dump_conv("dns"), _shrink_chunks, weight=3, seeds=convs["dns"]),
-        Target("dcerpc", lambda rng: mutate_conv(rng, convs["dcerpc"], DCERPC_TOKENS),
-               check_dcerpc, _dump_conv("dcerpc"), _shrink_chunks, weight=2,
-               seeds=convs["dcerpc"]),
+        Target("http2", lambda rng: mutate_conv(rng, convs["http2"], HTTP2_TOKENS),
+               check_http2, _dump_conv("http2"), _shrink_chunks, weight=2,
+               seeds=convs["http2"]),
         Target("rules", lambda rng: mutate_bytes(
             rng, rng.choice(rules).encode(), rng.choice(rules).encode(), RULE_TOKENS).decode(
             "utf-8", "replace"), check_rule, text_dump("rules", ".rules"), shrink_text,

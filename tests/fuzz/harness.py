@@ -465,7 +465,7 @@ def tcp_segment(src: bytes, dst: bytes, sp: int, dp: int, seq: int, ack: int, fl
 
 
 FIN, SYN, RST, PSH, ACK, URG = 1, 2, 4, 8, 16, 32
-_PORTS = {"http": 80, "tls": 443, "dns": 53}
+_PORTS = {"http": 80, "tls": 443, "dns": 53, "dcerpc": 135}
 
 
 def gen_stream(rng: random.Random, convs: dict[str, list[list[Chunk]]]) -> Packets:
@@ -731,6 +731,46 @@ def check_dns(chunks: list[Chunk]) -> int:
         for ts, data in stream.items():
             q.feed(data, ts)
         q.close()
+    except Failure:
+        raise
+    except Exception as e:
+        raise crash(e) from e
+    return 0
+
+
+DCERPC_TOKENS = (b"\x05\x00\x0b\x03\x10\x00\x00\x00", b"\x05\x00\x00\x03\x10\x00\x00\x00",
+                 b"\x05\x00\x02\x03\x10\x00\x00\x00", b"\x05\x00\x0c\x03\x00\x00\x00\x00",
+                 b"\xff\xff", b"\x00\x00", b"\x10\x00", b"\x01", b"\x02", b"\x80",
+                 b"\x04\x00\x00\x00\x10\x00\x00\x00")
+
+
+def check_dcerpc(chunks: list[Chunk]) -> int:
+    """Both directions of a connection-oriented association, and each chunk as a
+    connectionless datagram, without the parser's catch-all nets."""
+    from appliance.core.app import ANOMALY
+    from appliance.core.app.dcerpc import DCERPC_BIND, DCERPC_TX, DcerpcParser
+
+    p = DcerpcParser()
+    q = DcerpcParser()
+    c = p.conn
+    try:
+        for ts, data in chunks:
+            out: list[Any] = []
+            if not c.failed and data:
+                c._feed(c.client if ts else c.server, bytes(data), ts, out)
+            q._datagram(bytes(data), ts, out)
+            for ev in out:
+                if ev.kind not in (ANOMALY, DCERPC_TX, DCERPC_BIND):
+                    raise Failure("dcerpc-event", f"unknown event kind {ev.kind}")
+                tx = ev.data.get("tx")
+                if tx is not None:
+                    conn = ev.data["conn"]
+                    conn.buffers(tx, ev.to_server)
+                    check_record({"event_type": "dcerpc", "dcerpc": conn.eve(tx)})
+            if p.memuse() > 4 * 65536 + 64 * 1024 * 1024:
+                raise Failure("dcerpc-memuse", f"{p.memuse()} bytes held")
+        for ev in p.close() + q.close():
+            check_record({"event_type": "dcerpc", "dcerpc": ev.data["conn"].eve(ev.data["tx"])})
     except Failure:
         raise
     except Exception as e:
@@ -1053,7 +1093,7 @@ def targets() -> list[Target]:
     """Every target, each with its seeds loaded from the corpus."""
     packets = _pcap_seeds()
     frames1 = [[f] for seq in packets for f in seq]
-    convs = {p: _conv_seeds(p) for p in ("http", "http2", "tls", "dns")}
+    convs = {p: _conv_seeds(p) for p in ("http", "http2", "tls", "dns", "dcerpc")}
     rules = [ln for f in _files("rules", "*.rules")
              for ln in f.read_text(encoding="utf-8", errors="replace").splitlines() if ln]
     policies = [f.read_text(encoding="utf-8", errors="replace")
@@ -1120,6 +1160,9 @@ def targets() -> list[Target]:
         Target("http2", lambda rng: mutate_conv(rng, convs["http2"], HTTP2_TOKENS),
                check_http2, _dump_conv("http2"), _shrink_chunks, weight=2,
                seeds=convs["http2"]),
+        Target("dcerpc", lambda rng: mutate_conv(rng, convs["dcerpc"], DCERPC_TOKENS),
+               check_dcerpc, _dump_conv("dcerpc"), _shrink_chunks, weight=2,
+               seeds=convs["dcerpc"]),
         Target("rules", lambda rng: mutate_bytes(
             rng, rng.choice(rules).encode(), rng.choice(rules).encode(), RULE_TOKENS).decode(
             "utf-8", "replace"), check_rule, text_dump("rules", ".rules"), shrink_text,

@@ -136,7 +136,7 @@ BUFFER_APP: Final = {
     "smtp.helo": "smtp", "smtp.mail_from": "smtp", "smtp.rcpt_to": "smtp",
     "email.from": "smtp", "email.to": "smtp", "email.cc": "smtp", "email.subject": "smtp",
     "email.date": "smtp", "email.message_id": "smtp", "email.x_mailer": "smtp",
-    "email.received": "smtp", "email.url": "smtp",
+    "email.received": "smtp", "email.url": "smtp", "email.body_md5": "smtp",
     # QUIC (app/quic.py); ja3.*/ja3s.* above are also the QUIC hellos'. quic.ua and
     # quic.cyu.* (Google QUIC) are not produced.
     "quic.sni": "quic", "quic.version": "quic",

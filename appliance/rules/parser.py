@@ -118,7 +118,7 @@ for _name in (
     "sip.response_line", "sip.protocol",
     "smtp.helo", "smtp.mail_from", "smtp.rcpt_to", "email.from", "email.to", "email.cc",
     "email.subject", "email.date", "email.message_id", "email.x_mailer", "email.received",
-    "email.url",
+    "email.url", "email.body_md5",
     "mqtt.connect.clientid", "mqtt.connect.username", "mqtt.connect.password",
     "mqtt.connect.willtopic", "mqtt.connect.willmessage", "mqtt.publish.topic",
     "mqtt.publish.message", "mqtt.subscribe.topic", "mqtt.unsubscribe.topic",

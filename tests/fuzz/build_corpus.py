@@ -195,6 +195,37 @@ HAND_CONVS: dict[str, list[list[Chunk]]] = {
         [(False, struct.pack("!HHHHHH", 1, 0x8180, 1, 0, 0, 0) + b"\xc0\x0c\x00\x01\x00\x01"),
          (False, struct.pack("!HHHHHH", 2, 0x8180, 1, 0, 0, 0) + b"\xc0\xff\x00\x01\x00\x01")],
     ],
+    "smtp": [
+        # no PIPELINING: DATA waits for 354; a multipart with a base64 attachment
+        [(False, b"220 mx ESMTP\r\n"), (True, b"EHLO c\r\n"), (False, b"250-mx\r\n250 SIZE\r\n"),
+         (True, b"MAIL FROM:<a@b> SIZE=9\r\n"), (False, b"250 ok\r\n"),
+         (True, b"RCPT TO:<c@d>\r\n"), (False, b"250 ok\r\n"), (True, b"DATA\r\n"),
+         (False, b"354 go\r\n"),
+         (True, b"From: a <a@b>\r\nTo: c@d, \"e, f\" <e@f>\r\nSubject: hi\r\n\tthere\r\n"
+                b"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\n"
+                b"Content-Type: text/plain\r\n\r\nsee http://x.example/p\r\n..dot\r\n--b1\r\n"
+                b"Content-Transfer-Encoding: base64\r\n"
+                b"Content-Disposition: attachment; filename=\"a.exe\"\r\n\r\n"
+                b"TVqQAAMAAAAEAAAA//8AALgAAAA=\r\n--b1--\r\n.\r\n"),
+         (False, b"250 queued\r\n"), (True, b"QUIT\r\n"), (False, b"221 bye\r\n")],
+        # PIPELINING and CHUNKING: BDAT with an encapsulated message, then STARTTLS
+        [(False, b"220 mx ESMTP\r\n"), (True, b"EHLO c\r\n"),
+         (False, b"250-mx\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 STARTTLS\r\n"),
+         (True, b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 96 LAST\r\n"
+                b"Content-Type: message/rfc822\r\n\r\nContent-Disposition: attachment; "
+                b"filename=in.txt\r\n\r\nx=3Dy\r\n"),
+         (False, b"250 ok\r\n250 ok\r\n250 ok\r\n"), (True, b"STARTTLS\r\n"),
+         (False, b"220 go\r\n"), (True, b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00")],
+        # AUTH LOGIN, a refused DATA, RSET, quoted-printable with soft breaks
+        [(False, b"220-mx\r\n220 ESMTP\r\n"), (True, b"EHLO c\r\nAUTH LOGIN\r\n"),
+         (False, b"250 mx\r\n334 VXNlcm5hbWU6\r\n"), (True, b"dXNlcg==\r\n"),
+         (False, b"235 ok\r\n"), (True, b"MAIL FROM:<a@b>\r\nDATA\r\n"),
+         (False, b"250 ok\r\n554 no recipients\r\n"), (True, b"RSET\r\n"),
+         (False, b"250 ok\r\n"), (True, b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n"),
+         (False, b"250 ok\r\n250 ok\r\n354 go\r\n"),
+         (True, b"Content-Transfer-Encoding: quoted-printable\r\nContent-Type: text/plain; "
+                b"name=q.txt\r\n\r\nsoft=\r\nbreak =C3=A9 =ZZ\r\n.\r\n")],
+    ],
     "tls": [
         # a ClientHello with SNI only
         [(True, bytes.fromhex(

@@ -465,7 +465,7 @@ def tcp_segment(src: bytes, dst: bytes, sp: int, dp: int, seq: int, ack: int, fl
 
 
 FIN, SYN, RST, PSH, ACK, URG = 1, 2, 4, 8, 16, 32
-_PORTS = {"http": 80, "tls": 443, "dns": 53, "dcerpc": 135}
+_PORTS = {"http": 80, "tls": 443, "dns": 53, "smtp": 25, "dcerpc": 135}
 
 
 def gen_stream(rng: random.Random, convs: dict[str, list[list[Chunk]]]) -> Packets:
@@ -819,6 +819,40 @@ def check_http2(chunks: list[Chunk]) -> int:
     return 0
 
 
+SMTP_TOKENS = (b"\r\n.\r\n", b"\r\n..", b"DATA\r\n", b"BDAT 10 LAST\r\n", b"354 go\r\n",
+               b"250-PIPELINING\r\n", b"STARTTLS\r\n", b"220 ", b"--b\r\n", b"--b--\r\n",
+               b"Content-Transfer-Encoding: base64\r\n", b"boundary=b\r\n", b"=\r\n",
+               b"=ZZ", b"\r\n\t", b"\x16\x03\x01")
+
+
+def check_smtp(chunks: list[Chunk]) -> int:
+    """A session, its transactions' buffers and EVE objects; memory stays bounded."""
+    from appliance.core.app import ANOMALY, smtp
+
+    kinds = (ANOMALY, smtp.SMTP_FILE, smtp.SMTP_STARTTLS, smtp.SMTP_TX, smtp.SMTP_UPDATE)
+    p = smtp.SmtpParser()
+    try:
+        for ts, data in chunks:
+            for ev in p.feed(bytes(data), ts):
+                if ev.kind not in kinds:
+                    raise Failure("smtp-event", f"unknown event kind {ev.kind}")
+                tx = ev.data.get("tx")
+                if tx is not None:
+                    tx.request_buffers()
+                    check_record({"event_type": "smtp", "smtp": tx.eve_smtp(),
+                                  "email": tx.eve_email() or {}})
+                if ev.kind == smtp.SMTP_FILE:
+                    check_record({"event_type": "fileinfo", "fileinfo": ev.data["file"].eve()})
+            if p.memuse() > smtp.MAX_HELD + 512 * 1024:
+                raise Failure("smtp-memuse", f"{p.memuse()} bytes held")
+        p.close()
+    except Failure:
+        raise
+    except Exception as e:
+        raise crash(e) from e
+    return 0
+
+
 # ---- rules, policies, control messages, pcap files
 
 
@@ -1093,7 +1127,7 @@ def targets() -> list[Target]:
     """Every target, each with its seeds loaded from the corpus."""
     packets = _pcap_seeds()
     frames1 = [[f] for seq in packets for f in seq]
-    convs = {p: _conv_seeds(p) for p in ("http", "http2", "tls", "dns", "dcerpc")}
+    convs = {p: _conv_seeds(p) for p in ("http", "http2", "tls", "dns", "dcerpc", "smtp")}
     rules = [ln for f in _files("rules", "*.rules")
              for ln in f.read_text(encoding="utf-8", errors="replace").splitlines() if ln]
     policies = [f.read_text(encoding="utf-8", errors="replace")
@@ -1163,6 +1197,8 @@ def targets() -> list[Target]:
         Target("dcerpc", lambda rng: mutate_conv(rng, convs["dcerpc"], DCERPC_TOKENS),
                check_dcerpc, _dump_conv("dcerpc"), _shrink_chunks, weight=2,
                seeds=convs["dcerpc"]),
+        Target("smtp", lambda rng: mutate_conv(rng, convs["smtp"], SMTP_TOKENS), check_smtp,
+               _dump_conv("smtp"), _shrink_chunks, weight=2, seeds=convs["smtp"]),
         Target("rules", lambda rng: mutate_bytes(
             rng, rng.choice(rules).encode(), rng.choice(rules).encode(), RULE_TOKENS).decode(
             "utf-8", "replace"), check_rule, text_dump("rules", ".rules"), shrink_text,

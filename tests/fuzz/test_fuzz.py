@@ -40,7 +40,7 @@ SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
 # Inputs per target in CI: ~10 s in all on this machine (bench/fuzz.py prints rates).
 BUDGET = {"decoder": 4000, "engine": 1000, "stream": 400, "defrag": 500, "http": 2500,
           "tls": 3000, "dns": 2500, "dcerpc": 2000, "rules": 4000, "policy": 300, "control": 3000,
-          "pcap": 2000, "http2": 2000}
+          "pcap": 2000, "smtp": 2000, "http2": 2000}
 
 TARGETS = {t.name: t for t in harness.targets()}
 

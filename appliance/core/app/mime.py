@@ -23,8 +23,9 @@ lines. Malformed input raises Suricata's MIME event names (``MIME_INVALID_BASE64
 from __future__ import annotations
 
 import binascii
+import hashlib
 import re
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import unquote_to_bytes
 
 # Limits (and why).
@@ -148,7 +149,8 @@ class Entity:
 class MimeDecoder:
     """One message. `line(content, eol, start)`: `start` False when `content` continues
     a line the SMTP layer had to cut (too long to buffer); `eol` whether a line break
-    followed it."""
+    followed it. `body_md5` (once ended): the MD5 of the body after the top-level
+    headers, as sent (not decoded), each line with its CRLF."""
 
     def __init__(self, sink: MimeSink) -> None:
         self.sink = sink
@@ -160,6 +162,10 @@ class MimeDecoder:
         self.done = False
         self.failed = False  # something was too deep to decode (status PARSE_ERROR)
         self._line_len = 0  # length of the body/header line in progress (MIME_LONG_LINE)
+        # MD5 of the message body as sent (after the top-level headers, not decoded, each
+        # line with its CRLF): Suricata's email.body_md5.
+        self._md5: Any = None
+        self.body_md5 = ""  # its hex digest, once the message ended
 
     def memuse(self) -> int:
         n = 0
@@ -175,9 +181,16 @@ class MimeDecoder:
 
     # -- input -----------------------------------------------------------------------
 
-    def line(self, content: bytes, eol: bool = True, start: bool = True) -> None:
+    def line(self, content: bytes, eol: bool = True, start: bool = True,
+             stuffed: bool = False) -> None:
+        """`stuffed`: SMTP removed a leading dot from this line (the body MD5 is of the
+        body as sent, as Suricata's, which does not unstuff)."""
         if self.done:
             return
+        if self._md5 is not None:
+            if stuffed:
+                self._md5.update(b".")
+            self._md5.update(content + b"\r\n" if eol else content)
         top = self._stack[-1]
         if start:
             self._line_len = 0
@@ -204,6 +217,9 @@ class MimeDecoder:
                 self._end_headers(e, push=False)
             self._close(e)
         self.done = True
+        if self._md5 is not None:
+            self.body_md5 = self._md5.hexdigest()
+            self._md5 = None
 
     # -- boundaries -------------------------------------------------------------------
 
@@ -255,6 +271,8 @@ class MimeDecoder:
             # Not a header: a message without a header block (or a broken one). Its
             # body starts here, as mail readers take it.
             self._end_headers(e, push=True)
+            if e is self.root and self._md5 is not None:
+                self._md5.update(content + b"\r\n")  # this line is the body's first
             top = self._stack[-1]
             if top.in_body and top.boundary is None and not top.encap:
                 self._body_line(top, content, True, True)
@@ -291,6 +309,8 @@ class MimeDecoder:
         """The header block is over: what the body is (RFC 2045, RFC 2046, RFC 2183)."""
         self._flush_header(e)
         e.in_body = True
+        if e is self.root:
+            self._md5 = hashlib.md5()
         ct = e.header(b"content-type")
         if ct is not None:
             typ = ct.split(b";", 1)[0].strip().lower()

@@ -170,6 +170,8 @@ class SmtpTx:
                 b["email.received"] = rec
             if m.urls:
                 b["email.url"] = list(m.urls)
+            if m.body_md5:
+                b["email.body_md5"] = m.body_md5.encode()
         return b
 
     def response_buffers(self) -> dict[str, bytes | list[bytes]]:
@@ -448,9 +450,8 @@ class SmtpParser:
         tx = self.tx
         if tx is not None and tx.mime is not None:
             start = not self._ts_cont
-            if start and piece[:1] == b".":
-                piece = piece[1:]
-            tx.mime.line(piece, False, start)
+            stuffed = start and piece[:1] == b"."
+            tx.mime.line(piece[1:] if stuffed else piece, False, start, stuffed)
             self._touch(tx)
         self._ts_cont = True
 
@@ -468,10 +469,11 @@ class SmtpParser:
             if tx is not None:
                 self._end_message(tx)
             return
-        if line[:1] == b".":
+        stuffed = line[:1] == b"."
+        if stuffed:
             line = line[1:]  # RFC 5321 4.5.2 transparency
         if tx is not None and tx.mime is not None:
-            tx.mime.line(line)
+            tx.mime.line(line, True, True, stuffed)
             self._touch(tx)
 
     def _end_message(self, tx: SmtpTx) -> None:

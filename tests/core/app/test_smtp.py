@@ -170,6 +170,11 @@ def test_session_envelope_message_and_attachments(chunk: int) -> None:
     bufs = tx.request_buffers()
     assert bufs["email.subject"] == b"quarterly report"  # unfolded (RFC 5322 2.2.3)
     assert bufs["email.x_mailer"] == b"tester 1.0"
+    # email.body_md5: the body after the headers as sent (dot-stuffing and encodings
+    # kept), as Suricata computes it.
+    raw = message()
+    assert bufs["email.body_md5"] == hashlib.md5(raw[raw.index(b"\r\n\r\n") + 4:]
+                                                 ).hexdigest().encode()
     assert p.memuse() < 4096
 
 

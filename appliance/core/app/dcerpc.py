@@ -26,8 +26,11 @@ It returns ``AppEvent``s:
   parsed (``data={"tx": DceTx, "conn": ...}``; a bind transaction, EVE only);
 - ``ANOMALY`` with a name (``DCERPC_MALFORMED``, ``DCERPC_STUB_TRUNCATED``,
   ``DCERPC_TOO_MANY_TXS``): malformed input. A header whose version is not 5.0/5.1
-  (or an impossible fragment length) stops parsing of both directions (``failed``),
-  as a Suricata 7 app-layer parse error does.
+  (or an impossible fragment length) loses the PDU boundaries: what this direction
+  holds and the rest of the chunk are dropped and parsing resumes at the next chunk
+  that starts with a header (Suricata 7 likewise skips the data it was given; a PDU
+  usually starts a segment or a pipe message). After MAX_RESYNC chunks in a row
+  without a header, both directions stop (``failed``): it is not DCERPC.
 
 State the keywords need:
 
@@ -76,6 +79,8 @@ MAX_STUB: Final = 1024 * 1024
 # Open transactions (requests waiting for a response) per association: Suricata's
 # dcerpc max-tx default is 1024.
 MAX_TXS: Final = 1024
+# Chunks in a row that do not start with a PDU header before parsing gives up.
+MAX_RESYNC: Final = 64
 # Contexts per association (p_context_id is a u16; real binds present a handful).
 MAX_CONTEXTS: Final = 256
 # Contexts read from one BIND (n_context_elem is a u8).
@@ -224,10 +229,11 @@ class DceTx:
 
 
 class _Side:
-    __slots__ = ("buf",)
+    __slots__ = ("bad", "buf")
 
     def __init__(self) -> None:
         self.buf = bytearray()  # an incomplete PDU (at most 64 KiB)
+        self.bad = 0  # chunks in a row without a valid header (resynchronising)
 
 
 def _counter() -> Callable[[], int]:
@@ -352,20 +358,30 @@ class DceRpcConnection:
         pos = 0
         n = len(buf)
         while n - pos >= HDR_LEN and not self.failed:
-            if buf[pos] != 5 or buf[pos + 1] not in (0, 1) or buf[pos + 4] & 0xEE:
-                self._fail(to_server, out)
-                return
             little = bool(buf[pos + 4] & 0x10)
             flen = int.from_bytes(buf[pos + 8 : pos + 10], "little" if little else "big")
-            if flen < HDR_LEN:
-                self._fail(to_server, out)
+            if (buf[pos] != 5 or buf[pos + 1] not in (0, 1) or buf[pos + 4] & 0xEE
+                    or flen < HDR_LEN):
+                self._resync(s, to_server, out)
                 return
             if n - pos < flen:
                 break
             self._pdu(bytes(buf[pos : pos + flen]), little, to_server, out)
+            s.bad = 0
             pos += flen
         if pos:
             del buf[:pos]
+
+    def _resync(self, s: _Side, to_server: bool, out: list[AppEvent]) -> None:
+        """Not at a PDU header: drop this direction's bytes up to the next chunk."""
+        s.buf.clear()
+        s.bad += 1
+        if s.bad == 1:
+            out.append(AppEvent(ANOMALY, to_server, "DCERPC_MALFORMED"))
+        if s.bad > MAX_RESYNC:
+            self.failed = True
+            self.client.buf.clear()
+            self.server.buf.clear()
 
     def _pdu(self, pdu: bytes, little: bool, to_server: bool, out: list[AppEvent]) -> None:
         order: Any = "little" if little else "big"

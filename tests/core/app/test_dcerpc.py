@@ -230,11 +230,26 @@ def test_object_uuid_and_auth_verifier_stay_in_the_request_stub() -> None:
     b"\x05\x00\x0b\x03\x10\x00\x00\x00\x08\x00\x00\x00\x01\x00\x00\x00",  # frag_length 8
     b"\x05\x00\x0b\x03\x33\x00\x00\x00\x10\x00\x00\x00\x01\x00\x00\x00",  # drep
 ])
-def test_malformed_header_stops_the_association(bad: bytes) -> None:
-    # A Suricata 7 parse error ends the flow's parsing in both directions.
+def test_malformed_header_resyncs_at_the_next_chunk(bad: bytes) -> None:
     c = DceRpcConnection()
-    evs = c.feed(bad, True)
+    c.feed(request(1, b"a", 1), True)
+    evs = c.feed(bad + request(2, b"lost with its chunk", 2), True)
     assert [(e.kind, e.name) for e in evs] == [(ANOMALY, "DCERPC_MALFORMED")]
+    assert not c.failed
+    # Another chunk without a header: dropped too, not reported again.
+    assert c.feed(b"\x00" * 40, True) == []
+    (ev,) = c.feed(request(3, b"found again", 3), True)
+    assert ev.data["tx"].call_id == 3
+    # The other direction was never affected.
+    assert tx_events(c.feed(response(b"x", 1), False))[0].data["tx"].done
+
+
+def test_endless_garbage_stops_the_association() -> None:
+    from appliance.core.app.dcerpc import MAX_RESYNC
+
+    c = DceRpcConnection()
+    for _ in range(MAX_RESYNC + 1):
+        c.feed(b"\x16\x03\x01" + b"\x00" * 20, True)
     assert c.failed
     assert c.feed(request(1, b"x", 1), True) == []
     assert c.feed(response(b"x", 1), False) == []

@@ -18,6 +18,9 @@ What the parsers report becomes:
   rcpt_to, email.*, file_data of its attachments), `fileinfo` per attachment and an `smtp`
   record per transaction (both with Suricata's `smtp` and `email` objects); an accepted
   STARTTLS turns the flow into TLS (its parser gets the rest of the stream);
+- DCERPC (app/dcerpc.py, over TCP, UDP or SMB pipes): each call's buffers per direction
+  (request stub, opnum and bound interface to the server; response stub to the client,
+  under its own transaction id), a `dcerpc` record per call and per bind on DCERPC flows;
 - `encrypted`: nothing left to inspect in a TLS or SSH flow (inline, the engine may
   bypass it).
 """

@@ -569,6 +569,14 @@ class SmtpParser:
                     self._data_mode = False
                     self._ts_buf.clear()
                     self._ts_cont = False
+                tx = self.tx
+                if tx is not None and tx.mime is not None and not tx.mime.done:
+                    # No message after all: what was read of it ends (its attachments
+                    # TRUNCATED) and a later DATA starts a fresh one.
+                    self._closing = True
+                    tx.mime.end()
+                    self._closing = False
+                    tx.mime = None
 
     def _upgrade(self, rest_tc: bytes) -> None:
         """STARTTLS accepted: log the transaction in progress; the rest is TLS."""

@@ -258,6 +258,24 @@ def test_without_pipelining_data_waits_for_354_and_a_rejection_keeps_commands() 
     assert p.tx is not None and p.tx.mail_from == b"<evil@b>"
 
 
+def test_a_refused_pipelined_data_truncates_what_was_read_and_a_retry_starts_afresh() -> None:
+    p = SmtpParser()
+    out = p.feed(b"220 hi\r\n", False)
+    out += p.feed(b"EHLO x\r\n", True)
+    out += p.feed(b"250 PIPELINING\r\n", False)
+    out += p.feed(b"MAIL FROM:<a@b>\r\nDATA\r\n"
+                  b"Content-Disposition: attachment; filename=x.bin\r\n\r\nabc\r\n", True)
+    out += p.feed(b"250 ok\r\n554 no recipients\r\n", False)
+    assert [(f.filename, f.state) for f in files(out)] == [(b"x.bin", "TRUNCATED")]
+    out = p.feed(b"RCPT TO:<c@d>\r\n", True)  # in clear command mode again
+    out += p.feed(b"250 ok\r\n", False)
+    out += p.feed(b"DATA\r\nContent-Type: text/plain; name=y.txt\r\n\r\nyes\r\n.\r\n",
+                  True)
+    (f,) = files(out)
+    assert (f.filename, f.state, bytes(f.window)) == (b"y.txt", "CLOSED", b"yes")
+    assert p.tx is not None and p.tx.rcpt_to == [b"<c@d>"] and p.tx.done
+
+
 def test_bdat_chunks_carry_the_message_without_dot_stuffing() -> None:
     body = (b"Content-Type: text/plain; name=\"c.txt\"\r\n\r\n"
             b"first\r\n.\r\nstill the message\r\n..two dots\r\n")

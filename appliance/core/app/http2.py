@@ -120,6 +120,9 @@ MAX_TX_HEADER_BYTES: Final = 256 * 1024
 MAX_STREAMS: Final = 4096
 # Body bytes kept per direction for file.data / http.request_body (as HTTP/1's limits).
 BODY_LIMIT: Final = 100 * 1024
+# Header and body bytes kept for all the streams of one connection: with MAX_STREAMS
+# open, the per-stream limits alone would allow gigabytes.
+MAX_FLOW_KEPT: Final = 8 * 1024 * 1024
 # Frame facts (types, windows, settings...) kept per transaction direction.
 MAX_FRAME_FACTS: Final = 256
 # Completed transactions kept for get_tx (as HTTP/1's MAX_TRANSACTIONS_KEPT).
@@ -421,6 +424,7 @@ class _Side:
         "block_kind",
         "block_promised",
         "block_stream",
+        "block_tx",
         "buf",
         "data_flags",
         "data_stream",
@@ -453,6 +457,7 @@ class _Side:
         self.max_frame = DEFAULT_MAX_FRAME
         # A header block waiting for CONTINUATION frames.
         self.block: bytearray | None = None
+        self.block_tx: Http2Transaction | None = None
         self.block_stream = 0
         self.block_kind = HEADERS
         self.block_flags = 0
@@ -674,15 +679,17 @@ class Http2Parser:
             opt = self._stream_tx(sid, ftype == HEADERS and to_server, out,
                                   fresh=ftype == HEADERS)
             if opt is None:
+                if ftype in (HEADERS, PUSH_PROMISE):
+                    # No transaction for it, but its block must still be decoded: the
+                    # HPACK dynamic table is the connection's.
+                    self._header_block_frame(side, None, sid, ftype, to_server, p, flags,
+                                             out)
                 return
             tx = opt
         d = tx.side(to_server)
         d.fact(d.frames, FRAME_NAMES[ftype])
-        if ftype == HEADERS:
-            self._headers_frame(side, tx, to_server, p, flags, out)
-            return
-        if ftype == PUSH_PROMISE:
-            self._push_promise(side, tx, to_server, p, flags, out)
+        if ftype in (HEADERS, PUSH_PROMISE):
+            self._header_block_frame(side, tx, sid, ftype, to_server, p, flags, out)
             return
         if ftype == SETTINGS:
             self._settings(side, tx, to_server, p, flags, out)
@@ -800,9 +807,11 @@ class Http2Parser:
 
     # header blocks ----------------------------------------------------------------------
 
-    def _headers_frame(self, side: _Side, tx: Http2Transaction, to_server: bool, p: bytes,
-                       flags: int, out: list[AppEvent]) -> None:
-        d = tx.side(to_server)
+    def _header_block_frame(self, side: _Side, tx: Http2Transaction | None, sid: int,
+                            ftype: int, to_server: bool, p: bytes, flags: int,
+                            out: list[AppEvent]) -> None:
+        """HEADERS (section 6.2) or PUSH_PROMISE (6.6): padding, the priority fields or
+        the promised stream id, then the first fragment of a header block."""
         pos, end = 0, len(p)
         if flags & FLAG_PADDED:
             if not p or p[0] >= len(p):
@@ -810,35 +819,25 @@ class Http2Parser:
                 return
             end -= p[0]
             pos = 1
-        if flags & FLAG_PRIORITY:
+        promised = 0
+        if ftype == PUSH_PROMISE:
+            if end - pos < 4:
+                out.append(AppEvent(ANOMALY, to_server, "invalid_frame_length"))
+                return
+            promised = int.from_bytes(p[pos:pos + 4], "big") & 0x7FFFFFFF
+            pos += 4
+        elif flags & FLAG_PRIORITY:
             if end - pos < 5:
                 out.append(AppEvent(ANOMALY, to_server, "invalid_frame_length"))
                 return
-            d.fact(d.priorities, p[pos + 4])
+            if tx is not None:
+                d = tx.side(to_server)
+                d.fact(d.priorities, p[pos + 4])
             pos += 5
-        self._block_start(side, tx.stream_id, HEADERS, flags, 0, p[pos:end], to_server, out)
-
-    def _push_promise(self, side: _Side, tx: Http2Transaction, to_server: bool, p: bytes,
-                      flags: int, out: list[AppEvent]) -> None:
-        pos, end = 0, len(p)
-        if flags & FLAG_PADDED:
-            if not p or p[0] >= len(p):
-                out.append(AppEvent(ANOMALY, to_server, "invalid_frame_length"))
-                return
-            end -= p[0]
-            pos = 1
-        if end - pos < 4:
-            out.append(AppEvent(ANOMALY, to_server, "invalid_frame_length"))
-            return
-        promised = int.from_bytes(p[pos:pos + 4], "big") & 0x7FFFFFFF
-        self._block_start(side, tx.stream_id, PUSH_PROMISE, flags, promised,
-                          p[pos + 4:end], to_server, out)
-
-    def _block_start(self, side: _Side, sid: int, kind: int, flags: int, promised: int,
-                     frag: bytes, to_server: bool, out: list[AppEvent]) -> None:
-        side.block = bytearray(frag)
+        side.block = bytearray(p[pos:end])
+        side.block_tx = tx
         side.block_stream = sid
-        side.block_kind = kind
+        side.block_kind = ftype
         side.block_flags = flags
         side.block_promised = promised
         if flags & FLAG_END_HEADERS:
@@ -850,7 +849,7 @@ class Http2Parser:
             # Section 6.10: a CONTINUATION must follow a header block frame.
             out.append(AppEvent(ANOMALY, to_server, "invalid_frame_header"))
             return
-        tx = self._streams.get(side.block_stream)
+        tx = side.block_tx
         if tx is not None:
             tx.side(to_server).fact(tx.side(to_server).frames, "CONTINUATION")
         if len(side.block) + len(p) > MAX_HEADER_BLOCK:
@@ -865,7 +864,8 @@ class Http2Parser:
         block = bytes(side.block or b"")
         side.block = None
         dec = side.hpack.decode(block)
-        tx = self._streams.get(side.block_stream)
+        tx = side.block_tx
+        side.block_tx = None
         if side.block_kind == PUSH_PROMISE:
             # The promised request (section 8.4): a transaction of its own whose request
             # the server wrote; its response comes on the promised stream.
@@ -910,7 +910,8 @@ class Http2Parser:
             return
         for n, v in dec.headers:
             size = len(n) + len(v)
-            if d.header_bytes + size > MAX_TX_HEADER_BYTES:
+            if (d.header_bytes + size > MAX_TX_HEADER_BYTES
+                    or self._tx_bytes + size > MAX_FLOW_KEPT):
                 self._anom(tx, "reassembly_limit_reached", to_server, out)
                 break
             d.header_bytes += size
@@ -1010,11 +1011,15 @@ class Http2Parser:
                 self._anom(tx, "failed_decompression", to_server, out)
                 if name == "COMPRESSION_BOMB" and d.file is not None:
                     self._close_file(tx, d, out, truncated=True)
-        room = BODY_LIMIT - len(d.body)
+        room = min(BODY_LIMIT - len(d.body), MAX_FLOW_KEPT - self._tx_bytes)
         if room > 0 and chunk:
             before = len(d.body)
             d.body += chunk[:room]
             self._tx_bytes += len(d.body) - before
+            if len(d.body) >= BODY_LIMIT > before:
+                # The body buffers are as full as they get: inspect them now rather
+                # than at the end of a long download.
+                out.append(AppEvent(H2_INSPECT, to_server, "", tx.tx_id, {"tx": tx}))
         if chunk and d.file is None and not any(f.to_server == to_server
                                                 for f in tx.files):
             self._open_file(tx, d, to_server)

@@ -557,3 +557,28 @@ def test_detection_by_the_preface_whoever_speaks_first() -> None:
     det = ProtoDetector(40000, 80)
     assert det.feed(SERVER[:20], False) is None  # the server's SETTINGS first
     assert det.feed(CLIENT[:30], True) == "http2"
+
+
+def test_a_refused_streams_block_still_updates_the_hpack_table() -> None:
+    p = Http2Parser()
+    data = PREFACE + b"".join(frame(1, 4, 2 * i + 1, b"\x82\x84") for i in range(MAX_STREAMS))
+    refused = frame(1, 4, 2 * MAX_STREAMS + 1, b"\x82\x84" + lit(b"x-a", b"1", index=True))
+    ev = p.feed(data + refused + frame(3, 0, 1, struct.pack("!I", 8)), True)
+    assert anomalies(ev) == ["too_many_streams"]
+    p.feed(frame(1, 5, 2 * MAX_STREAMS + 3, b"\x82\x84\xbe"), True)  # 62: x-a
+    tx = stream_tx(p, 2 * MAX_STREAMS + 3)
+    assert tx.req.headers[-1] == (b"x-a", b"1")
+
+
+def test_a_full_body_is_inspected_before_the_stream_ends() -> None:
+    from appliance.core.app.http2 import BODY_LIMIT
+
+    p = Http2Parser()
+    p.feed(PREFACE + frame(1, 5, 1, block(REQ)), True)
+    p.feed(frame(1, 4, 1, block(RESP)), False)
+    chunk = frame(0, 0, 1, b"a" * 16384)  # SETTINGS_MAX_FRAME_SIZE's default
+    ev = p.feed(chunk * (BODY_LIMIT // 16384), False)
+    assert [e.kind for e in ev] == []
+    ev = p.feed(chunk * 2, False)
+    assert [(e.kind, e.to_server) for e in ev] == [(H2_INSPECT, False)]
+    assert len(stream_tx(p, 1).buffers(False)["file.data"]) == BODY_LIMIT

@@ -5,6 +5,8 @@
                    -m connmark --mark ORIG/ORIG -m conntrack --ctdir ORIGINAL -j ACCEPT
                    -m connmark --mark REPLY/REPLY -m conntrack --ctdir REPLY -j ACCEPT
                                                       (one bypassed direction of a connection)
+                   -m connmark --mark ORIG/ORIG -m conntrack --ctdir REPLY -m bpf PURE_ACK
+                   -j ACCEPT (and the pure ACKs answering it; likewise REPLY/ORIGINAL)
                    -j NFQUEUE --queue-balance 0:N-1 [--queue-bypass]
     mangle APL-BR-SAVE (from POSTROUTING): a packet accepted with the bypass mark saves it
                    on its connection (CONNMARK --save-mark), so the kernel stops queueing it;
@@ -29,6 +31,54 @@ DIRECTION_MARK: Final = 0x00020000
 CT_ORIG_MARK: Final = 0x00040000
 CT_REPLY_MARK: Final = 0x00080000
 TOOLS: Final = ("iptables", "ip6tables")
+
+
+def _bpf(prog: list[tuple[int, int, int, int]]) -> str:
+    """A classic BPF program as xt_bpf's --bytecode string."""
+    return ",".join([str(len(prog)), *(f"{c} {jt} {jf} {k}" for c, jt, jf, k in prog)])
+
+
+# A TCP pure ACK: ACK set, SYN/FIN/RST/URG clear (PSH, ECE, CWR ignored), no payload, not
+# a fragment. Classic BPF on the packet from its IP header (what xt_bpf sees). Such
+# packets carry no bytes to inspect: once the other direction of their connection is
+# bypassed, they need not cross the queue either (a one-way bulk transfer's ACK clock
+# then runs at bridge speed). Anything else, FIN and RST included, is still queued.
+PURE_ACK_V4: Final = _bpf([
+    (0x30, 0, 0, 9),  # ldb [9]: protocol
+    (0x15, 0, 15, 6),  # TCP, else no
+    (0x28, 0, 0, 6),  # ldh [6]: flags and fragment offset
+    (0x45, 13, 0, 0x1FFF),  # a non-first fragment: no
+    (0xB1, 0, 0, 0),  # ldxb 4*([0]&0xf): X = IP header length
+    (0x50, 0, 0, 13),  # ldb [x+13]: TCP flags
+    (0x54, 0, 0, 0x37),  # and URG|ACK|RST|SYN|FIN
+    (0x15, 0, 9, 0x10),  # only ACK, else no
+    (0x50, 0, 0, 12),  # ldb [x+12]: data offset
+    (0x54, 0, 0, 0xF0),
+    (0x74, 0, 0, 2),  # TCP header length
+    (0x0C, 0, 0, 0),  # add x: both headers
+    (0x02, 0, 0, 0),  # st M[0]
+    (0x28, 0, 0, 2),  # ldh [2]: total length
+    (0x61, 0, 0, 0),  # ldx M[0]
+    (0x1D, 0, 1, 0),  # total length == headers: no payload
+    (0x06, 0, 0, 0xFFFF),  # yes
+    (0x06, 0, 0, 0),  # no
+])
+PURE_ACK_V6: Final = _bpf([
+    (0x30, 0, 0, 6),  # ldb [6]: next header (a TCP header right after IPv6's only)
+    (0x15, 0, 11, 6),
+    (0x30, 0, 0, 53),  # ldb [40+13]: TCP flags
+    (0x54, 0, 0, 0x37),
+    (0x15, 0, 8, 0x10),
+    (0x30, 0, 0, 52),  # ldb [40+12]: data offset
+    (0x54, 0, 0, 0xF0),
+    (0x74, 0, 0, 2),
+    (0x02, 0, 0, 0),  # st M[0]
+    (0x28, 0, 0, 4),  # ldh [4]: payload length
+    (0x61, 0, 0, 0),  # ldx M[0]
+    (0x1D, 0, 1, 0),  # payload length == TCP header length
+    (0x06, 0, 0, 0xFFFF),
+    (0x06, 0, 0, 0),
+])
 
 
 class NetfilterError(ApplianceError):
@@ -82,10 +132,14 @@ class Chains:
             _ipt(tool, "-t", "filter", "-N", self.chain)
             _ipt(tool, "-t", "filter", "-A", self.chain, "-m", "connmark", "--mark", m,
                  "-j", "ACCEPT")
-            for bit, ctdir in ((CT_ORIG_MARK, "ORIGINAL"), (CT_REPLY_MARK, "REPLY")):
-                _ipt(tool, "-t", "filter", "-A", self.chain, "-m", "connmark", "--mark",
-                     f"{bit:#x}/{bit:#x}", "-m", "conntrack", "--ctdir", ctdir,
-                     "-j", "ACCEPT")
+            ack = PURE_ACK_V4 if tool == "iptables" else PURE_ACK_V6
+            for bit, ctdir, other in ((CT_ORIG_MARK, "ORIGINAL", "REPLY"),
+                                      (CT_REPLY_MARK, "REPLY", "ORIGINAL")):
+                mark = ["-m", "connmark", "--mark", f"{bit:#x}/{bit:#x}"]
+                _ipt(tool, "-t", "filter", "-A", self.chain, *mark, "-m", "conntrack",
+                     "--ctdir", ctdir, "-j", "ACCEPT")
+                _ipt(tool, "-t", "filter", "-A", self.chain, *mark, "-m", "conntrack",
+                     "--ctdir", other, "-m", "bpf", "--bytecode", ack, "-j", "ACCEPT")
             _ipt(tool, "-t", "filter", "-A", self.chain, *self.queue_target())
             _ipt(tool, "-t", "filter", "-I", *self._jump())
             _ipt(tool, "-t", "mangle", "-N", self.save_chain)

@@ -853,47 +853,6 @@ def check_smtp(chunks: list[Chunk]) -> int:
     return 0
 
 
-HTTP2_TOKENS = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"\x00\x00\x00\x04\x00\x00\x00\x00\x00",
-                b"\x01\x05\x00\x00\x00\x01", b"\x09\x04\x00\x00\x00\x01",
-                b"\x00\x01\x00\x00\x00\x01", b"\x3f\xe1\x1f", b"\xff\xff\xff\x7f",
-                b"\x88", b"\xbe", b"\x40\x0a", b"\x00\x08\x00\x00\x00\x00", b"\xff")
-
-
-def check_http2(chunks: list[Chunk]) -> int:
-    """Both directions of an HTTP/2 connection without the parser's catch-all net:
-    every event known, memory bounded, records schema-valid."""
-    from appliance.core.app import ANOMALY
-    from appliance.core.app.http2 import H2_DONE, H2_FILE, H2_INSPECT, Http2Parser
-
-    p = Http2Parser()
-    try:
-        for ts, data in chunks:
-            side = p._cli if ts else p._srv
-            if not data or side.state == 6:  # _DEAD
-                continue
-            out: list[Any] = []
-            p._feed(side, bytes(data), ts, out)
-            p._prune()
-            for ev in out:
-                if ev.kind not in (ANOMALY, H2_INSPECT, H2_FILE, H2_DONE):
-                    raise Failure("http2-event", f"unknown event kind {ev.kind}")
-                tx = ev.data.get("tx")
-                if tx is not None:
-                    tx.buffers(ev.to_server)
-            if p.memuse() > 4 * 1024 * 1024:
-                raise Failure("http2-memuse", f"{p.memuse()} bytes held")
-        p.close()
-        for tx in p.transactions:
-            check_record({"event_type": "http", "http": tx.eve()})
-            for f in tx.files:
-                check_record({"event_type": "fileinfo", "fileinfo": f.eve()})
-    except Failure:
-        raise
-    except Exception as e:
-        raise crash(e) from e
-    return 0
-
-
 # ---- rules, policies, control messages, pcap files
 
 

@@ -235,6 +235,81 @@ class Decoder:
         self.stats = DecodeStats()
 
     def decode(self, data: bytes, linktype: int, ts: float) -> Packet:
+        n = len(data)
+        if linktype == LINKTYPE_ETHERNET and n >= 34 and data[12:15] == b"\x08\x00\x45":
+            # Fast path: untagged Ethernet, IPv4 with a 20-byte header, not a fragment,
+            # carrying a well-formed TCP or UDP header (the bulk of the traffic), decoded
+            # with the general path's checks and results. Whatever it declines, before
+            # changing anything, is decoded by `_decode` from the start.
+            tot, fragf, ttl, proto, src, dst = _IP4_FAST.unpack_from(data, 16)
+            if 40 <= tot <= n - 14 and not fragf & 0x3FFF and proto == PROTO_TCP:
+                sp, dp, seq, ack, hl, flags, win, _s, urp = _TCP.unpack_from(data, 34)
+                hlen = (hl >> 4) << 2
+                if 20 <= hlen <= tot - 20:
+                    p = Packet(ts, data)
+                    if hlen == 32 and data[54:58] == b"\x01\x01\x08\x0a":
+                        # NOP, NOP, timestamps: what established Linux and BSD
+                        # connections send on every segment.
+                        o = p.tcp_opts = TcpOptions()
+                        o.tsval, o.tsecr = _TS_OPT.unpack_from(data, 58)
+                    elif hlen > 20:
+                        try:
+                            p.tcp_opts = _tcp_options(p, data, 54, 34 + hlen)
+                        except (struct.error, IndexError, ValueError):
+                            return self._decode(data, linktype, ts)  # cannot happen
+                    c = self.stats.counts
+                    c["pkts"] += 1
+                    c["bytes"] += n
+                    if n > c["max_pkt_size"]:
+                        c["max_pkt_size"] = n
+                    c["ethernet"] += 1
+                    c["ipv4"] += 1
+                    c["tcp"] += 1
+                    p.ipver = 4
+                    p.l3_off = 14
+                    p.src = src
+                    p.dst = dst
+                    p.proto = PROTO_TCP
+                    p.ttl = ttl
+                    p.l4_off = 34
+                    p.sp = sp
+                    p.dp = dp
+                    p.tcp_seq = seq
+                    p.tcp_ack = ack
+                    p.tcp_flags = flags
+                    p.tcp_win = win
+                    p.tcp_urp = urp
+                    if p.events is not None:
+                        self._count_events(p, c)
+                    p.payload = data[34 + hlen:14 + tot]
+                    return p
+            elif 28 <= tot <= n - 14 and not fragf & 0x3FFF and proto == PROTO_UDP:
+                sp, dp, ulen, _s = _UDP.unpack_from(data, 34)
+                if 8 <= ulen <= tot - 20 and dp not in _TUNNEL_PORTS and sp != TEREDO_PORT:
+                    p = Packet(ts, data)
+                    c = self.stats.counts
+                    c["pkts"] += 1
+                    c["bytes"] += n
+                    if n > c["max_pkt_size"]:
+                        c["max_pkt_size"] = n
+                    c["ethernet"] += 1
+                    c["ipv4"] += 1
+                    c["udp"] += 1
+                    p.ipver = 4
+                    p.l3_off = 14
+                    p.src = src
+                    p.dst = dst
+                    p.proto = PROTO_UDP
+                    p.ttl = ttl
+                    p.l4_off = 34
+                    p.sp = sp
+                    p.dp = dp
+                    p.payload = data[42:34 + ulen]
+                    return p
+        return self._decode(data, linktype, ts)
+
+    def _decode(self, data: bytes, linktype: int, ts: float) -> Packet:
+        """The general path: every link type and layer, with Suricata's events."""
         p = Packet(ts, data)
         c = self.stats.counts
         c["pkts"] += 1
@@ -243,12 +318,6 @@ class Decoder:
         if n > c["max_pkt_size"]:
             c["max_pkt_size"] = n
         try:
-            # Fast path: untagged Ethernet, IPv4 without options (the bulk of the traffic).
-            # Anything it does not take goes the general way below, from the start, so
-            # both give the same packet, counters and events.
-            if linktype == LINKTYPE_ETHERNET and n >= 34 and data[12:15] == b"\x08\x00\x45" \
-                    and self._fast_ipv4(p, data, n, c):
-                return p
             if linktype == LINKTYPE_ETHERNET:
                 c["ethernet"] += 1
                 self._ethernet(p, data, 0, c)
@@ -295,66 +364,6 @@ class Decoder:
         if p.events is not None:
             self._count_events(p, c)
         return p
-
-    def _fast_ipv4(self, p: Packet, data: bytes, n: int, c: dict[str, int]) -> bool:
-        """Ethernet/IPv4 (20-byte header, not a fragment) carrying a well-formed TCP or
-        UDP header, decoded in one go with the general path's checks and results. False
-        (nothing changed yet) for anything else, which the general path then decodes."""
-        tot, fragf, ttl, proto, src, dst = _IP4_FAST.unpack_from(data, 16)
-        if tot < 20 or tot > n - 14 or fragf & 0x3FFF:
-            return False
-        end = 14 + tot
-        if proto == PROTO_TCP:
-            if tot < 40:
-                return False
-            sp, dp, seq, ack, hl, flags, win, _s, urp = _TCP.unpack_from(data, 34)
-            hlen = (hl >> 4) << 2
-            if hlen < 20 or hlen > tot - 20:
-                return False
-            c["ethernet"] += 1
-            c["ipv4"] += 1
-            c["tcp"] += 1
-            p.ipver = 4
-            p.l3_off = 14
-            p.src = src
-            p.dst = dst
-            p.proto = PROTO_TCP
-            p.ttl = ttl
-            p.l4_off = 34
-            p.sp = sp
-            p.dp = dp
-            p.tcp_seq = seq
-            p.tcp_ack = ack
-            p.tcp_flags = flags
-            p.tcp_win = win
-            p.tcp_urp = urp
-            if hlen > 20:
-                p.tcp_opts = _tcp_options(p, data, 54, 34 + hlen)
-                if p.events is not None:
-                    self._count_events(p, c)
-            p.payload = data[34 + hlen:end]
-            return True
-        if proto == PROTO_UDP:
-            if tot < 28:
-                return False
-            sp, dp, ulen, _s = _UDP.unpack_from(data, 34)
-            if ulen > tot - 20 or ulen < 8 or dp in _TUNNEL_PORTS or sp == TEREDO_PORT:
-                return False
-            c["ethernet"] += 1
-            c["ipv4"] += 1
-            c["udp"] += 1
-            p.ipver = 4
-            p.l3_off = 14
-            p.src = src
-            p.dst = dst
-            p.proto = PROTO_UDP
-            p.ttl = ttl
-            p.l4_off = 34
-            p.sp = sp
-            p.dp = dp
-            p.payload = data[42:34 + ulen]
-            return True
-        return False
 
     def _count_events(self, p: Packet, c: dict[str, int]) -> None:
         if p.events is not None:

@@ -25,11 +25,22 @@ _STATE_NAME: Final = {0: "new", FLOW_ESTABLISHED: "established", FLOW_CLOSED: "c
                       FLOW_BYPASSED: "bypassed"}
 
 
+# Whole seconds already formatted (records of one stretch of traffic share few of them):
+# strftime is most of format_ts' cost. Bounded: cleared when full.
+_SECONDS: dict[int, str] = {}
+_SECONDS_MAX: Final = 4096
+
+
 def format_ts(ts: float) -> str:
     """Packet time as Suricata's EVE timestamp, e.g. 2024-05-04T20:36:33.342168+0000."""
-    usec = round(ts * 1_000_000)
-    dt = _EPOCH + timedelta(microseconds=usec)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%f+0000")
+    sec, usec = divmod(round(ts * 1_000_000), 1_000_000)
+    head = _SECONDS.get(sec)
+    if head is None:
+        head = (_EPOCH + timedelta(seconds=sec)).strftime("%Y-%m-%dT%H:%M:%S")
+        if len(_SECONDS) >= _SECONDS_MAX:
+            _SECONDS.clear()
+        _SECONDS[sec] = head
+    return f"{head}.{usec:06d}+0000"
 
 
 def format_ip(addr: bytes) -> str:

@@ -605,8 +605,8 @@ class _GeneralOnly(Decoder):
 
     __slots__ = ()
 
-    def _fast_ipv4(self, p: Packet, data: bytes, n: int, c: dict[str, int]) -> bool:
-        return False
+    def decode(self, data: bytes, linktype: int, ts: float) -> Packet:
+        return self._decode(data, linktype, ts)
 
 
 def _same_decoding(lt: int, data: bytes, fast: Decoder, general: Decoder) -> None:
@@ -675,5 +675,15 @@ def test_fast_path_boundaries_match_the_general_path() -> None:
         frames.append(_eth_ip4(17, struct.pack("!HHHH", 5353, 53, ulen, 0) + udp_body))
     for sp, dp in ((1, 4789), (1, 6081), (1, 3544), (3544, 1), (4789, 1), (6081, 1)):
         frames.append(_eth_ip4(17, struct.pack("!HHHH", sp, dp, 18, 0) + udp_body))
+    # The NOP, NOP, timestamps layout the fast path reads directly, and near misses.
+    for opts in (b"\x01\x01\x08\x0a" + bytes(range(1, 9)),
+                 b"\x01\x01\x08\x0b" + bytes(range(1, 9)),
+                 b"\x01\x01\x08\x0a" + bytes(range(1, 9)) + b"\x00" * 4,
+                 b"\x01\x08\x0a" + bytes(range(1, 9)) + b"\x01",
+                 b"\x01\x01\x08\x0a" + bytes(range(1, 5)),
+                 b"\x08\x0a" + bytes(range(1, 9)) + b"\x08\x0a"):
+        doff = (20 + len(opts)) // 4
+        hdr = struct.pack("!HHIIBBHHH", 40000, 80, 1, 2, doff << 4, TH_ACK, 512, 0, 0)
+        frames.append(_eth_ip4(6, hdr + opts + b"data"))
     for f in frames:
         _same_decoding(LINKTYPE_ETHERNET, bytes(f), fast, general)

@@ -207,13 +207,23 @@ class Packet:
             self.events.append(name)
 
 
-class DecodeStats:
-    """Counters named as Suricata's `stats.decoder` so EVE stats line up with it."""
+_new_packet = Packet.__new__  # the fast path sets every field itself
 
-    __slots__ = ("counts", "events")
+
+class DecodeStats:
+    """Counters named as Suricata's `stats.decoder` so EVE stats line up with it.
+
+    The general path counts in `raw`; the fast path (`Decoder.decode`) only counts its
+    TCP and UDP packets and their bytes, which `counts` folds in."""
+
+    __slots__ = ("events", "fast_bytes", "fast_max", "fast_tcp", "fast_udp", "raw")
 
     def __init__(self) -> None:
-        self.counts: dict[str, int] = dict.fromkeys(
+        self.fast_tcp = 0  # Ethernet/IPv4/TCP packets the fast path decoded
+        self.fast_udp = 0
+        self.fast_bytes = 0
+        self.fast_max = 0  # their largest size
+        self.raw: dict[str, int] = dict.fromkeys(
             (
                 "pkts", "bytes", "invalid", "ipv4", "ipv6", "ethernet", "arp",
                 "unknown_ethertype", "raw", "null", "sll", "ppp", "chdlc", "tcp", "udp",
@@ -225,6 +235,22 @@ class DecodeStats:
         )
         self.events: dict[str, int] = {}
 
+    @property
+    def counts(self) -> dict[str, int]:
+        """Every counter by Suricata's name (a snapshot: a new dict each time)."""
+        c = dict(self.raw)
+        n = self.fast_tcp + self.fast_udp
+        if n:
+            c["pkts"] += n
+            c["bytes"] += self.fast_bytes
+            c["ethernet"] += n
+            c["ipv4"] += n
+            c["tcp"] += self.fast_tcp
+            c["udp"] += self.fast_udp
+            if self.fast_max > c["max_pkt_size"]:
+                c["max_pkt_size"] = self.fast_max
+        return c
+
 
 class Decoder:
     """Stateless apart from its counters. `decode()` never raises on packet content."""
@@ -235,6 +261,7 @@ class Decoder:
         self.stats = DecodeStats()
 
     def decode(self, data: bytes, linktype: int, ts: float) -> Packet:
+        """Decode one captured frame. Never raises on packet content."""
         n = len(data)
         if linktype == LINKTYPE_ETHERNET and n >= 34 and data[12:15] == b"\x08\x00\x45":
             # Fast path: untagged Ethernet, IPv4 with a 20-byte header, not a fragment,
@@ -242,76 +269,82 @@ class Decoder:
             # with the general path's checks and results. Whatever it declines, before
             # changing anything, is decoded by `_decode` from the start.
             tot, fragf, ttl, proto, src, dst = _IP4_FAST.unpack_from(data, 16)
-            if 40 <= tot <= n - 14 and not fragf & 0x3FFF and proto == PROTO_TCP:
+            if tot > n - 14 or fragf & 0x3FFF:
+                return self._decode(data, linktype, ts)
+            if proto == PROTO_TCP and tot >= 40:
                 sp, dp, seq, ack, hl, flags, win, _s, urp = _TCP.unpack_from(data, 34)
                 hlen = (hl >> 4) << 2
-                if 20 <= hlen <= tot - 20:
-                    p = Packet(ts, data)
-                    if hlen == 32 and data[54:58] == b"\x01\x01\x08\x0a":
-                        # NOP, NOP, timestamps: what established Linux and BSD
-                        # connections send on every segment.
-                        o = p.tcp_opts = TcpOptions()
-                        o.tsval, o.tsecr = _TS_OPT.unpack_from(data, 58)
-                    elif hlen > 20:
-                        try:
-                            p.tcp_opts = _tcp_options(p, data, 54, 34 + hlen)
-                        except (struct.error, IndexError, ValueError):
-                            return self._decode(data, linktype, ts)  # cannot happen
-                    c = self.stats.counts
-                    c["pkts"] += 1
-                    c["bytes"] += n
-                    if n > c["max_pkt_size"]:
-                        c["max_pkt_size"] = n
-                    c["ethernet"] += 1
-                    c["ipv4"] += 1
-                    c["tcp"] += 1
-                    p.ipver = 4
-                    p.l3_off = 14
-                    p.src = src
-                    p.dst = dst
-                    p.proto = PROTO_TCP
-                    p.ttl = ttl
-                    p.l4_off = 34
-                    p.sp = sp
-                    p.dp = dp
-                    p.tcp_seq = seq
-                    p.tcp_ack = ack
-                    p.tcp_flags = flags
-                    p.tcp_win = win
-                    p.tcp_urp = urp
-                    if p.events is not None:
-                        self._count_events(p, c)
-                    p.payload = data[34 + hlen:14 + tot]
-                    return p
-            elif 28 <= tot <= n - 14 and not fragf & 0x3FFF and proto == PROTO_UDP:
+                if hlen < 20 or hlen > tot - 20:
+                    return self._decode(data, linktype, ts)
+                payload = data[34 + hlen:14 + tot]
+            elif proto == PROTO_UDP and tot >= 28:
                 sp, dp, ulen, _s = _UDP.unpack_from(data, 34)
-                if 8 <= ulen <= tot - 20 and dp not in _TUNNEL_PORTS and sp != TEREDO_PORT:
-                    p = Packet(ts, data)
-                    c = self.stats.counts
-                    c["pkts"] += 1
-                    c["bytes"] += n
-                    if n > c["max_pkt_size"]:
-                        c["max_pkt_size"] = n
-                    c["ethernet"] += 1
-                    c["ipv4"] += 1
-                    c["udp"] += 1
-                    p.ipver = 4
-                    p.l3_off = 14
-                    p.src = src
-                    p.dst = dst
-                    p.proto = PROTO_UDP
-                    p.ttl = ttl
-                    p.l4_off = 34
-                    p.sp = sp
-                    p.dp = dp
-                    p.payload = data[42:34 + ulen]
-                    return p
+                if ulen < 8 or ulen > tot - 20 or dp in _TUNNEL_PORTS or sp == TEREDO_PORT:
+                    return self._decode(data, linktype, ts)
+                payload = data[42:34 + ulen]
+                hlen = seq = ack = win = urp = 0
+                flags = -1
+            else:
+                return self._decode(data, linktype, ts)
+            # Every field of Packet.__init__, set once (tests/core/test_decode.py compares
+            # all of Packet.__slots__ with the general path's packet).
+            p = _new_packet(Packet)
+            p.ts = ts
+            p.data = data
+            p.pkt_len = n
+            p.vlan = ()
+            p.ipver = 4
+            p.l3_off = 14
+            p.l4_off = 34
+            p.src = src
+            p.dst = dst
+            p.proto = proto
+            p.ttl = ttl
+            p.sp = sp
+            p.dp = dp
+            p.payload = payload
+            p.tcp_flags = flags
+            p.tcp_seq = seq
+            p.tcp_ack = ack
+            p.tcp_win = win
+            p.tcp_urp = urp
+            p.tcp_opts = None
+            p.l3_discard = False
+            p.icmp_type = -1
+            p.icmp_code = -1
+            p.icmp_inner = None
+            p.frag = None
+            p.spi = -1
+            p.events = None
+            p.inner = None
+            st = self.stats
+            if hlen > 20:
+                if hlen == 32 and data[54:58] == b"\x01\x01\x08\x0a":
+                    # NOP, NOP, timestamps: what established Linux and BSD connections
+                    # send on every segment.
+                    o = p.tcp_opts = TcpOptions()
+                    o.tsval, o.tsecr = _TS_OPT.unpack_from(data, 58)
+                else:
+                    try:
+                        p.tcp_opts = _tcp_options(p, data, 54, 34 + hlen)
+                    except (struct.error, IndexError, ValueError):
+                        return self._decode(data, linktype, ts)  # cannot happen
+                    if p.events is not None:
+                        self._count_events(p, st.raw)
+            if flags >= 0:
+                st.fast_tcp += 1
+            else:
+                st.fast_udp += 1
+            st.fast_bytes += n
+            if n > st.fast_max:
+                st.fast_max = n
+            return p
         return self._decode(data, linktype, ts)
 
     def _decode(self, data: bytes, linktype: int, ts: float) -> Packet:
         """The general path: every link type and layer, with Suricata's events."""
         p = Packet(ts, data)
-        c = self.stats.counts
+        c = self.stats.raw
         c["pkts"] += 1
         n = len(data)
         c["bytes"] += n
@@ -498,7 +531,7 @@ class Decoder:
     # -- network layer -------------------------------------------------------------
 
     def _ipv4(self, p: Packet, data: bytes, off: int, depth: int) -> None:
-        c = self.stats.counts
+        c = self.stats.raw
         avail = len(data) - off
         if avail < 20:
             p.event("decoder.ipv4.pkt_too_small")
@@ -537,7 +570,7 @@ class Decoder:
         self._l4(p, data, off + hlen, end, proto, depth)
 
     def _ipv6(self, p: Packet, data: bytes, off: int, depth: int) -> None:
-        c = self.stats.counts
+        c = self.stats.raw
         avail = len(data) - off
         if avail < 40:
             p.event("decoder.ipv6.pkt_too_small")
@@ -612,7 +645,7 @@ class Decoder:
     # -- transport layer ---------------------------------------------------------------
 
     def _l4(self, p: Packet, data: bytes, off: int, end: int, proto: int, depth: int) -> None:
-        c = self.stats.counts
+        c = self.stats.raw
         avail = end - off
         if proto == PROTO_TCP:
             if avail < 20:
@@ -753,11 +786,11 @@ class Decoder:
             _lift_events(p, q)
         elif ptype == 0x6558:  # transparent Ethernet bridging
             q = self._inner(p, data[inner_off:end])
-            self._ethernet(q, q.data, 0, self.stats.counts)
+            self._ethernet(q, q.data, 0, self.stats.raw)
             _lift_events(p, q)
 
     def _udp_tunnel(self, p: Packet, data: bytes, off: int, end: int, depth: int) -> None:
-        c = self.stats.counts
+        c = self.stats.raw
         dp = p.dp
         if dp == VXLAN_PORT and end - off >= 8 + 14 and data[off] & 0x08:
             # VXLAN (RFC 7348): 8-byte header with the I flag, then an Ethernet frame.

@@ -480,6 +480,9 @@ class Http2Parser:
         self._next_tx_id = first_tx_id
         self._max_stream = (0, 0)  # highest stream id opened by (client, server)
         self._tx_bytes = 0
+        # Transactions completed by the last call: their bodies are freed at the next
+        # one (the engine reads their buffers between the two).
+        self._done: list[Http2Transaction] = []
         self.file_budget: FileBudget | None = None
 
     # public API -------------------------------------------------------------------------
@@ -489,6 +492,8 @@ class Http2Parser:
         side = self._cli if to_server else self._srv
         if not data or side.state == _DEAD:
             return out
+        if self._done:
+            self._release_done()
         try:
             self._feed(side, data, to_server, out)
         except Exception:  # principle 7: a parser bug must not take the verdict down
@@ -777,6 +782,7 @@ class Http2Parser:
         tx.logged = True
         if tx.stream_id:
             self._streams.pop(tx.stream_id, None)
+            self._done.append(tx)
         out.append(AppEvent(H2_DONE, False, "", tx.tx_id, {"tx": tx}))
 
     def _end_side(self, tx: Http2Transaction, to_server: bool, out: list[AppEvent]) -> None:
@@ -787,6 +793,14 @@ class Http2Parser:
         self._close_file(tx, d, out, truncated=False)
         if tx.done:
             self._finish(tx, out)
+
+    def _release_done(self) -> None:
+        for tx in self._done:
+            for d in (tx.req, tx.resp):
+                self._tx_bytes -= len(d.body)
+                d.body = bytearray()
+                d.decoder = None
+        self._done.clear()
 
     def _prune(self) -> None:
         txs = self.transactions

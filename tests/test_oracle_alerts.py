@@ -95,6 +95,14 @@ def test_warm_cached_load_gives_the_same_alerts(etopen: LoadedRules,
     secs = time.perf_counter() - t0
     print(f"ET Open warm load from cache: {secs:.2f} s")
     assert warm.from_cache
+    # Lazy: loading compiled (almost) nothing, only the rules with hash lists/datasets
+    # (and building the engine must not walk the compiled rules).
+    from appliance.rules.compiler import LazyRules
+
+    assert isinstance(warm.program.rules, LazyRules)
+    print(f"rules compiled by the warm load: {warm.program.rules.compiled}")
+    assert warm.program.rules.compiled < len(warm.program.rules) // 100
+    assert warm.engine.has_stream_rules == cold.engine.has_stream_rules
     assert (warm.active, warm.failed, warm.disabled) == (cold.active, cold.failed, cold.disabled)
     pcap = shared_pcap("ndpi-mixed.pcap")
 

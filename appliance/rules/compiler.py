@@ -314,7 +314,31 @@ class CompiledRule:
         return RuleInfo(self.order, self.fast, self.first_key, self.ipproto, self.bidir,
                         self.src, self.dst, self.src_ports, self.dst_ports, r.raw,
                         r.file, r.line, r.sid, r.classtype,
-                        tuple((k, tuple(v)) for k, v in r.metadata.items()), self.events)
+                        tuple((k, tuple(v)) for k, v in r.metadata.items()), self.events,
+                        self.stream_capable, self.stream_only)
+
+    @property
+    def stream_capable(self) -> bool:
+        """Can this rule match reassembled TCP stream data? Payload rules on TCP (or any
+        IP protocol) whose buffers are all pkt_data, unless they are packet-only:
+        `tcp-pkt`, flow:no_stream, or a packet-level keyword (dsize, flags, seq, ttl...),
+        as Suricata (a rule with such a keyword inspects packets only)."""
+        if self.app or not self.chains or self.ipproto not in (None, 6):
+            return False
+        if self.rule.proto == "tcp-pkt" or (self.flow is not None and self.flow.no_stream):
+            return False
+        if any(ch.key[0] != "pkt_data" for ch in self.chains):
+            return False
+        return all(v is None for v in (
+            self.dsize, self.flags, self.seq, self.ack, self.window, self.ttl, self.ip_id,
+            self.tos, self.fragbits, self.itype, self.icode, self.icmp_id, self.icmp_seq,
+            self.tcp_mss, self.ipopts)) and not self.sameip
+
+    @property
+    def stream_only(self) -> bool:
+        """`tcp-stream` / flow:only_stream: the reassembled stream only, not packets."""
+        return not self.app and (self.rule.proto == "tcp-stream" or (
+            self.flow is not None and self.flow.only_stream))
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +364,9 @@ class RuleInfo:
     classtype: str | None = None
     metadata: tuple[tuple[str, tuple[str, ...]], ...] = ()
     events: tuple[str, ...] = ()  # the prefilter finds event rules by their first event
+    # Which views of TCP payload the rule sees (CompiledRule.stream_capable/stream_only).
+    stream_ok: bool = False
+    stream_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -867,6 +894,11 @@ class LazyRules(Sequence[CompiledRule]):
 
     def __len__(self) -> int:
         return len(self._infos)
+
+    @property
+    def compiled(self) -> int:
+        """How many rules were compiled so far."""
+        return sum(d is not None for d in self._done)
 
     @overload
     def __getitem__(self, i: int) -> CompiledRule: ...

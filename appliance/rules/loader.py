@@ -29,7 +29,7 @@ from appliance.rules.thresholds import ThresholdConfig, beside, load_threshold_f
 from appliance.rules.variables import DEFAULT_ADDRESS_GROUPS, DEFAULT_PORT_GROUPS, Variables
 
 # Bump when RuleInfo, the compiler's ordering or the parser's output changes shape.
-CACHE_FORMAT: Final = 5
+CACHE_FORMAT: Final = 6
 
 
 @dataclass
@@ -80,9 +80,23 @@ def variables_from(address_groups: Mapping[str, str] | None = None,
     return Variables(address_groups=addr, port_groups=ports)
 
 
+def _code_fingerprint() -> bytes:
+    """The rule parser's and compiler's own source: what a cached compile depends on
+    besides the rules (a new keyword, a changed RuleInfo), so that changing the code
+    never reuses a cache written by the old one."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        try:
+            h.update(f.read_bytes())
+        except OSError:
+            h.update(f.name.encode())
+    return h.digest()
+
+
 def _cache_key(paths: list[Path], variables: Variables) -> str:
     h = hashlib.sha256()
     h.update(f"{__version__}:{CACHE_FORMAT}".encode())
+    h.update(_code_fingerprint())
     h.update(repr(sorted(variables.address_groups.items())).encode())
     h.update(repr(sorted(variables.port_groups.items())).encode())
     files = rule_files(paths)

@@ -112,9 +112,12 @@ class SignatureEngine:
         # Suricata's two views of TCP payload: `tcp-stream` / flow:only_stream rules see
         # only the reassembled stream, `tcp-pkt` / flow:no_stream rules only packets,
         # plain payload rules both (one alert per packet).
-        self._stream_ok = frozenset(r.order for r in self.rules if _stream_capable(r))
-        self._stream_only = frozenset(r.order for r in self.rules if not r.app and (
-            r.rule.proto == "tcp-stream" or (r.flow is not None and r.flow.only_stream)))
+        # From the rules' infos, decided when each rule was compiled: a warm start
+        # compiles a rule only when it first becomes a candidate (rules/loader.py), so
+        # looking at every compiled rule here would compile them all.
+        infos = program.infos
+        self._stream_ok = frozenset(i.order for i in infos if i.stream_ok)
+        self._stream_only = frozenset(i.order for i in infos if i.stream_only)
         self.has_stream_rules = bool(self._stream_ok)
         self._last_pkt: tuple[Packet | None, frozenset[int]] = (None, frozenset())
         # Plain rules that matched a TCP packet's own payload, with that payload, per
@@ -769,24 +772,6 @@ def _elements(cache: dict[BufferKey, list[bytes]], key: BufferKey,
         got = [apply_transforms(x, key[1]) for x in vals] if key[1] else vals
         cache[key] = got
     return got
-
-
-def _stream_capable(r: CompiledRule) -> bool:
-    """Can this rule match reassembled TCP stream data? Payload rules on TCP (or any IP
-    protocol) whose buffers are all pkt_data, unless they are packet-only: `tcp-pkt`,
-    flow:no_stream, or a packet-level keyword (dsize, flags, seq, ttl...), as Suricata
-    (a rule with such a keyword inspects packets only)."""
-    if r.app or not r.chains or r.ipproto not in (None, PROTO_TCP):
-        return False
-    if r.rule.proto == "tcp-pkt" or (r.flow is not None and r.flow.no_stream):
-        return False
-    if any(ch.key[0] != "pkt_data" for ch in r.chains):
-        return False
-    return (r.dsize is None and r.flags is None and r.seq is None and r.ack is None
-            and r.window is None and r.ttl is None and r.ip_id is None and r.tos is None
-            and r.fragbits is None and r.itype is None and r.icode is None
-            and r.icmp_id is None and r.icmp_seq is None and not r.sameip
-            and r.tcp_mss is None and r.ipopts is None)
 
 
 def _chains_match(r: CompiledRule, data: bytes) -> bool:

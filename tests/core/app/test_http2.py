@@ -582,3 +582,14 @@ def test_a_full_body_is_inspected_before_the_stream_ends() -> None:
     ev = p.feed(chunk * 2, False)
     assert [(e.kind, e.to_server) for e in ev] == [(H2_INSPECT, False)]
     assert len(stream_tx(p, 1).buffers(False)["file.data"]) == BODY_LIMIT
+
+
+def test_size_update_and_priority_buffers() -> None:
+    blk = hint(1024, 5, 0x20) + block(REQ)  # a dynamic table size update, then fields
+    hdr = frame(1, 0x4 | 0x1 | 0x20, 1, struct.pack("!IB", 0x80000003, 41) + blk)
+    p, ev = run(PREFACE + hdr + frame(2, 0, 1, struct.pack("!IB", 0, 7)), b"")
+    assert not anomalies(ev)
+    b = stream_tx(p, 1).buffers(True)
+    assert b["http2.size_update"] == [b"1024"]
+    assert b["http2.priority"] == [b"41", b"7"]
+    assert b["http2.frametype"] == [b"HEADERS", b"PRIORITY"]

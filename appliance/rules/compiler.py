@@ -895,11 +895,6 @@ class LazyRules(Sequence[CompiledRule]):
     def __len__(self) -> int:
         return len(self._infos)
 
-    @property
-    def compiled(self) -> int:
-        """How many rules were compiled so far."""
-        return sum(d is not None for d in self._done)
-
     @overload
     def __getitem__(self, i: int) -> CompiledRule: ...
 

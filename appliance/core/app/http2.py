@@ -246,6 +246,12 @@ class Http2Transaction:
         return None if a is None else split_host_port(a.rpartition(b"@")[2])[1]
 
     @property
+    def response_body(self) -> bytes:
+        """The response body kept for detection (the engine scans it when the file's
+        content was not kept whole in the FileBudget, as for HTTP/1)."""
+        return bytes(self.resp.body)
+
+    @property
     def status(self) -> int | None:
         s = self.resp.header(b":status")
         if s is not None and len(s) == 3 and s.isdigit():

@@ -426,8 +426,8 @@ def test_mutated_exchange_never_raises(pos: int, byte: int) -> None:
 # --- through the engine --------------------------------------------------------------------
 
 
-def _engine_run(rules: list[str], convo: list[tuple[bool, bytes]],
-                dport: int = 80) -> list[dict[str, Any]]:
+def _engine_run(rules: list[str], convo: list[tuple[bool, bytes]], dport: int = 80,
+                config: Any = None, commands: list[Any] | None = None) -> list[dict[str, Any]]:
     from scapy.layers.inet import IP, TCP, Ether
 
     from appliance.core.commands import Log
@@ -437,7 +437,7 @@ def _engine_run(rules: list[str], convo: list[tuple[bool, bytes]],
 
     loaded = detection_from_text(rules)
     assert not loaded.failure_records(), loaded.failure_records()
-    eng = Engine(EngineConfig(), loaded.engine)
+    eng = Engine(config or EngineConfig(), loaded.engine)
     a, b = "10.0.0.1", "10.0.0.2"
     cseq, sseq = 1000, 5000
     pkts = [Ether() / IP(src=a, dst=b) / TCP(sport=40000, dport=dport, flags="S", seq=cseq),
@@ -466,6 +466,8 @@ def _engine_run(rules: list[str], convo: list[tuple[bool, bytes]],
     for i, pk in enumerate(pkts):
         cmds = eng.handle(PacketIn(i + 1, 1000.0 + i / 100, bytes(pk), LINKTYPE_ETHERNET))
         recs += [c.record for c in cmds if isinstance(c, Log)]
+        if commands is not None:
+            commands += cmds
     for c in eng.handle(Shutdown(2000.0)):
         if isinstance(c, Log):
             recs.append(c.record)
@@ -593,3 +595,22 @@ def test_size_update_and_priority_buffers() -> None:
     assert b["http2.size_update"] == [b"1024"]
     assert b["http2.priority"] == [b"41", b"7"]
     assert b["http2.frametype"] == [b"HEADERS", b"PRIORITY"]
+
+
+@pytest.mark.parametrize("memcap", [1 << 20, 1000])
+def test_downloads_go_to_the_scanners(memcap: int) -> None:
+    """A finished HTTP/2 download is a ScanRequest with its content: kept in the
+    FileBudget, or (no room there) the body kept for detection, as HTTP/1's."""
+    from dataclasses import replace
+
+    from appliance.core.commands import ScanRequest
+    from appliance.core.engine import EngineConfig
+
+    cfg = replace(EngineConfig(), scan_files=True, file_memcap=memcap)
+    cmds: list[Any] = []
+    _engine_run([], [(True, CLIENT), (False, SERVER)], config=cfg, commands=cmds)
+    scans = [c for c in cmds if isinstance(c, ScanRequest)]
+    assert len(scans) == 1
+    assert scans[0].data == BODY and scans[0].size == len(BODY)
+    assert scans[0].sha256 == hashlib.sha256(BODY).hexdigest()
+    assert scans[0].filename == "/files/evil.exe"

@@ -102,6 +102,9 @@ _SEVERITY: Final = {VerdictKind.BYPASS: 0, VerdictKind.ACCEPT: 1, VerdictKind.DR
 # Per-packet code reads these: a module global is cheaper than an enum class attribute.
 _ACCEPT: Final = VerdictKind.ACCEPT
 _BYPASS: Final = VerdictKind.BYPASS
+# NamedTuple's generated __new__ is a Python function: the C constructor it calls, for
+# the one Verdict every packet gets.
+_new_tuple: Final = tuple.__new__
 
 # The appliance's own alert for a malicious file (EVE gid/sid; stable).
 FILE_GID: Final = 9003
@@ -332,7 +335,7 @@ class Engine:
         st.verdicts[kind] += 1  # a StrEnum is its value as a key (no .value lookup)
         out.append(Verdict(ev.id, kind, self._reject_how)
                    if self._reject_how and kind is VerdictKind.REJECT
-                   else Verdict(ev.id, kind))
+                   else _new_tuple(Verdict, (ev.id, kind, "")))  # = Verdict(ev.id, kind)
         return out
 
     def _inspect(self, p: Packet, ev: PacketIn, out: list[Command]) -> VerdictKind:
@@ -364,6 +367,7 @@ class Engine:
                     kind = self._detect(p, flow, to_server, ev.id, out,
                                         packet_events(p, upd, app, flow))
                 if upd is not None and flow is not None and (
+                        self.detector is not None or self.role_detectors) and (
                         upd.to_server or upd.to_client or upd.raw_ts or upd.raw_tc):
                     kind = self._detect_stream(p, flow, upd, kind, ev.id, out)
                 if app is not None and flow is not None:

@@ -288,7 +288,8 @@ class FlowTable:
         self.evict_established = True
         self.stats = FlowStats()
         self.ended: list[Flow] = []
-        self._next_sweep: float | None = None
+        # The first packet sweeps the (empty) table: that sets the next sweep time.
+        self._next_sweep = float("-inf")
         self._max = self.config.max_flows
         tmo = self.config.timeouts
         self._tmo_normal = {q: tmo[q[0]][0].for_state(q[1]) for q in self.queues}
@@ -312,9 +313,7 @@ class FlowTable:
 
     def lookup(self, p: Packet) -> tuple[Flow, bool]:
         ts = p.ts
-        if self._next_sweep is None:
-            self._next_sweep = ts + self.config.sweep_interval
-        elif ts >= self._next_sweep:
+        if ts >= self._next_sweep:
             self.sweep(ts)
         proto = p.proto
         if proto == PROTO_TCP or proto == PROTO_UDP:

@@ -672,9 +672,12 @@ class StreamTracker:
             opts = p.tcp_opts
             tsval = None if opts is None else opts.tsval
             n = len(payload)
-            if (tsval is None or not sess.ts_ok or seq_diff(tsval, s.tsval) >= 0) and not (
+            # seq_diff() inlined: seq_diff(a, b) >= 0 is ((a - b + HALF32) & MASK32) >= HALF32
+            # and seq_diff(a, b) <= 0 is ((a - b + HALF32) & MASK32) <= HALF32.
+            if (tsval is None or not sess.ts_ok
+                    or ((tsval - s.tsval + HALF32) & MASK32) >= HALF32) and not (
                     n and sess.win_ok and r.ack_seen
-                    and seq_diff((r.ack + r.win) & MASK32, seq) <= 0):
+                    and ((((r.ack + r.win) & MASK32) - seq + HALF32) & MASK32) <= HALF32):
                 if tsval is not None:
                     s.tsval = tsval
                 ack = p.tcp_ack
@@ -686,8 +689,19 @@ class StreamTracker:
                 if r.started:
                     d = ((ack - r.nxt_seq + HALF32) & MASK32) - HALF32
                     kept = r.kept
-                    if d > 0 or (kept and kept[0][0] + len(kept[0][1]) <= r.nxt_off + d):
-                        out_tc, gap = self._acked(r, ack)
+                    if d > 0 or r.fin_seq >= 0 or r.weak is not None:
+                        if d > 0 or (kept and kept[0][0] + len(kept[0][1]) <= r.nxt_off + d):
+                            out_tc, gap = self._acked(r, ack)
+                    elif kept and kept[0][0] + len(kept[0][1]) <= r.nxt_off + d:
+                        # _acked() when it has only kept bytes to forget (no FIN, no weak
+                        # data, nothing acknowledged past the reassembly point).
+                        ack_off = r.nxt_off + d
+                        while kept and kept[0][0] + len(kept[0][1]) <= ack_off:
+                            o, b = kept.popleft()
+                            c = len(b) + KEPT_OVERHEAD
+                            r.kept_bytes -= c
+                            self.reassembly_memuse -= c
+                            r.kept_off = o + len(b)
                 if not n:
                     if out_tc or gap or r.done:
                         return self._result(to_server, b"", out_tc, None, False, gap, s, r)

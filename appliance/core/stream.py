@@ -255,12 +255,6 @@ def l4_checksum(src: bytes, dst: bytes, proto: int, segment: bytes | memoryview)
     return 0xFFFF - r if r else 0
 
 
-def _pseudo_partial(src: bytes, dst: bytes, proto: int, n: int) -> int:
-    """The folded pseudo-header sum that Linux leaves in the checksum field of a
-    CHECKSUM_PARTIAL packet (veth/tap offload: the NIC, or nobody, completes it)."""
-    return (int.from_bytes(src, "big") + int.from_bytes(dst, "big") + proto + n) % 0xFFFF
-
-
 CSUM_OK: Final = 0
 CSUM_BAD: Final = 1
 CSUM_OFFLOADED: Final = 2
@@ -277,11 +271,19 @@ def check_l4_checksum(p: Packet, offload_first: bool = False) -> int:
     off = p.l4_off
     end = off + ((data[off + 12] >> 4) << 2) + len(p.payload)
     field = (data[off + 16] << 8) | data[off + 17]
-    partial = field % 0xFFFF == _pseudo_partial(p.src, p.dst, p.proto, end - off)
+    n = end - off
+    # The pseudo-header sum, once for both tests. Folded (modulo 0xFFFF) it is what Linux
+    # leaves in the checksum field of a CHECKSUM_PARTIAL packet (veth/tap offload: the
+    # NIC, or nobody, completes it). With the segment added it is l4_checksum()'s sum,
+    # which gives 0 or 0xFFFF exactly when that is 0 modulo 0xFFFF.
+    pseudo = int.from_bytes(p.src, "big") + int.from_bytes(p.dst, "big") + p.proto + n
+    partial = field % 0xFFFF == pseudo % 0xFFFF
     if partial and offload_first:
         return CSUM_OFFLOADED
-    seg = memoryview(data)[off:end]
-    if l4_checksum(p.src, p.dst, p.proto, seg) in (0, 0xFFFF):
+    body = int.from_bytes(memoryview(data)[off:end], "big")
+    if n & 1:
+        body <<= 8  # pad the odd byte with zero (RFC 1071)
+    if (pseudo + body) % 0xFFFF == 0:
         return CSUM_OK
     return CSUM_OFFLOADED if partial else CSUM_BAD
 

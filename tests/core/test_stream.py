@@ -42,6 +42,7 @@ from appliance.core.stream import (
     StreamUpdate,
     TcpSession,
     TcpState,
+    check_l4_checksum,
     l4_checksum,
     seq_diff,
 )
@@ -634,6 +635,36 @@ def test_l4_checksum_matches_scapy(v6: bool, proto: str, size: int) -> None:
     got = l4_checksum(src, dst, 6 if proto == "tcp" else 17, bytes(seg))
     assert got == want or (proto == "udp" and got == 0 and want == 0xFFFF)
     assert l4_checksum(src, dst, 6 if proto == "tcp" else 17, raw[l4off:]) in (0, 0xFFFF)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.booleans(), st.binary(max_size=64), st.sampled_from(["good", "partial", "other"]),
+       st.integers(0, 0xFFFF), st.booleans())
+def test_check_l4_checksum_classifies_as_l4_checksum_says(
+        v6: bool, payload: bytes, kind: str, other: int, offload_first: bool) -> None:
+    """check_l4_checksum() against its definition in terms of l4_checksum() and the
+    folded pseudo-header sum, for right, partial (offloaded) and arbitrary fields."""
+    src, dst = (bytes(range(1, 17)), bytes(range(17, 33))) if v6 else (b"\x0a\0\0\x01",
+                                                                      b"\x0a\0\0\x02")
+    seg = bytearray(TCP_HDR + payload)
+    pseudo = (int.from_bytes(src, "big") + int.from_bytes(dst, "big") + 6 + len(seg)) % 0xFFFF
+    field = {"good": l4_checksum(src, dst, 6, bytes(seg)), "partial": pseudo,
+             "other": other}[kind]
+    seg[16:18] = field.to_bytes(2, "big")
+    if v6:
+        raw = bytes([0x60, 0, 0, 0]) + len(seg).to_bytes(2, "big") + b"\x06\x40" + src + dst
+    else:
+        raw = (bytes([0x45, 0]) + (20 + len(seg)).to_bytes(2, "big") + b"\0\0\0\0\x40\x06\0\0"
+               + src + dst)
+    p = Decoder().decode(raw + bytes(seg), LINKTYPE_RAW, 1.0)
+    assert p.l4_off >= 0 and p.payload == payload
+    ok = l4_checksum(src, dst, 6, bytes(seg)) in (0, 0xFFFF)
+    partial = field % 0xFFFF == pseudo
+    want = (2 if partial and offload_first else 0 if ok else 2 if partial else 1)
+    assert check_l4_checksum(p, offload_first) == want  # CSUM_OK 0, BAD 1, OFFLOADED 2
+
+
+TCP_HDR = bytes.fromhex("9c400050000000010000000250100200" "00000000")
 
 
 def _offloaded(k: Conn, off: int, data: bytes) -> Packet:

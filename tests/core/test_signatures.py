@@ -445,3 +445,23 @@ def test_app_rule_with_payload_content_checks_the_packet() -> None:
     assert r.sids(q(1, "evil.example", 3001)) == [1]
     assert r.sids(q(0, "evil.example", 3002)) == []  # flags 0x0000: payload differs
     assert r.sids(q(1, "good.example", 3003)) == []
+
+
+def test_header_candidates_are_cached_per_endpoints_and_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import appliance.core.detect.signatures as sigmod
+
+    monkeypatch.setattr(sigmod, "STATIC_CACHE_MAX", 8)
+    r = Run('alert udp any any -> any 53 (msg:"dns port"; sid:1;)',
+            'alert udp 198.51.100.0/24 any -> any any (msg:"src net"; sid:2;)')
+    # The same answers from the cache as from the lookups, whatever the order.
+    for _ in range(2):
+        assert r.sids(udp(b"q", dp=53)) == [1]
+        assert r.sids(udp(b"q", src="198.51.100.4", dp=53)) == [1, 2]
+        assert r.sids(udp(b"q", src="198.51.100.4", dp=54)) == [2]
+        assert r.sids(udp(b"q", dp=54)) == []
+    # A flood of new endpoint pairs: the cache never grows past its bound.
+    det = r.loaded.engine
+    for sp in range(100):
+        r.sids(udp(b"x", sp=1000 + sp))
+        assert len(det._static) <= 8

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
@@ -51,6 +51,8 @@ XBITS_MAX_ENTRIES: Final = 100_000
 # Packet-view matches remembered so the stream view does not repeat them (see
 # SignatureEngine._pkt_seen).
 PKT_SEEN_MAX: Final = 4096
+# Endpoint pairs whose header candidates inspect_packet keeps (~100 bytes each).
+STATIC_CACHE_MAX: Final = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,8 @@ class SignatureEngine:
         # on the SYN/ACK, out-of-order data on the segment filling the hole), the rule
         # is not reported a second time for them. Bounded, oldest first out.
         self._pkt_seen: OrderedDict[tuple[int, bool, int], bytes] = OrderedDict()
+        # inspect_packet's header candidates by (group, src, dst, sport, dport).
+        self._static: dict[tuple[str, bytes, bytes, int, int], tuple[int, ...]] = {}
 
     # -- entry points ----------------------------------------------------------------
 
@@ -133,21 +137,50 @@ class SignatureEngine:
         """Packet rules on this packet's payload (and header-only rules). ``events``: the
         anomaly events this packet raised (packet_events), for the *-event keywords."""
         group = ip_group(p.proto)
-        gk = (group, _PKT_KEY)
-        hits: set[int] = set()
         self._events = events
+        # The candidates a packet's header gives (by address, port, or always) are the
+        # same for every packet between the same endpoints: looked up once, kept sorted.
+        key = (group, p.src, p.dst, p.sp, p.dp)
+        static = self._static.get(key)
+        if static is None:
+            static = self._static_candidates(group, p)
+            if len(self._static) >= STATIC_CACHE_MAX:
+                self._static.clear()  # bounded under a flood of new endpoints
+            self._static[key] = static
+        extra: set[int] | None = None
         if events is not None and self.pf.by_event:
             for name in events:
                 got = self.pf.by_event.get(name)
                 if got is not None:
-                    hits.update(got)
+                    if extra is None:
+                        extra = set()
+                    extra.update(got)
         payload = p.payload
-        db = self.pf.dbs.get(gk)
-        if db is not None and payload:
-            db.scan(payload, hits)
-        always = self._always.get(gk)
-        if always:
-            hits.update(always)
+        if payload:
+            db = self.pf.dbs.get((group, _PKT_KEY))
+            if db is not None:
+                if extra is None:
+                    extra = set()
+                db.scan(payload, extra)
+        orders: Sequence[int] = sorted(extra.union(static)) if extra else static
+        if not orders:
+            return []
+        buffers = {_PKT_KEY: [payload]}
+        found = self._run(orders, p, flow, to_server, buffers, None, app=False)
+        if self.has_stream_rules:
+            self._last_pkt = (p, frozenset(m.rule.order for m in found))
+            if found and flow is not None and flow.tcp is not None:
+                seen = self._pkt_seen
+                for m in found:
+                    o = m.rule.order
+                    if o in self._stream_ok and o not in self._stream_only:
+                        seen[(flow.flow_id, to_server, o)] = payload
+                while len(seen) > PKT_SEEN_MAX:
+                    seen.popitem(last=False)
+        return found
+
+    def _static_candidates(self, group: str, p: Packet) -> tuple[int, ...]:
+        hits: set[int] = set(self._always.get((group, _PKT_KEY), ()))
         idx = self.pf.by_src.get(group)
         if idx is not None:
             idx.lookup(p.src, hits)
@@ -160,21 +193,7 @@ class SignatureEngine:
         ports = self.pf.by_sport.get(group)
         if ports is not None and (got := ports.get(p.sp)) is not None:
             hits.update(got)
-        if not hits:
-            return []
-        buffers = {_PKT_KEY: [payload]}
-        found = self._run(sorted(hits), p, flow, to_server, buffers, None, app=False)
-        if self.has_stream_rules:
-            self._last_pkt = (p, frozenset(m.rule.order for m in found))
-            if found and flow is not None and flow.tcp is not None:
-                seen = self._pkt_seen
-                for m in found:
-                    o = m.rule.order
-                    if o in self._stream_ok and o not in self._stream_only:
-                        seen[(flow.flow_id, to_server, o)] = payload
-                while len(seen) > PKT_SEEN_MAX:
-                    seen.popitem(last=False)
-        return found
+        return tuple(sorted(hits))
 
     def inspect_stream(self, p: Packet, flow: Flow, to_server: bool, data: bytes,
                        gap: bool = False) -> list[RuleMatch]:
@@ -243,7 +262,7 @@ class SignatureEngine:
 
     # -- checks --------------------------------------------------------------------------
 
-    def _run(self, orders: list[int], p: Packet, flow: Flow | None, to_server: bool,
+    def _run(self, orders: Sequence[int], p: Packet, flow: Flow | None, to_server: bool,
              buffers: dict[BufferKey, list[bytes]],
              raw: Mapping[str, bytes | list[bytes]] | None, app: bool,
              tx_id: int | None = None, stream: bool = False,

@@ -214,7 +214,11 @@ class QueueWorker:
                 cmds = []
             else:
                 cmds = self.engine.handle(ev)
-            if any(isinstance(c, ScanRequest) for c in cmds):
+            if len(cmds) == 1 and type(c0 := cmds[0]) is Verdict:
+                # The usual packet: its verdict and nothing else to do.
+                verdict = c0
+                cmds = []
+            elif any(isinstance(c, ScanRequest) for c in cmds):
                 # The packet completing a download is held (we are still in its
                 # callback) until the file's verdict, bounded by the scan's hold time.
                 # Earlier packets' verdicts go first: they must not wait for the scan.

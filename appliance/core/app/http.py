@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -1012,31 +1013,43 @@ class HttpTransaction:
             # libhtp's placeholder for a response that matched no request
             o["http_port"] = 0
             o["url"] = "/libhtp::request_uri_not_seen"
-        ua = self.request_header(b"user-agent")
-        if ua is not None:
-            o["http_user_agent"] = _s(ua)
-        ct = self.response_header(b"content-type")
-        if ct is not None:
-            o["http_content_type"] = _s(ct.split(b";", 1)[0].strip())
-        cr = self.response_header(b"content-range")
-        if cr is not None:
-            o["content_range"] = content_range(cr)
-        ref = self.request_header(b"referer")
-        if ref is not None:
-            o["http_refer"] = _s(ref)
-        if self.method:
-            o["http_method"] = _s(self.method)
-        proto = self.request_protocol or self.response_protocol
-        if proto:
-            o["protocol"] = _s(proto)
-        st = self.status
-        if st is not None:
-            o["status"] = st
-        loc = self.response_header(b"location")
-        if loc is not None:
-            o["redirect"] = _s(loc)
+        eve_header_fields(o, self.request_header, self.response_header,
+                          method=self.method or None,
+                          protocol=self.request_protocol or self.response_protocol or None,
+                          status=self.status, with_content_range=True)
         o["length"] = self.response_body_len
         return o
+
+
+def eve_header_fields(o: dict[str, Any], request_header: Callable[[bytes], bytes | None],
+                      response_header: Callable[[bytes], bytes | None], *,
+                      method: bytes | None, protocol: bytes | None, status: int | None,
+                      with_content_range: bool) -> None:
+    """The EVE ``http`` fields from the user agent to the redirect, in Suricata 7's
+    order, shared by HTTP/1 and HTTP/2 (which logs no content_range and no protocol:
+    it passes with_content_range=False and protocol=None)."""
+    ua = request_header(b"user-agent")
+    if ua is not None:
+        o["http_user_agent"] = _s(ua)
+    ct = response_header(b"content-type")
+    if ct is not None:
+        o["http_content_type"] = _s(ct.split(b";", 1)[0].strip())
+    if with_content_range:
+        cr = response_header(b"content-range")
+        if cr is not None:
+            o["content_range"] = content_range(cr)
+    ref = request_header(b"referer")
+    if ref is not None:
+        o["http_refer"] = _s(ref)
+    if method is not None:
+        o["http_method"] = _s(method)
+    if protocol is not None:
+        o["protocol"] = _s(protocol)
+    if status is not None:
+        o["status"] = status
+    loc = response_header(b"location")
+    if loc is not None:
+        o["redirect"] = _s(loc)
 
 
 _RANGE_RE: Final = re.compile(rb"^\s*bytes\s+(\d{1,18})-(\d{1,18})/(\d{1,18}|\*)\s*$", re.I)

@@ -52,6 +52,7 @@ from appliance.core.app.http import (
     ParsedUri,
     _content_codings,
     _Decoder,
+    eve_header_fields,
     normalize_path,
     parse_uri,
     split_host_port,
@@ -352,23 +353,8 @@ class Http2Transaction:
             o["http_port"] = port
         if self.path is not None:
             o["url"] = _s(self.path)
-        ua = req.header(b"user-agent")
-        if ua is not None:
-            o["http_user_agent"] = _s(ua)
-        ct = resp.header(b"content-type")
-        if ct is not None:
-            o["http_content_type"] = _s(ct.split(b";", 1)[0].strip())
-        ref = req.header(b"referer")
-        if ref is not None:
-            o["http_refer"] = _s(ref)
-        if self.method is not None:
-            o["http_method"] = _s(self.method)
-        st = self.status
-        if st is not None:
-            o["status"] = st
-        loc = resp.header(b"location")
-        if loc is not None:
-            o["redirect"] = _s(loc)
+        eve_header_fields(o, req.header, resp.header, method=self.method, protocol=None,
+                          status=self.status, with_content_range=False)
         if self.stream_id:
             o["length"] = resp.body_len
         o["version"] = "2"

@@ -65,6 +65,38 @@ class StreamParser(Protocol):
         ...
 
 
+class DatagramParser:
+    """Base of the parsers that take UDP payloads (``parse_datagram``): it runs
+    ``_datagram`` and turns any exception it raises into one ``ANOMALY`` named
+    ``MALFORMED`` (DESIGN.md principle 7: a parser bug must not escape into the engine),
+    keeping the events emitted before it. ``feed``/``close``/``memuse`` default to a
+    parser that reads no stream and keeps nothing; subclasses override what they do."""
+
+    app_proto: str
+    MALFORMED: str = "malformed_data"
+
+    def feed(self, data: bytes, to_server: bool) -> list[AppEvent]:
+        return []
+
+    def close(self) -> list[AppEvent]:
+        return []
+
+    def memuse(self) -> int:
+        return 0
+
+    def parse_datagram(self, data: bytes, to_server: bool) -> list[AppEvent]:
+        out: list[AppEvent] = []
+        try:
+            self._datagram(data, to_server, out)
+        except Exception:  # principle 7
+            out.append(AppEvent(ANOMALY, to_server, self.MALFORMED))
+        return out
+
+    def _datagram(self, data: bytes, to_server: bool, out: list[AppEvent]) -> None:
+        """Parse one UDP payload, appending its events to ``out``."""
+        raise NotImplementedError
+
+
 def _http() -> StreamParser:
     from appliance.core.app.http import HttpParser
 

@@ -65,7 +65,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from appliance.core.app import ANOMALY, AppEvent
+from appliance.core.app import ANOMALY, AppEvent, DatagramParser
 
 # Event kinds (engine: applayer.py).
 DCERPC_TX: Final = "dcerpc_tx"
@@ -563,7 +563,7 @@ class DceRpcConnection:
         self.interfaces[i.ctx_id] = i
 
 
-class DcerpcParser:
+class DcerpcParser(DatagramParser):
     """DCERPC for one flow: ``feed`` takes TCP stream bytes (connection-oriented
     PDUs), ``parse_datagram`` one UDP payload (a connectionless PDU, DCE 1.1 12.5:
     every request names its interface (if_id, if_vers) and opnum in its 80-byte
@@ -571,6 +571,7 @@ class DcerpcParser:
     FRAG/LASTFRAG, fragnum) are appended in arrival order)."""
 
     app_proto = "dcerpc"
+    MALFORMED = "DCERPC_MALFORMED"  # a parser bug (DatagramParser.parse_datagram)
 
     def __init__(self) -> None:
         self.conn = DceRpcConnection()
@@ -584,15 +585,8 @@ class DcerpcParser:
     def memuse(self) -> int:
         return self.conn.memuse()
 
-    def parse_datagram(self, data: bytes, to_server: bool) -> list[AppEvent]:
-        out: list[AppEvent] = []
-        try:
-            self._datagram(bytes(data), to_server, out)
-        except Exception:  # principle 7
-            out.append(AppEvent(ANOMALY, to_server, "DCERPC_MALFORMED"))
-        return out
-
     def _datagram(self, d: bytes, to_server: bool, out: list[AppEvent]) -> None:
+        d = bytes(d)
         if len(d) < CL_HDR_LEN or d[0] != 4 or d[4] & 0xEE:
             out.append(AppEvent(ANOMALY, to_server, "DCERPC_MALFORMED"))
             return

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from appliance.core.app import ANOMALY, APP_TX, AppEvent, der
+from appliance.core.app import ANOMALY, APP_TX, AppEvent, DatagramParser, der
 
 # A Kerberos message over TCP: tickets with large PACs reach tens of KiB; beyond this
 # the record is taken as garbage (and never buffered).
@@ -140,7 +140,7 @@ def _etype(d: bytes, t: der.Tlv | None) -> int | None:
     return _int(d, f.get(0)) if f else None
 
 
-class Krb5Parser:
+class Krb5Parser(DatagramParser):
     """Kerberos 5 for one flow (UDP datagrams or TCP records)."""
 
     app_proto = "krb5"
@@ -153,17 +153,6 @@ class Krb5Parser:
 
     def memuse(self) -> int:
         return len(self._buf[0]) + len(self._buf[1])
-
-    def close(self) -> list[AppEvent]:
-        return []
-
-    def parse_datagram(self, data: bytes, to_server: bool) -> list[AppEvent]:
-        out: list[AppEvent] = []
-        try:
-            self._message(data, to_server, out)
-        except Exception:  # principle 7: a bug must not escape into the engine
-            out.append(AppEvent(ANOMALY, to_server, "malformed_data"))
-        return out
 
     def feed(self, data: bytes, to_server: bool) -> list[AppEvent]:
         out: list[AppEvent] = []
@@ -196,9 +185,10 @@ class Krb5Parser:
                 return
             msg = bytes(buf[4 : 4 + n])
             del buf[: 4 + n]
-            self._message(msg, to_server, out)
+            self._datagram(msg, to_server, out)
 
-    def _message(self, d: bytes, to_server: bool, out: list[AppEvent]) -> None:
+    def _datagram(self, d: bytes, to_server: bool, out: list[AppEvent]) -> None:
+        """One Kerberos message (a UDP payload, or a TCP record without its length)."""
         top = der.read(d, 0, len(d))
         if top is None or top.cls != der.APPLICATION or top.tag not in MSG_TYPES:
             out.append(AppEvent(ANOMALY, to_server, "malformed_data"))

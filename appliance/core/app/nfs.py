@@ -27,7 +27,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Final
 
-from appliance.core.app import ANOMALY, APP_TX, AppEvent
+from appliance.core.app import APP_TX, AppEvent, DatagramParser
 from appliance.core.app.http import FileBudget, HttpFile
 
 NFS_PROGRAM: Final = 100003
@@ -128,7 +128,7 @@ def _file_buffers(f: NfsFile) -> dict[str, bytes | list[bytes]]:
     return b
 
 
-class NfsParser:
+class NfsParser(DatagramParser):
     """NFS v2/v3 for one UDP flow."""
 
     app_proto = "nfs"
@@ -144,8 +144,7 @@ class NfsParser:
         return (64 * len(self.pending) + sum(len(k) + len(v) for k, v in self.names.items())
                 + sum(len(f.data or b"") for f in self.files.values()))
 
-    def feed(self, data: bytes, to_server: bool) -> list[AppEvent]:
-        return []  # (NFS over TCP is not parsed: detection offers UDP flows only)
+    # (NFS over TCP is not parsed: detection offers UDP flows only; feed returns nothing)
 
     def release_files(self) -> None:
         for f in self.files.values():
@@ -157,18 +156,12 @@ class NfsParser:
             self._close_file(f, f.to_server, out)
         return out
 
-    def parse_datagram(self, data: bytes, to_server: bool) -> list[AppEvent]:
-        out: list[AppEvent] = []
-        try:
-            if to_server:
-                self._call(_Xdr(data), to_server, out)
-            else:
-                self._reply(_Xdr(data), to_server, out)
-        except _Bad:
-            out.append(AppEvent(ANOMALY, to_server, "malformed_data"))
-        except Exception:  # principle 7: a bug must not escape into the engine
-            out.append(AppEvent(ANOMALY, to_server, "malformed_data"))
-        return out
+    def _datagram(self, data: bytes, to_server: bool, out: list[AppEvent]) -> None:
+        # An XDR field past the end (_Bad) or a bug: "malformed_data" (DatagramParser).
+        if to_server:
+            self._call(_Xdr(data), to_server, out)
+        else:
+            self._reply(_Xdr(data), to_server, out)
 
     # calls -----------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ import hmac
 import struct
 from typing import Any, Final
 
-from appliance.core.app import ANOMALY, AppEvent
+from appliance.core.app import ANOMALY, AppEvent, DatagramParser
 from appliance.core.app.tls import Hello, _Malformed, ja3_string, ja3s_string, md5_hex, parse_hello
 
 try:  # an ordinary dependency (pyproject.toml); guarded so a bare install still runs
@@ -210,10 +210,11 @@ class _Side:
         self.version = -1  # the version last inspected in this direction
 
 
-class QuicParser:
+class QuicParser(DatagramParser):
     """QUIC for one UDP flow: ``parse_datagram`` per payload."""
 
     app_proto = "quic"
+    MALFORMED = "error_on_data"  # a parser bug (DatagramParser.parse_datagram)
 
     def __init__(self) -> None:
         self.version: int | None = None
@@ -224,13 +225,7 @@ class QuicParser:
         self._initials = 0
         self._sides = (_Side(), _Side())  # to_client, to_server
 
-    # StreamParser protocol (QUIC is datagrams only) -------------------------------------
-
-    def feed(self, data: bytes, to_server: bool) -> list[AppEvent]:
-        return []
-
-    def close(self) -> list[AppEvent]:
-        return []
+    # StreamParser protocol (QUIC is datagrams only: feed and close return nothing) ------
 
     def memuse(self) -> int:
         return sum(len(s.crypto) + sum(len(f) for f in s.frags.values()) for s in self._sides)
@@ -238,11 +233,7 @@ class QuicParser:
     # public -------------------------------------------------------------------------------------
 
     def parse_datagram(self, data: bytes, to_server: bool) -> list[AppEvent]:
-        out: list[AppEvent] = []
-        try:
-            self._datagram(data, to_server, out)
-        except Exception:  # principle 7: a bug must not escape into the engine
-            out.append(AppEvent(ANOMALY, to_server, "error_on_data"))
+        out = super().parse_datagram(data, to_server)
         if any(e.kind == QUIC_TX for e in out):
             # One inspection of the direction's transaction per datagram.
             out = [e for e in out if e.kind != QUIC_TX]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-from appliance.core.app import ANOMALY, APP_TX, AppEvent
+from appliance.core.app import ANOMALY, APP_TX, AppEvent, DatagramParser
 
 # A SIP message over UDP fits a datagram (RFC 3261 18.1.1 asks for TCP above ~1300 bytes);
 # header lines beyond this count are not read.
@@ -89,35 +89,27 @@ def parse_message(data: bytes, request: bool) -> Message | str:
     return Message(request, line, (m.group(1), m.group(2), m.group(3)))
 
 
-class SipParser:
+class SipParser(DatagramParser):
     """SIP for one UDP flow."""
 
     app_proto = "sip"
+    MALFORMED = "invalid_data"  # a parser bug (DatagramParser.parse_datagram)
 
     def __init__(self) -> None:
         self.next_id = 0
 
-    def memuse(self) -> int:
-        return 0  # nothing is kept between datagrams
+    # (memuse 0: nothing is kept between datagrams; SIP over TCP is not parsed, detection
+    # only offers UDP flows to this parser: feed returns nothing)
 
-    def feed(self, data: bytes, to_server: bool) -> list[AppEvent]:
-        # (SIP over TCP is not parsed: detection only offers UDP flows to this parser.)
-        return []
-
-    def close(self) -> list[AppEvent]:
-        return []
-
-    def parse_datagram(self, data: bytes, to_server: bool) -> list[AppEvent]:
-        try:
-            r = parse_message(data, to_server)
-        except Exception:  # principle 7: a bug must not escape into the engine
-            r = "invalid_data"
+    def _datagram(self, data: bytes, to_server: bool, out: list[AppEvent]) -> None:
+        r = parse_message(data, to_server)
         if isinstance(r, str):
-            return [AppEvent(ANOMALY, to_server, r)]
+            out.append(AppEvent(ANOMALY, to_server, r))
+            return
         tx_id = self.next_id
         self.next_id += 1
-        return [AppEvent(APP_TX, to_server, "sip", tx_id, {
-            "buffers": r.buffers(), "event_type": "sip", "eve": r.eve()})]
+        out.append(AppEvent(APP_TX, to_server, "sip", tx_id, {
+            "buffers": r.buffers(), "event_type": "sip", "eve": r.eve()}))
 
 
 def probe_udp(data: bytes) -> bool:

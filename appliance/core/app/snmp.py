@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from appliance.core.app import ANOMALY, APP_TX, AppEvent, der
+from appliance.core.app import ANOMALY, APP_TX, AppEvent, DatagramParser, der
 
 PDU_TYPES: Final = ("get_request", "get_next_request", "response", "set_request", "trap_v1",
                     "get_bulk_request", "inform_request", "trap_v2", "report")
@@ -81,7 +81,7 @@ class Tx:
         return o
 
 
-class SnmpParser:
+class SnmpParser(DatagramParser):
     """SNMP for one UDP flow."""
 
     app_proto = "snmp"
@@ -90,24 +90,10 @@ class SnmpParser:
         self.next_id = 0
         self.version: int | None = None
 
-    def memuse(self) -> int:
-        return 0  # nothing is kept between datagrams
+    # (memuse 0: nothing is kept between datagrams; SNMP over TCP, RFC 3430, is not
+    # parsed: feed returns nothing)
 
-    def feed(self, data: bytes, to_server: bool) -> list[AppEvent]:
-        return []  # (SNMP over TCP, RFC 3430, is not parsed)
-
-    def close(self) -> list[AppEvent]:
-        return []
-
-    def parse_datagram(self, data: bytes, to_server: bool) -> list[AppEvent]:
-        out: list[AppEvent] = []
-        try:
-            self._message(data, to_server, out)
-        except Exception:  # principle 7: a bug must not escape into the engine
-            out.append(AppEvent(ANOMALY, to_server, "malformed_data"))
-        return out
-
-    def _message(self, d: bytes, to_server: bool, out: list[AppEvent]) -> None:
+    def _datagram(self, d: bytes, to_server: bool, out: list[AppEvent]) -> None:
         top = der.read(d, 0, len(d))
         kids = der.children(d, top, 8) if top is not None and top.tag == der.SEQUENCE \
             else None

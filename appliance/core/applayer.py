@@ -48,6 +48,7 @@ from appliance.core.app import (
 )
 from appliance.core.app.dcerpc import DCERPC_BIND, DCERPC_TX
 from appliance.core.app.detect import ProtoDetector, detect_udp
+from appliance.core.app.http import file_buffers
 from appliance.core.app.http2 import H2_DONE, H2_FILE, H2_INSPECT
 from appliance.core.app.quic import QUIC_TX, looks_like_quic
 from appliance.core.app.smb import SMB_INSPECT, SMB_RECORD
@@ -129,24 +130,8 @@ def _buffers(tx: Any, to_server: bool) -> Buffers:
             b[new] = b.pop(old)
     files = [f for f in getattr(tx, "files", ()) if f.to_server == to_server]
     if files:
-        _file_buffers(b, files)
+        file_buffers(b, files)
     return b
-
-
-def _file_buffers(b: Buffers, files: list[Any]) -> None:
-    """The file keywords' buffers, one element per file of the inspected direction:
-    file.name and file.magic while the file streams; file.size, file.md5, file.sha1 and
-    file.sha256 once it is complete (Suricata matches sizes and hash lists on closed
-    files). A truncated file has no size or hash here: Suricata would still test
-    ``filesize:>N`` on it, this does not (a known gap)."""
-    b["file.name"] = [f.filename for f in files]
-    b["file.magic"] = [f.magic.encode() for f in files]
-    done = [f for f in files if f.state == "CLOSED"]
-    if done:
-        b["file.size"] = [str(f.size).encode() for f in done]
-        b["file.md5"] = [f.md5.encode() for f in done]
-        b["file.sha1"] = [f.sha1.encode() for f in done]
-        b["file.sha256"] = [f.sha256.encode() for f in done]
 
 
 def feed_tcp(flow: Flow, data: bytes, to_server: bool, res: AppResult) -> None:
@@ -464,7 +449,7 @@ def _h2_buffers(tx: Any, to_server: bool) -> Buffers:
     b: Buffers = tx.buffers(to_server)
     files = [f for f in tx.files if f.to_server == to_server]
     if files:
-        _file_buffers(b, files)
+        file_buffers(b, files)
     return b
 
 

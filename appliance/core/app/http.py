@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -443,6 +443,23 @@ class HttpFile:
             "size": self.size,
             "tx_id": self.tx_id,
         }
+
+
+def file_buffers(b: dict[str, Any], files: Sequence[HttpFile]) -> None:
+    """The file keywords' buffers, one element per file of the inspected direction:
+    file.name and file.magic while the file streams; file.size, file.md5, file.sha1 and
+    file.sha256 once it is complete (Suricata matches sizes and hash lists on closed
+    files). A truncated file has no size or hash here: Suricata would still test
+    ``filesize:>N`` on it, this does not (a known gap). Shared by every protocol that
+    carries files (HTTP/1, HTTP/2, SMTP through applayer.py; SMB; NFS)."""
+    b["file.name"] = [f.filename for f in files]
+    b["file.magic"] = [f.magic.encode() for f in files]
+    done = [f for f in files if f.state == "CLOSED"]
+    if done:
+        b["file.size"] = [str(f.size).encode() for f in done]
+        b["file.md5"] = [f.md5.encode() for f in done]
+        b["file.sha1"] = [f.sha1.encode() for f in done]
+        b["file.sha256"] = [f.sha256.encode() for f in done]
 
 
 # --- multipart/form-data (uploads) ------------------------------------------------------

@@ -28,7 +28,7 @@ import struct
 from typing import Any, Final
 
 from appliance.core.app import APP_TX, AppEvent, DatagramParser
-from appliance.core.app.http import FileBudget, HttpFile
+from appliance.core.app.http import FileBudget, HttpFile, file_buffers
 
 NFS_PROGRAM: Final = 100003
 # Calls waiting for their reply; names of file handles; files open at once.
@@ -118,13 +118,8 @@ class Call:
 
 
 def _file_buffers(f: NfsFile) -> dict[str, bytes | list[bytes]]:
-    b: dict[str, bytes | list[bytes]] = {"file.name": [f.filename],
-                                         "file.magic": [f.magic.encode()]}
-    if f.state == "CLOSED":
-        b["file.size"] = [str(f.size).encode()]
-        b["file.md5"] = [f.md5.encode()]
-        b["file.sha1"] = [f.sha1.encode()]
-        b["file.sha256"] = [f.sha256.encode()]
+    b: dict[str, bytes | list[bytes]] = {}
+    file_buffers(b, [f])
     return b
 
 

@@ -50,7 +50,7 @@ from typing import Any, Final
 
 from appliance.core.app import ANOMALY, FILE_CLOSED, AppEvent
 from appliance.core.app.dcerpc import DceRpcConnection
-from appliance.core.app.http import FileBudget, HttpFile
+from appliance.core.app.http import FileBudget, HttpFile, file_buffers
 
 # Event kinds (engine: applayer.py).
 SMB_INSPECT: Final = "smb_inspect"  # data["buffers"]: sticky buffers of tx ``tx_id``
@@ -649,13 +649,8 @@ class SmbParser:
 
     @staticmethod
     def _file_buffers(f: SmbFile) -> dict[str, Any]:
-        b: dict[str, Any] = {"file.data": bytes(f.window), "file.name": [f.filename],
-                             "file.magic": [f.magic.encode()]}
-        if f.state == "CLOSED":
-            b["file.size"] = [str(f.size).encode()]
-            b["file.md5"] = [f.md5.encode()]
-            b["file.sha1"] = [f.sha1.encode()]
-            b["file.sha256"] = [f.sha256.encode()]
+        b: dict[str, Any] = {"file.data": bytes(f.window)}
+        file_buffers(b, [f])
         return b
 
     def _close_fid(self, version: int, fid: bytes, out: list[AppEvent]) -> None:

@@ -498,8 +498,10 @@ class SmbParser:
             _, stale = self._pending.popitem(last=False)
             self._log_tx(stale, False, out)
 
-    def _response(self, key: tuple[int, ...], version: int, command: int,
-                  out: list[AppEvent]) -> SmbTx:
+    def _response(self, key: tuple[int, ...], version: int, command: int, status: int,
+                  session_id: int, tree_id: int) -> SmbTx:
+        """The transaction a response answers (a new one when its request was not seen),
+        with the response's status; its session and tree ids when not zero."""
         tx = self._pending.get(key)
         if tx is None or tx.command != command:
             tx = SmbTx(self._next_tx_id, version, command, key)
@@ -507,7 +509,18 @@ class SmbParser:
         else:
             del self._pending[key]
         tx.response_done = True
+        tx.status = status
+        if session_id:
+            tx.session_id = session_id
+        if tree_id:
+            tx.tree_id = tree_id
         return tx
+
+    def _log_response(self, tx: SmbTx, file_data: bool, out: list[AppEvent]) -> None:
+        """Log an answered transaction, unless it is a successful READ/WRITE of a file
+        (``file_data``): its file's fileinfo record says it."""
+        if not (file_data and tx.fid is not None and not tx.pipe and tx.status == 0):
+            self._log_tx(tx, False, out)
 
     def _inspect(self, tx_id: int, to_server: bool, bufs: dict[str, Any],
                  out: list[AppEvent]) -> None:
@@ -768,16 +781,9 @@ class SmbParser:
             return nxt
         if status == 0x103 and async_:
             return nxt  # STATUS_PENDING interim response: the real one follows
-        tx = self._response(key, 2, cmd, out)
-        tx.status = status
-        if session_id:
-            tx.session_id = session_id
-        if tree_id:
-            tx.tree_id = tree_id
+        tx = self._response(key, 2, cmd, status, session_id, tree_id)
         self._smb2_response(s, tx, h, off, rec, body, cmd, status, partial, out)
-        if not (cmd in (S2_READ, S2_WRITE) and tx.fid is not None and not tx.pipe
-                and status == 0):
-            self._log_tx(tx, False, out)  # (file data: its fileinfo record says it)
+        self._log_response(tx, cmd in (S2_READ, S2_WRITE), out)
         return nxt
 
     def _smb2_request(self, s: _Side, tx: SmbTx, h: bytes, off: int, rec: bytes,
@@ -942,14 +948,9 @@ class SmbParser:
             elif status == 0x103:
                 return
             else:
-                tx = self._response(ckey, 1, cmd, out)
-                tx.status = status
-                tx.tree_id = tid or tx.tree_id
-                tx.session_id = uid or tx.session_id
+                tx = self._response(ckey, 1, cmd, status, uid, tid)
                 self._smb1_response(s, tx, cmd, rec, words, data, bytes_off, unicode, out)
-                if not (cmd in (S1_READ_ANDX, S1_WRITE_ANDX) and tx.fid is not None
-                        and not tx.pipe and status == 0):
-                    self._log_tx(tx, False, out)
+                self._log_response(tx, cmd in (S1_READ_ANDX, S1_WRITE_ANDX), out)
             if cmd not in SMB1_ANDX or len(words) < 4 or s.sink is not None:
                 return
             nxt_cmd = words[0]

@@ -379,7 +379,7 @@ def run(bridge: str, rules: tuple[str, ...], config_path: str | None, eve: str |
 
     ld = _load_all(rules, config_path, policy_path, threshold_file=threshold_file)
     cfg = replace(ld.config, engine=replace(ld.config.engine, mode="ips",
-                                            log_pcap_cnt=False))
+                                            log_pcap_cnt=False, live=True))
     variables = variables_from(ld.config.address_groups, ld.config.port_groups)
     sup = Supervisor(cfg, ld.detector,
                      RunOptions(bridge, queues, fail_open, eve, state_dir=state_dir,

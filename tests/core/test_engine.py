@@ -322,3 +322,32 @@ def test_a_direction_past_depth_is_bypassed_alone_while_the_other_is_inspected()
     kinds = [(v.kind, v.detail) for v in _dir_session(
         tun, lambda x: IP(src="192.0.2.1", dst="192.0.2.2", proto=4) / x)]
     assert (B, D) not in kinds
+
+
+def test_checksum_auto_validates_live_traffic_not_capture_files() -> None:
+    """`auto`: a capture file's TCP checksums are not validated (Suricata 7.0.4's pcap
+    runs reject no segment for it); live, a wrong checksum keeps the segment out of the
+    stream and the app layer."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.packet import Raw
+
+    from appliance.core.engine import EngineConfig
+    from appliance.rules.loader import detection_from_text
+
+    rule = 'alert http any any -> any any (msg:"evil"; http.uri; content:"/evil"; sid:1;)'
+    c, s = "10.1.0.1", "10.2.0.2"
+    pkts = [IP(src=c, dst=s) / TCP(sport=4200, dport=80, flags="S", seq=100),
+            IP(src=s, dst=c) / TCP(sport=80, dport=4200, flags="SA", seq=900, ack=101),
+            IP(src=c, dst=s) / TCP(sport=4200, dport=80, flags="A", seq=101, ack=901),
+            IP(src=c, dst=s) / TCP(sport=4200, dport=80, flags="PA", seq=101, ack=901,
+                                   chksum=0x1234) / Raw(b"GET /evil HTTP/1.1\r\nHost: x\r\n\r\n")]
+
+    def run(live: bool) -> tuple[int, int]:
+        engine = Engine(EngineConfig(heuristics=None, live=live),
+                        detection_from_text([rule]).engine)
+        for n, x in enumerate(pkts):
+            engine.handle(PacketIn(n, 70.0 + n * 0.01, bytes(x), LINKTYPE_RAW))
+        return engine.alerts, engine.flows.stream.stats.invalid_checksum
+
+    assert run(live=False) == (1, 0)
+    assert run(live=True) == (0, 1)

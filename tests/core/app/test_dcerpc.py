@@ -33,6 +33,7 @@ from appliance.rules.keywords import (
     dcerpc_opnum_regex,
     number_range_regex,
 )
+from tests.core.app.engine_run import alert_sids, engine_run
 
 SVCCTL = "367abb81-9844-35f1-ad32-98f038001003"
 NETLOGON = "12345678-1234-abcd-ef00-01234567cffb"
@@ -440,43 +441,10 @@ def test_iface_values() -> None:
 
 def _tcp_run(rules: list[str], convo: list[tuple[bool, bytes]],
              dport: int = 49700) -> list[dict[str, Any]]:
-    from scapy.layers.inet import IP, TCP, Ether
-
-    from appliance.core.commands import Log
-    from appliance.core.engine import Engine, EngineConfig
-    from appliance.core.events import LINKTYPE_ETHERNET, PacketIn, Shutdown
-    from appliance.rules.loader import detection_from_text
-
-    loaded = detection_from_text(rules)
-    assert not loaded.failure_records(), loaded.failure_records()
-    eng = Engine(EngineConfig(), loaded.engine)
-    a, b, sp = "10.0.0.1", "10.0.0.2", 50123
-    seq = {True: 1000, False: 5000}
-
-    def seg(ts: bool, flags: str, data: bytes = b"") -> Any:
-        src, dst = (a, b) if ts else (b, a)
-        s, d = (sp, dport) if ts else (dport, sp)
-        return Ether() / IP(src=src, dst=dst) / TCP(sport=s, dport=d, flags=flags,
-                                                    seq=seq[ts], ack=seq[not ts]) / data
-
-    pkts = [Ether() / IP(src=a, dst=b) / TCP(sport=sp, dport=dport, flags="S", seq=999),
-            Ether() / IP(src=b, dst=a) / TCP(sport=dport, dport=sp, flags="SA", seq=4999,
-                                             ack=1000),
-            seg(True, "A")]
-    for ts, data in convo:
-        pkts.append(seg(ts, "PA", data))
-        seq[ts] += len(data)
-        pkts.append(seg(not ts, "A"))
-    recs: list[dict[str, Any]] = []
-    for i, pk in enumerate(pkts):
-        cmds = eng.handle(PacketIn(i + 1, 1000.0 + i / 100, bytes(pk), LINKTYPE_ETHERNET))
-        recs += [c.record for c in cmds if isinstance(c, Log)]
-    recs += [c.record for c in eng.handle(Shutdown(2000.0)) if isinstance(c, Log)]
-    return recs
+    return engine_run(rules, convo, dport)
 
 
-def _alerts(recs: list[dict[str, Any]]) -> list[int]:
-    return sorted(r["alert"]["signature_id"] for r in recs if r["event_type"] == "alert")
+_alerts = alert_sids
 
 
 def test_keywords_through_the_engine(eve_validator: Any) -> None:
@@ -532,27 +500,11 @@ def test_big_endian_dce_byte_order_through_the_engine() -> None:
 
 
 def test_connectionless_through_the_engine() -> None:
-    from scapy.layers.inet import IP, UDP, Ether
-
-    from appliance.core.commands import Log
-    from appliance.core.engine import Engine, EngineConfig
-    from appliance.core.events import LINKTYPE_ETHERNET, PacketIn
-    from appliance.rules.loader import detection_from_text
-
     rules = [f"alert dcerpc any any -> any any (dcerpc.iface:{NETLOGON}; dcerpc.opnum:5;"
              " sid:1;)",
              "alert udp any any -> any any (flow:to_server; dcerpc.stub_data;"
              ' content:"hello"; sid:2;)',
              "alert tcp any any -> any any (dcerpc.stub_data; content:\"hello\"; sid:3;)"]
-    loaded = detection_from_text(rules)
-    eng = Engine(EngineConfig(), loaded.engine)
-    pkts = [Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=40000, dport=34567)
-            / cl_pdu(0, b"hello"),
-            Ether() / IP(src="10.0.0.2", dst="10.0.0.1") / UDP(sport=34567, dport=40000)
-            / cl_pdu(2, b"world")]
-    recs = []
-    for i, pk in enumerate(pkts):
-        recs += [c.record for c in eng.handle(PacketIn(i + 1, 1000.0 + i, bytes(pk),
-                                                       LINKTYPE_ETHERNET))
-                 if isinstance(c, Log)]
+    recs = engine_run(rules, [(True, cl_pdu(0, b"hello")), (False, cl_pdu(2, b"world"))],
+                      34567, udp=True)
     assert _alerts(recs) == [1, 1, 2]

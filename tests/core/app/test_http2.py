@@ -35,6 +35,7 @@ from appliance.core.app.http2 import (
     Http2Parser,
     Http2Transaction,
 )
+from tests.core.app.engine_run import alert_sids, engine_run
 
 # --- builders ------------------------------------------------------------------------------
 
@@ -428,54 +429,10 @@ def test_mutated_exchange_never_raises(pos: int, byte: int) -> None:
 
 def _engine_run(rules: list[str], convo: list[tuple[bool, bytes]], dport: int = 80,
                 config: Any = None, commands: list[Any] | None = None) -> list[dict[str, Any]]:
-    from scapy.layers.inet import IP, TCP, Ether
-
-    from appliance.core.commands import Log
-    from appliance.core.engine import Engine, EngineConfig
-    from appliance.core.events import LINKTYPE_ETHERNET, PacketIn, Shutdown
-    from appliance.rules.loader import detection_from_text
-
-    loaded = detection_from_text(rules)
-    assert not loaded.failure_records(), loaded.failure_records()
-    eng = Engine(config or EngineConfig(), loaded.engine)
-    a, b = "10.0.0.1", "10.0.0.2"
-    cseq, sseq = 1000, 5000
-    pkts = [Ether() / IP(src=a, dst=b) / TCP(sport=40000, dport=dport, flags="S", seq=cseq),
-            Ether() / IP(src=b, dst=a) / TCP(sport=dport, dport=40000, flags="SA", seq=sseq,
-                                             ack=cseq + 1),
-            Ether() / IP(src=a, dst=b) / TCP(sport=40000, dport=dport, flags="A",
-                                             seq=cseq + 1, ack=sseq + 1)]
-    cseq += 1
-    sseq += 1
-    for to_server, data in convo:
-        for i in range(0, len(data), 1400):
-            d = data[i:i + 1400]
-            if to_server:
-                pkts.append(Ether() / IP(src=a, dst=b) / TCP(
-                    sport=40000, dport=dport, flags="PA", seq=cseq, ack=sseq) / d)
-                cseq += len(d)
-                pkts.append(Ether() / IP(src=b, dst=a) / TCP(
-                    sport=dport, dport=40000, flags="A", seq=sseq, ack=cseq))
-            else:
-                pkts.append(Ether() / IP(src=b, dst=a) / TCP(
-                    sport=dport, dport=40000, flags="PA", seq=sseq, ack=cseq) / d)
-                sseq += len(d)
-                pkts.append(Ether() / IP(src=a, dst=b) / TCP(
-                    sport=40000, dport=dport, flags="A", seq=cseq, ack=sseq))
-    recs: list[dict[str, Any]] = []
-    for i, pk in enumerate(pkts):
-        cmds = eng.handle(PacketIn(i + 1, 1000.0 + i / 100, bytes(pk), LINKTYPE_ETHERNET))
-        recs += [c.record for c in cmds if isinstance(c, Log)]
-        if commands is not None:
-            commands += cmds
-    for c in eng.handle(Shutdown(2000.0)):
-        if isinstance(c, Log):
-            recs.append(c.record)
-    return recs
+    return engine_run(rules, convo, dport, segment=1400, config=config, commands=commands)
 
 
-def _sids(recs: list[dict[str, Any]]) -> list[int]:
-    return sorted(r["alert"]["signature_id"] for r in recs if r["event_type"] == "alert")
+_sids = alert_sids
 
 
 def test_http2_keywords_and_http_buffers_through_the_engine(eve_validator: Any) -> None:

@@ -21,6 +21,7 @@ from appliance.core.app.ssh import (
     hassh_string,
 )
 from tests.core.app import PCAPS, oracle_events, tcp_flows, validate_eve
+from tests.core.app.engine_run import engine_run
 
 # --- builders ------------------------------------------------------------------------------
 
@@ -243,51 +244,14 @@ def test_real_ssh_flows_match_suricatas_records() -> None:
 
 
 def _engine_run(rules: list[str], client: bytes, server: bytes) -> list[dict[str, Any]]:
-    from scapy.layers.inet import IP, TCP, Ether
-
-    from appliance.core.commands import Log
-    from appliance.core.engine import Engine, EngineConfig
-    from appliance.core.events import LINKTYPE_ETHERNET, PacketIn, Shutdown
-    from appliance.rules.loader import detection_from_text
-
-    loaded = detection_from_text(rules)
-    assert not loaded.failure_records(), loaded.failure_records()
-    eng = Engine(EngineConfig(), loaded.engine)
-    a, b = "10.0.0.1", "10.0.0.2"
-    cseq, sseq = 1000, 5000
-    pkts = [Ether() / IP(src=a, dst=b) / TCP(sport=40000, dport=22, flags="S", seq=cseq),
-            Ether() / IP(src=b, dst=a) / TCP(sport=22, dport=40000, flags="SA", seq=sseq,
-                                             ack=cseq + 1),
-            Ether() / IP(src=a, dst=b) / TCP(sport=40000, dport=22, flags="A", seq=cseq + 1,
-                                             ack=sseq + 1)]
-    cseq += 1
-    sseq += 1
-    ci = si = 0
-    while ci < len(client) or si < len(server):
-        if si < len(server):
-            d = server[si : si + 500]
-            pkts.append(Ether() / IP(src=b, dst=a) / TCP(sport=22, dport=40000, flags="PA",
-                                                         seq=sseq, ack=cseq) / d)
-            sseq += len(d)
-            si += len(d)
-            pkts.append(Ether() / IP(src=a, dst=b) / TCP(sport=40000, dport=22, flags="A",
-                                                         seq=cseq, ack=sseq))
-        if ci < len(client):
-            d = client[ci : ci + 500]
-            pkts.append(Ether() / IP(src=a, dst=b) / TCP(sport=40000, dport=22, flags="PA",
-                                                         seq=cseq, ack=sseq) / d)
-            cseq += len(d)
-            ci += len(d)
-            pkts.append(Ether() / IP(src=b, dst=a) / TCP(sport=22, dport=40000, flags="A",
-                                                         seq=sseq, ack=cseq))
-    recs: list[dict[str, Any]] = []
-    for i, pk in enumerate(pkts):
-        cmds = eng.handle(PacketIn(i + 1, 1000.0 + i / 100, bytes(pk), LINKTYPE_ETHERNET))
-        recs += [c.record for c in cmds if isinstance(c, Log)]
-    for c in eng.handle(Shutdown(2000.0)):
-        if isinstance(c, Log):
-            recs.append(c.record)
-    return recs
+    """Port 22; the two sides in turns of 500-byte segments, the server's first."""
+    msgs: list[tuple[bool, bytes]] = []
+    for i in range(0, max(len(client), len(server)), 500):
+        if i < len(server):
+            msgs.append((False, server[i : i + 500]))
+        if i < len(client):
+            msgs.append((True, client[i : i + 500]))
+    return engine_run(rules, msgs, 22)
 
 
 def test_ssh_keywords_alert_per_direction_and_eve_record(eve_validator: Any) -> None:

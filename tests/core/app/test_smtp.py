@@ -14,8 +14,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import IP, TCP
-from scapy.packet import Raw
 
 from appliance.core.app import ANOMALY, AppEvent, new_parser
 from appliance.core.app.mime import MAX_DEPTH, MAX_HEADER_VALUE, MimeDecoder, header_params
@@ -32,11 +30,11 @@ from appliance.core.app.smtp import (
     SmtpTx,
     split_addresses,
 )
-from appliance.core.commands import Log, ScanRequest, Verdict, VerdictKind
+from appliance.core.commands import Log, VerdictKind
 from appliance.core.engine import Engine, EngineConfig
-from appliance.core.events import LINKTYPE_RAW, PacketIn, Shutdown
-from appliance.filescan import resolve
+from appliance.core.events import Shutdown
 from appliance.rules.loader import load_detection
+from tests.core.app.engine_run import ScanSession
 from tests.core.app.test_tls import client_hello, record
 
 PAYLOAD = bytes(range(256)) * 3 + b"MZ-tail"
@@ -475,58 +473,8 @@ def test_hostile_bytes_never_raise(chunks: list[tuple[bool, bytes]], start: byte
 C, S = "10.1.0.10", "10.1.0.25"
 
 
-class Session:
+class Session(ScanSession):
     """TCP connections through the engine, with a scan verdict to give for files."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.n = 0
-        self.asked: list[ScanRequest] = []
-        self.logs: list[dict[str, Any]] = []
-        self.verdict = "clean"
-        self.seq: dict[tuple[str, int, str, int], int] = {}
-
-    def _send(self, pkt: Any) -> VerdictKind:
-        self.n += 1
-
-        def scan(r: ScanRequest) -> tuple[str, tuple[str, ...], str]:
-            self.asked.append(r)
-            sigs = ("yara:test:Bad",) if self.verdict == "malicious" else ()
-            return self.verdict, sigs, "scan"
-
-        cmds = self.engine.handle(PacketIn(self.n, 100.0 + self.n * 0.001, bytes(pkt),
-                                           LINKTYPE_RAW))
-        kind = VerdictKind.ACCEPT
-        for x in resolve(self.engine, cmds, scan):
-            if isinstance(x, Verdict):
-                kind = x.kind
-            elif isinstance(x, Log):
-                self.logs.append(x.record)
-        return kind
-
-    def connect(self, c: tuple[str, int], s: tuple[str, int]) -> None:
-        self._send(IP(src=c[0], dst=s[0]) / TCP(sport=c[1], dport=s[1], flags="S", seq=0))
-        self._send(IP(src=s[0], dst=c[0]) / TCP(sport=s[1], dport=c[1], flags="SA", seq=0,
-                                                ack=1))
-        self._send(IP(src=c[0], dst=s[0]) / TCP(sport=c[1], dport=s[1], flags="A", seq=1,
-                                                ack=1))
-        self.seq[(c[0], c[1], s[0], s[1])] = 1
-        self.seq[(s[0], s[1], c[0], c[1])] = 1
-
-    def send(self, src: tuple[str, int], dst: tuple[str, int], data: bytes,
-             seg: int = 1400) -> list[VerdictKind]:
-        out = []
-        for off in range(0, len(data), seg):
-            piece = data[off:off + seg]
-            k = (src[0], src[1], dst[0], dst[1])
-            seq, ack = self.seq[k], self.seq[(dst[0], dst[1], src[0], src[1])]
-            out.append(self._send(IP(src=src[0], dst=dst[0]) / TCP(
-                sport=src[1], dport=dst[1], flags="PA", seq=seq, ack=ack) / Raw(piece)))
-            self.seq[k] = seq + len(piece)
-        return out
-
-    def records(self, kind: str) -> list[dict[str, Any]]:
-        return [r for r in self.logs if r.get("event_type") == kind]
 
     def session(self, client: list[bytes], server: list[bytes],
                 port: int = 40000) -> list[VerdictKind]:

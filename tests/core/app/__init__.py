@@ -1,4 +1,5 @@
-"""Helpers for the app-layer tests: in-order TCP payloads and UDP payloads from a pcap.
+"""Helpers for the app-layer tests: feeding a stream parser, in-order TCP payloads and UDP
+payloads from a pcap.
 
 Only for the real-traffic checks: a deliberately simple reassembly (in-order segments
 per direction, retransmissions trimmed, out-of-order segments held until the gap
@@ -151,6 +152,20 @@ def oracle_events(name: str, event_type: str) -> list[dict[str, Any]]:
             if f'"event_type":"{event_type}"' in line:
                 out.append(json.loads(line))
     return out
+
+
+def feed_all(parser: Any, chunks: list[tuple[bool, bytes]], step: int = 0) -> list[Any]:
+    """The AppEvents of a stream parser fed ``chunks`` ((to_server, data), in order),
+    each whole (step 0) or cut into step-byte pieces, then closed."""
+    ev: list[Any] = []
+    for to_server, data in chunks:
+        if step:
+            for i in range(0, len(data), step):
+                ev += parser.feed(data[i : i + step], to_server)
+        else:
+            ev += parser.feed(data, to_server)
+    ev += parser.close()
+    return ev
 
 
 def validate_eve(kind: str, obj: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from appliance.core.app.http import (
     normalize_path,
     split_host_port,
 )
-from tests.core.app import PCAPS, oracle_events, tcp_flows, validate_eve
+from tests.core.app import PCAPS, feed_all, oracle_events, tcp_flows, validate_eve
 
 Chunks = list[tuple[bool, bytes]]
 
@@ -31,15 +31,7 @@ Chunks = list[tuple[bool, bytes]]
 def run(chunks: Chunks, step: int = 0) -> tuple[HttpParser, list[AppEvent]]:
     """Feed chunks whole (step 0) or cut into step-byte pieces."""
     p = HttpParser()
-    ev: list[AppEvent] = []
-    for to_server, data in chunks:
-        if step:
-            for i in range(0, len(data), step):
-                ev += p.feed(data[i : i + step], to_server)
-        else:
-            ev += p.feed(data, to_server)
-    ev += p.close()
-    return p, ev
+    return p, feed_all(p, chunks, step)
 
 
 def summary(p: HttpParser, ev: list[AppEvent]) -> Any:

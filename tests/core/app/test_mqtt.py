@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from appliance.core.app import ANOMALY, APP_TX, AppEvent
 from appliance.core.app.detect import detect_stream
 from appliance.core.app.mqtt import MAX_MSG_LEN, MAX_OPEN_TX, MqttParser, probe
-from tests.core.app import SHARED, tcp_flows
+from tests.core.app import SHARED, feed_all, tcp_flows
 from tests.core.app.engine_run import alert_sids, engine_run
 
 SV = SHARED / "suricata-verify" / "tests"
@@ -71,15 +71,7 @@ def ack(first: int, mid: int, extra: bytes = b"") -> bytes:
 
 def run(conv: list[tuple[bool, bytes]], chunk: int = 0) -> tuple[list[AppEvent], MqttParser]:
     p = MqttParser()
-    out: list[AppEvent] = []
-    for ts, data in conv:
-        if chunk:
-            for i in range(0, len(data), chunk):
-                out += p.feed(data[i : i + chunk], ts)
-        else:
-            out += p.feed(data, ts)
-    out += p.close()
-    return out, p
+    return feed_all(p, conv, chunk), p
 
 
 def anomalies(events: list[AppEvent]) -> list[str]:

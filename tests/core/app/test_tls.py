@@ -18,7 +18,7 @@ from appliance.core.app.tls import (
     parse_certificate,
     version_name,
 )
-from tests.core.app import PCAPS, oracle_events, tcp_flows, validate_eve
+from tests.core.app import PCAPS, feed_all, oracle_events, tcp_flows, validate_eve
 
 # --- builders ------------------------------------------------------------------------------
 
@@ -127,13 +127,7 @@ def anomalies(ev: list[AppEvent]) -> list[str]:
 
 def run(chunks: list[tuple[bool, bytes]], step: int = 0) -> tuple[TlsParser, list[AppEvent]]:
     p = TlsParser()
-    ev: list[AppEvent] = []
-    for to_server, data in chunks:
-        rng = range(0, len(data), step) if step else [0]
-        for i in rng:
-            ev += p.feed(data[i : i + step] if step else data, to_server)
-    ev += p.close()
-    return p, ev
+    return p, feed_all(p, chunks, step)
 
 
 FLOW = [(True, CLIENT), (False, SERVER), (True, CCS + FINISHED), (False, CCS + FINISHED),

@@ -482,10 +482,13 @@ class SmbParser:
 
     # transactions --------------------------------------------------------------------------
 
-    def _tx_for(self, key: tuple[int, ...], version: int, command: int,
-                out: list[AppEvent]) -> SmbTx:
+    def _tx_for(self, key: tuple[int, ...], version: int, command: int, session_id: int,
+                tree_id: int) -> SmbTx:
+        """A new transaction for a request, with its session and tree ids."""
         tx = SmbTx(self._next_tx_id, version, command, key)
         self._next_tx_id += 1
+        tx.session_id = session_id
+        tx.tree_id = tree_id
         return tx
 
     def _request(self, tx: SmbTx, out: list[AppEvent]) -> None:
@@ -773,9 +776,7 @@ class SmbParser:
             out.append(AppEvent(ANOMALY, to_server, "MALFORMED_DATA"))
             return nxt
         if not response:
-            tx = self._tx_for(key, 2, cmd, out)
-            tx.session_id = session_id
-            tx.tree_id = tree_id
+            tx = self._tx_for(key, 2, cmd, session_id, tree_id)
             self._smb2_request(s, tx, h, off, rec, body, cmd, partial, out)
             self._request(tx, out)
             return nxt
@@ -940,9 +941,7 @@ class SmbParser:
             data = rec[bytes_off : bytes_off + bc]
             ckey = (*key, cmd)
             if not response:
-                tx = self._tx_for(ckey, 1, cmd, out)
-                tx.tree_id = tid
-                tx.session_id = uid
+                tx = self._tx_for(ckey, 1, cmd, uid, tid)
                 self._smb1_request(s, tx, cmd, rec, words, data, bytes_off, unicode, out)
                 self._request(tx, out)
             elif status == 0x103:

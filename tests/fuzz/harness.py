@@ -90,6 +90,18 @@ def crash(e: BaseException) -> Failure:
 
 
 @contextlib.contextmanager
+def crashes_as_failures() -> Iterator[None]:
+    """An exception out of the block, other than a Failure, becomes the Failure that
+    names the crash (its type, message and innermost appliance frame)."""
+    try:
+        yield
+    except Failure:
+        raise
+    except Exception as e:
+        raise crash(e) from e
+
+
+@contextlib.contextmanager
 def caught_inside(frame_names: set[str]) -> Iterator[list[BaseException]]:
     """Record the exceptions that reach a function named in `frame_names` (the frames
     whose `except Exception` nets would swallow them): for diagnosing masked crashes
@@ -267,7 +279,7 @@ class EngineHarness:
         errors = 0
         for i, (lt, ts, data) in enumerate(frames, 1):
             last_ts = ts
-            try:
+            with crashes_as_failures():
                 take(eng.handle(PacketIn(i, ts, data, lt)))
                 # the runtime answers held files (here: at once, verdict by the seed)
                 while held:
@@ -276,20 +288,12 @@ class EngineHarness:
                     take(eng.handle(FileScanned(token, v, ("X",) if v == "malicious" else (),
                                                 "timeout" if v == "unknown" else "scan",
                                                 ts)))
-            except Failure:
-                raise
-            except Exception as e:
-                raise crash(e) from e
             res.packets += 1
             if eng.stats.errors != errors:
                 raise self._masked(frames[:i], variant, rng_seed)
-        try:
+        with crashes_as_failures():
             take(eng.handle(Tick(last_ts + 400.0)))
             take(eng.handle(Shutdown()))
-        except Failure:
-            raise
-        except Exception as e:
-            raise crash(e) from e
         if eng.stats.errors:
             raise self._masked(frames, variant, rng_seed)
         for i in range(1, len(frames) + 1):
@@ -651,7 +655,7 @@ def check_http(chunks: list[Chunk]) -> int:
 
     p = HttpParser()
     events = []
-    try:
+    with crashes_as_failures():
         for ts, data in chunks:
             events += p.feed(data, ts)
         events += p.close()
@@ -662,10 +666,6 @@ def check_http(chunks: list[Chunk]) -> int:
                 check_record({"event_type": "fileinfo", "fileinfo": f.eve()})
             tx.request_buffers()
             tx.response_buffers()
-    except Failure:
-        raise
-    except Exception as e:
-        raise crash(e) from e
     if any(ev.name == "PARSER_ERROR" for ev in events):
         p = HttpParser()
         with caught_inside({"feed", "close"}) as seen:
@@ -687,7 +687,7 @@ def check_tls(chunks: list[Chunk]) -> int:
     from appliance.core.app.tls import TlsParser
 
     p = TlsParser()
-    try:
+    with crashes_as_failures():
         for ts, data in chunks:
             # TlsParser.feed without its catch-all (principle 7's net hides bugs here)
             d = p._ts if ts else p._tc
@@ -701,10 +701,6 @@ def check_tls(chunks: list[Chunk]) -> int:
         p.close()
         check_record({"event_type": "tls", "tls": p.eve()})
         p.buffers()
-    except Failure:
-        raise
-    except Exception as e:
-        raise crash(e) from e
     return 0
 
 
@@ -715,7 +711,7 @@ DNS_TOKENS = (b"\xc0\x0c", b"\xc0\x00", b"\xc0\xff", b"\x3f", b"\x00\x00\x29", b
 def check_dns(chunks: list[Chunk]) -> int:
     from appliance.core.app.dns import DnsParser
 
-    try:
+    with crashes_as_failures():
         p = DnsParser()
         for ts, data in chunks:
             # each chunk a datagram, parsed without parse_datagram's catch-all
@@ -731,10 +727,6 @@ def check_dns(chunks: list[Chunk]) -> int:
         for ts, data in stream.items():
             q.feed(data, ts)
         q.close()
-    except Failure:
-        raise
-    except Exception as e:
-        raise crash(e) from e
     return 0
 
 
@@ -753,7 +745,7 @@ def check_dcerpc(chunks: list[Chunk]) -> int:
     p = DcerpcParser()
     q = DcerpcParser()
     c = p.conn
-    try:
+    with crashes_as_failures():
         for ts, data in chunks:
             out: list[Any] = []
             if not c.failed and data:
@@ -771,10 +763,6 @@ def check_dcerpc(chunks: list[Chunk]) -> int:
                 raise Failure("dcerpc-memuse", f"{p.memuse()} bytes held")
         for ev in p.close() + q.close():
             check_record({"event_type": "dcerpc", "dcerpc": ev.data["conn"].eve(ev.data["tx"])})
-    except Failure:
-        raise
-    except Exception as e:
-        raise crash(e) from e
     return 0
 
 
@@ -791,7 +779,7 @@ def check_http2(chunks: list[Chunk]) -> int:
     from appliance.core.app.http2 import H2_DONE, H2_FILE, H2_INSPECT, Http2Parser
 
     p = Http2Parser()
-    try:
+    with crashes_as_failures():
         for ts, data in chunks:
             side = p._cli if ts else p._srv
             if not data or side.state == 6:  # _DEAD
@@ -812,10 +800,6 @@ def check_http2(chunks: list[Chunk]) -> int:
             check_record({"event_type": "http", "http": tx.eve()})
             for f in tx.files:
                 check_record({"event_type": "fileinfo", "fileinfo": f.eve()})
-    except Failure:
-        raise
-    except Exception as e:
-        raise crash(e) from e
     return 0
 
 
@@ -831,7 +815,7 @@ def check_smtp(chunks: list[Chunk]) -> int:
 
     kinds = (ANOMALY, smtp.SMTP_FILE, smtp.SMTP_STARTTLS, smtp.SMTP_TX, smtp.SMTP_UPDATE)
     p = smtp.SmtpParser()
-    try:
+    with crashes_as_failures():
         for ts, data in chunks:
             for ev in p.feed(bytes(data), ts):
                 if ev.kind not in kinds:
@@ -846,10 +830,6 @@ def check_smtp(chunks: list[Chunk]) -> int:
             if p.memuse() > smtp.MAX_HELD + 512 * 1024:
                 raise Failure("smtp-memuse", f"{p.memuse()} bytes held")
         p.close()
-    except Failure:
-        raise
-    except Exception as e:
-        raise crash(e) from e
     return 0
 
 

@@ -577,6 +577,18 @@ class SmbParser:
     def _fid_info(self, version: int, fid: bytes) -> _Fid | None:
         return self._fids.get((version, fid))
 
+    def _use_fid(self, tx: SmbTx, version: int, fid: bytes) -> bool:
+        """A READ/WRITE names ``fid``: the transaction takes it, its file name and
+        whether it is a pipe (remembered with the fid, else from the tree); returns
+        that."""
+        tx.fid = fid
+        info = self._fid_info(version, fid)
+        pipe = info.pipe if info is not None else self._is_pipe_tree(version, tx.tree_id)
+        tx.pipe = pipe
+        if info is not None:
+            tx.filename = info.name
+        return pipe
+
     def _remember_fid(self, version: int, fid: bytes, name: bytes, pipe: bool,
                       tree_id: int) -> None:
         key = (version, fid)
@@ -839,12 +851,7 @@ class SmbParser:
             fo = _u64(h, body + 8)
             fid = h[body + 16 : body + 32]
             if len(fid) == 16:
-                tx.fid = fid
-                info = self._fid_info(2, fid)
-                pipe = info.pipe if info is not None else self._is_pipe_tree(2, tx.tree_id)
-                tx.pipe = pipe
-                if info is not None:
-                    tx.filename = info.name
+                pipe = self._use_fid(tx, 2, fid)
                 if do >= 64:
                     self._data_sink(s, rec, off + do, ln, 2, fid, fo, pipe, True, tx, out)
         elif cmd == S2_IOCTL:
@@ -1012,24 +1019,15 @@ class SmbParser:
                 fo |= _u32(words, 24) << 32
             dl = _u16(words, 20) | (_u16(words, 18) << 16)
             do = _u16(words, 22)
-            tx.fid = fid
-            info = self._fid_info(1, fid)
-            pipe = info.pipe if info is not None else self._is_pipe_tree(1, tx.tree_id)
-            tx.pipe = pipe
-            if info is not None:
-                tx.filename = info.name
+            pipe = self._use_fid(tx, 1, fid)
             self._data_sink(s, rec, do, dl, 1, fid, fo, pipe, True, tx, out)
         elif cmd == S1_READ_ANDX and len(words) >= 20:
             fid = words[4:6]
-            tx.fid = fid
             tx.read_fid = fid
             tx.read_offset = _u32(words, 6)
             if len(words) >= 24:
                 tx.read_offset |= _u32(words, 20) << 32
-            info = self._fid_info(1, fid)
-            tx.pipe = info.pipe if info is not None else self._is_pipe_tree(1, tx.tree_id)
-            if info is not None:
-                tx.filename = info.name
+            self._use_fid(tx, 1, fid)
         elif cmd == S1_TRANS and len(words) >= 28:
             dc = _u16(words, 22)
             do = _u16(words, 24)

@@ -146,7 +146,8 @@ class EngineConfig:
     # files with its default configuration: tcp.invalid_checksum is 0 on every oracle
     # capture (ndpi-mixed holds 1,608 wrong TCP checksums) and the suricata-verify
     # captures with zeroed checksums pass. Live, "auto" takes the kernel's word
-    # (NFQA_SKB_CSUMNOTREADY) and Linux partial sums as offloaded and validates the rest.
+    # (PacketIn.csum_trusted: NFQUEUE skb info without NOTVERIFIED) and Linux partial
+    # sums as offloaded, and validates the rest.
     live: bool = False
     # What a packet that could not be decoded gets (inline): Suricata passes them.
     invalid_verdict: VerdictKind = VerdictKind.ACCEPT
@@ -286,9 +287,12 @@ class Engine:
         try:
             p = self.decoder.decode(ev.data, ev.linktype, ts)
             if p.ipver:
+                stream = self.flows.stream
+                stream.csum_trusted = ev.csum_trusted
                 kind = self._inspect(p, ev, out)
                 flow = self._flow_seen
                 inner = p.inner
+                stream.csum_trusted = False  # the kernel's word is on the outer packet
                 if inner is not None:
                     # A direction mark would go on the tunnel's connection: every inner
                     # flow's.

@@ -35,6 +35,9 @@ class PacketIn(NamedTuple):
     # Source MAC when the link header is gone (NFQUEUE hands over IP packets; it gives
     # the hardware source address separately). Replay reads it from the Ethernet header.
     hw_src: bytes | None = None
+    # The capture vouches for the transport checksum (NFQUEUE skb info: the kernel
+    # verified it, or it is left to the device): `auto` checksum validation skips it.
+    csum_trusted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

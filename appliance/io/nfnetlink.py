@@ -226,6 +226,14 @@ class QueuedPacket:
         return self.cap_len is not None and self.cap_len > len(self.payload)
 
     @property
+    def csum_trusted(self) -> bool:
+        """The kernel vouches for the transport checksum: it verified it, or it is
+        left to the device (CHECKSUM_PARTIAL, e.g. a guest's veth). Only a packet
+        flagged NFQA_SKB_CSUM_NOTVERIFIED needs summing; without the flag the kernel
+        sends no skb info at all."""
+        return not self.skb_info & NFQA_SKB_CSUM_NOTVERIFIED
+
+    @property
     def checksum_not_ready(self) -> bool:
         """The transport checksum holds only the pseudo-header sum (CHECKSUM_PARTIAL):
         the engine's `checksum_validation: auto` takes such segments as offloaded."""

@@ -202,7 +202,9 @@ class QueueWorker:
             hw = pkt.get_hw()
             ev = PacketIn(pkt.id, time.time(), data, LINKTYPE_RAW,
                           self._ifname(pkt.physindev), self._ifname(pkt.physoutdev),
-                          pkt.get_mark(), hw[:6] if hw else None)
+                          pkt.get_mark(), hw[:6] if hw else None,
+                          # netfilterqueue's packets do not say: summed as before
+                          getattr(pkt, "csum_trusted", False))
             if hw:
                 self._learn(data, hw[:6])
             if getattr(pkt, "truncated", False):

@@ -342,12 +342,15 @@ def test_checksum_auto_validates_live_traffic_not_capture_files() -> None:
             IP(src=c, dst=s) / TCP(sport=4200, dport=80, flags="PA", seq=101, ack=901,
                                    chksum=0x1234) / Raw(b"GET /evil HTTP/1.1\r\nHost: x\r\n\r\n")]
 
-    def run(live: bool) -> tuple[int, int]:
+    def run(live: bool, trusted: bool = False) -> tuple[int, int]:
         engine = Engine(EngineConfig(heuristics=None, live=live),
                         detection_from_text([rule]).engine)
         for n, x in enumerate(pkts):
-            engine.handle(PacketIn(n, 70.0 + n * 0.01, bytes(x), LINKTYPE_RAW))
+            engine.handle(PacketIn(n, 70.0 + n * 0.01, bytes(x), LINKTYPE_RAW,
+                                   csum_trusted=trusted))
         return engine.alerts, engine.flows.stream.stats.invalid_checksum
 
     assert run(live=False) == (1, 0)
     assert run(live=True) == (0, 1)
+    # Live, the kernel's word (NFQUEUE skb info without NOTVERIFIED): not summed again.
+    assert run(live=True, trusted=True) == (1, 0)

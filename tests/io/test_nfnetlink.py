@@ -102,6 +102,18 @@ def test_parse_one_packet_with_every_attribute() -> None:
     assert p.get_hw() == bytes.fromhex("0a0b0c0d0e0f")
     assert p.cap_len == 70000 and p.truncated
     assert p.checksum_not_ready and p.skb_info & nl.NFQA_SKB_GSO
+    assert p.csum_trusted  # partial: left to the device
+
+
+def test_only_a_not_verified_checksum_is_untrusted() -> None:
+    ip = bytes(range(40))
+    for info, trusted in ((None, True), (nl.NFQA_SKB_CSUMNOTREADY, True),
+                          (nl.NFQA_SKB_CSUM_NOTVERIFIED, False),
+                          (nl.NFQA_SKB_CSUM_NOTVERIFIED | nl.NFQA_SKB_GSO, False)):
+        extra = [] if info is None else [nla(14, struct.pack("!I", info))]
+        (p,) = list(nl.parse_messages(packet_msg(7, ip, *extra)))
+        assert isinstance(p, nl.QueuedPacket)
+        assert p.csum_trusted is trusted, info
 
 
 def test_several_messages_in_one_buffer_and_a_trailing_part() -> None:

@@ -703,13 +703,7 @@ class StreamTracker:
                     elif kept and kept[0][0] + len(kept[0][1]) <= r.nxt_off + d:
                         # _acked() when it has only kept bytes to forget (no FIN, no weak
                         # data, nothing acknowledged past the reassembly point).
-                        ack_off = r.nxt_off + d
-                        while kept and kept[0][0] + len(kept[0][1]) <= ack_off:
-                            o, b = kept.popleft()
-                            c = len(b) + KEPT_OVERHEAD
-                            r.kept_bytes -= c
-                            self.reassembly_memuse -= c
-                            r.kept_off = o + len(b)
+                        self._forget_acked(r, r.nxt_off + d)
                 if not n:
                     if out_tc or gap or r.done:
                         return self._result(to_server, b"", out_tc, None, False, gap, s, r)
@@ -1036,6 +1030,16 @@ class StreamTracker:
             self.reassembly_memuse -= c
             s.kept_off = o + len(b)
 
+    def _forget_acked(self, r: _Half, ack_off: int) -> None:
+        """Kept (inspected, unacknowledged) segments that end by `ack_off` are gone."""
+        kept = r.kept
+        while kept and kept[0][0] + len(kept[0][1]) <= ack_off:
+            o, b = kept.popleft()
+            c = len(b) + KEPT_OVERHEAD
+            r.kept_bytes -= c
+            self.reassembly_memuse -= c
+            r.kept_off = o + len(b)
+
     def _acked(self, r: _Half, ack: int) -> tuple[bytes, bool]:
         """The other side acknowledged `r`'s bytes up to `ack`: forget kept bytes below
         it; if it acknowledges bytes we never saw, skip the hole (Suricata's
@@ -1044,14 +1048,8 @@ class StreamTracker:
         if r.fin_seq >= 0 and seq_diff(ack, r.fin_seq) >= 1:
             d = min(d, seq_diff(r.fin_seq, r.nxt_seq))  # the FIN's sequence number
         ack_off = r.nxt_off + d
-        kept = r.kept
-        if kept:
-            while kept and kept[0][0] + len(kept[0][1]) <= ack_off:
-                o, b = kept.popleft()
-                c = len(b) + KEPT_OVERHEAD
-                r.kept_bytes -= c
-                self.reassembly_memuse -= c
-                r.kept_off = o + len(b)
+        if r.kept:
+            self._forget_acked(r, ack_off)
         out = b""
         if r.weak is not None:
             out = self._release_weak(r, ack_off if d > 0 else r.nxt_off)

@@ -53,11 +53,12 @@ def _escape(pat: bytes) -> bytes:
 class Prefilter:
     """One compiled database and what each of its pattern ids stands for."""
 
-    __slots__ = ("db", "rules_of", "scratch")
+    __slots__ = ("db", "max_len", "rules_of", "scratch")
 
-    def __init__(self, db: Any, rules_of: list[tuple[int, ...]]) -> None:
+    def __init__(self, db: Any, rules_of: list[tuple[int, ...]], max_len: int) -> None:
         self.db = db
         self.rules_of = rules_of
+        self.max_len = max_len  # the longest pattern (literals: a match spans no more)
         self.scratch = hyperscan.Scratch(db)
         db.scratch = self.scratch
 
@@ -243,7 +244,7 @@ def build_prefilters(program: Program, cache_dir: Path | None = None,
             _store_cached(cache_dir, digest, db)
         else:
             ps.cache_hits += 1
-        ps.dbs[gk] = Prefilter(db, rules_of)
+        ps.dbs[gk] = Prefilter(db, rules_of, max(len(p) for (p, _n), _ in items))
     if log is not None:
         log(f"prefilter: {len(ps.dbs)} databases, {ps.compiled_patterns} patterns compiled, "
             f"{ps.cache_hits} from cache")

@@ -465,3 +465,24 @@ def test_header_candidates_are_cached_per_endpoints_and_bounded(
     for sp in range(100):
         r.sids(udp(b"x", sp=1000 + sp))
         assert len(det._static) <= 8
+
+
+def test_stream_view_reuses_the_packet_scan_and_still_sees_split_patterns() -> None:
+    """In-order data: the stream chunk is the packet's payload, whose prefilter scan is
+    reused; a pattern split across two segments (tail + chunk) is still found, a
+    pattern inside one segment alerts once."""
+    r = Run('alert tcp any any -> any 80 (msg:"split"; flow:established,to_server; '
+            'content:"SPLITPATTERN"; sid:1;)',
+            'alert tcp any any -> any 80 (msg:"whole"; flow:established,to_server; '
+            'content:"WHOLEPATTERN"; sid:2;)')
+    got: list[int] = []
+    got += r.sids(tcp(CLIENT, SERVER, 4300, 80, "S", 100, 0))
+    got += r.sids(tcp(SERVER, CLIENT, 80, 4300, "SA", 900, 101))
+    got += r.sids(tcp(CLIENT, SERVER, 4300, 80, "A", 101, 901))
+    one = b"x" * 100 + b"SPLIT"
+    two = b"PATTERN" + b"y" * 50 + b"WHOLEPATTERN" + b"z" * 10
+    got += r.sids(tcp(CLIENT, SERVER, 4300, 80, "PA", 101, 901, one))
+    got += r.sids(tcp(SERVER, CLIENT, 80, 4300, "A", 901, 101 + len(one)))
+    got += r.sids(tcp(CLIENT, SERVER, 4300, 80, "PA", 101 + len(one), 901, two))
+    got += r.sids(tcp(SERVER, CLIENT, 80, 4300, "A", 901, 101 + len(one) + len(two)))
+    assert sorted(got) == [1, 2]

@@ -127,6 +127,8 @@ class SignatureEngine:
         # on the SYN/ACK, out-of-order data on the segment filling the hole), the rule
         # is not reported a second time for them. Bounded, oldest first out.
         self._pkt_seen: OrderedDict[tuple[int, bool, int], bytes] = OrderedDict()
+        # inspect_packet's last payload scan: (packet, payload, rules found).
+        self._last_scan: tuple[Packet | None, bytes, set[int]] = (None, b"", set())
         # inspect_packet's header candidates by (group, src, dst, sport, dport).
         self._static: dict[tuple[str, bytes, bytes, int, int], tuple[int, ...]] = {}
 
@@ -162,6 +164,8 @@ class SignatureEngine:
                 if extra is None:
                     extra = set()
                 db.scan(payload, extra)
+                # The stream view of the same bytes reuses this scan (inspect_stream).
+                self._last_scan = (p, payload, extra)
         orders: Sequence[int] = sorted(extra.union(static)) if extra else static
         if not orders:
             return []
@@ -215,7 +219,16 @@ class SignatureEngine:
         hits: set[int] = set()
         db = self.pf.dbs.get(gk)
         if db is not None:
-            db.scan(window, hits)
+            last_p, last_payload, last_hits = self._last_scan
+            if last_p is p and len(last_payload) == len(data) and last_payload == data:
+                # In order: the chunk is this packet's payload, already scanned with the
+                # same database. Only matches that start in the tail and end in the chunk
+                # are new, and a pattern spans at most max_len bytes.
+                hits.update(last_hits)
+                if tail:
+                    db.scan(tail + data[:db.max_len - 1], hits)
+            else:
+                db.scan(window, hits)
         always = self._always.get(gk)
         if always:
             hits.update(always)

@@ -66,6 +66,7 @@ from appliance.rules.keywords import (
     parse_xbits,
 )
 from appliance.rules.parser import (
+    FRAME_BUFFERS,
     BufferOption,
     Classification,
     Content,
@@ -149,6 +150,8 @@ BUFFER_APP: Final = {
     "krb5_cname": "krb5", "krb5_sname": "krb5", "sip.method": "sip", "sip.uri": "sip",
     "sip.request_line": "sip", "sip.protocol": "sip", "sip.stat_code": "sip",
     "sip.stat_msg": "sip", "sip.response_line": "sip", "snmp.usm": "snmp",
+    # Suricata's SIP frames (app/sip.py FRAMES), named by the parser's `frame` keyword.
+    **{f"frame:{f}": "sip" for f in FRAME_BUFFERS},
     "snmp.community": "snmp",
 }
 PACKET_BUFFERS: Final = frozenset({"pkt_data", "ipv4.hdr", "ipv6.hdr", "tcp.hdr", "udp.hdr",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 from appliance.rules.pcre import PcreError, PcreSpec, parse_pcre_value
 from appliance.rules.variables import AddressSet, PortSet, VariableError, Variables
@@ -46,6 +47,11 @@ PROTOCOLS = frozenset(
 )
 
 # Sticky buffer keyword (and Suricata alias) -> canonical buffer name.
+# The frames the `frame` keyword may name (app/sip.py FRAMES; no other parser has any).
+FRAME_BUFFERS: Final = frozenset({
+    "sip.pdu", "sip.request.line", "sip.request.headers", "sip.request.body",
+    "sip.response.line", "sip.response.headers", "sip.response.body"})
+
 STICKY_BUFFERS: dict[str, str] = {
     "pkt_data": "pkt_data",
     "file.data": "file.data",
@@ -700,6 +706,15 @@ def _interpret(
             except PcreError as exc:
                 raise RuleParseError(str(exc)) from None
             state.matches.append(_pcre_match(spec, state))
+        elif keyword == "frame":
+            # Suricata's frames: a name without its protocol takes the rule's.
+            name = (value or "").strip()
+            full = name if name in FRAME_BUFFERS else f"{proto}.{name}"
+            if full not in FRAME_BUFFERS:
+                raise RuleParseError(f"frame '{name}' (protocol {proto}) is not supported: "
+                                     f"only SIP's frames are")
+            state.sticky = f"frame:{full}"
+            state.buffer_transforms = []
         elif keyword in STICKY_BUFFERS:
             if value is not None:
                 raise RuleParseError(f"sticky buffer '{keyword}' takes no value")

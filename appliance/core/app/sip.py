@@ -14,7 +14,8 @@ headers do not end is ``incomplete_data`` (Suricata's SIP event names).
 
 Sticky buffers: requests ``sip.method``, ``sip.uri``, ``sip.request_line``,
 ``sip.protocol``; responses ``sip.stat_code``, ``sip.stat_msg``, ``sip.response_line``,
-``sip.protocol``. EVE ``sip`` records as Suricata's: method, uri, version, request_line or
+``sip.protocol``; and Suricata's SIP frames (``frame:pdu``, ``frame:request.line`` ...,
+see FRAMES). EVE ``sip`` records as Suricata's: method, uri, version, request_line or
 version, code, reason, response_line.
 """
 
@@ -38,22 +39,42 @@ def _text(b: bytes) -> str:
     return b.decode("utf-8", "replace")
 
 
-class Message:
-    __slots__ = ("fields", "line", "request")
+# Suricata's SIP frames (the `frame` keyword), as sticky buffers of the message: the
+# whole datagram, the start line with its CRLF, the header fields (each with its CRLF,
+# not the empty line) and the body after the empty line; a frame with no bytes is absent.
+FRAMES: Final = ("sip.pdu", "sip.request.line", "sip.request.headers", "sip.request.body",
+                 "sip.response.line", "sip.response.headers", "sip.response.body")
 
-    def __init__(self, request: bool, line: bytes, fields: tuple[bytes, ...]) -> None:
+
+class Message:
+    __slots__ = ("body_at", "data", "fields", "headers_end", "line", "request")
+
+    def __init__(self, request: bool, line: bytes, fields: tuple[bytes, ...],
+                 data: bytes = b"", headers_end: int = 0, body_at: int = 0) -> None:
         self.request = request
         self.line = line
         self.fields = fields
+        self.data = data
+        self.headers_end = headers_end  # where the empty line starts
+        self.body_at = body_at  # just after the empty line
+
+    def frames(self) -> dict[str, bytes | list[bytes]]:
+        kind = "request" if self.request else "response"
+        line_end = len(self.line) + 2
+        parts = {"sip.pdu": self.data,
+                 f"sip.{kind}.line": self.data[:line_end],
+                 f"sip.{kind}.headers": self.data[line_end:self.headers_end],
+                 f"sip.{kind}.body": self.data[self.body_at:]}
+        return {f"frame:{name}": b for name, b in parts.items() if b}
 
     def buffers(self) -> dict[str, bytes | list[bytes]]:
         if self.request:
             method, uri, version = self.fields
             return {"sip.method": method, "sip.uri": uri, "sip.protocol": version,
-                    "sip.request_line": self.line}
+                    "sip.request_line": self.line, **self.frames()}
         version, code, reason = self.fields
         return {"sip.protocol": version, "sip.stat_code": code, "sip.stat_msg": reason,
-                "sip.response_line": self.line}
+                "sip.response_line": self.line, **self.frames()}
 
     def eve(self) -> dict[str, Any]:
         if self.request:
@@ -86,7 +107,11 @@ def parse_message(data: bytes, request: bool) -> Message | str:
         if b":" not in data[pos:nl] and data[pos : pos + 1] not in (b" ", b"\t"):
             return "invalid_data"
         pos = nl + 2
-    return Message(request, line, (m.group(1), m.group(2), m.group(3)))
+    else:
+        # More header lines than MAX_HEADERS: the rest is not read as headers or body.
+        return Message(request, line, (m.group(1), m.group(2), m.group(3)), data, pos,
+                       len(data))
+    return Message(request, line, (m.group(1), m.group(2), m.group(3)), data, pos, pos + 2)
 
 
 class SipParser(DatagramParser):

@@ -26,7 +26,8 @@ def test_request_and_response() -> None:
     (req,) = p.parse_datagram(REGISTER, True)
     (resp,) = p.parse_datagram(UNAUTH, False)
     assert req.kind == APP_TX and req.tx_id == 0 and resp.tx_id == 1
-    assert req.data["buffers"] == {
+    bufs = req.data["buffers"]
+    assert {k: v for k, v in bufs.items() if not k.startswith("frame:")} == {
         "sip.method": b"REGISTER", "sip.uri": b"sip:example.org", "sip.protocol": b"SIP/2.0",
         "sip.request_line": b"REGISTER sip:example.org SIP/2.0"}
     assert resp.data["eve"] == {"version": "SIP/2.0", "code": "401", "reason": "Unauthorized",
@@ -101,3 +102,52 @@ def test_buffers_alerts_and_schema_valid_records(eve_validator: Any) -> None:
     for r in recs:
         errors = list(eve_validator.iter_errors(r))
         assert not errors, (r["event_type"], errors[0].message)
+
+
+INVITE = (b"INVITE sip:bob@example.org SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060\r\n"
+          b"Content-Type: application/sdp\r\nContent-Length: 9\r\n\r\nv=0\r\no=x\r\n")
+
+
+def test_frames_as_suricata_cuts_a_message() -> None:
+    """pdu: the datagram; line: the start line with its CRLF; headers: the fields with
+    their CRLFs, not the empty line; body: after the empty line; no empty frame."""
+    (req,) = SipParser().parse_datagram(INVITE, True)
+    frames = {k: v for k, v in req.data["buffers"].items() if k.startswith("frame:")}
+    assert frames == {
+        "frame:sip.pdu": INVITE,
+        "frame:sip.request.line": b"INVITE sip:bob@example.org SIP/2.0\r\n",
+        "frame:sip.request.headers": b"Via: SIP/2.0/UDP 10.0.0.1:5060\r\n"
+                                     b"Content-Type: application/sdp\r\n"
+                                     b"Content-Length: 9\r\n",
+        "frame:sip.request.body": b"v=0\r\no=x\r\n"}
+    (resp,) = SipParser().parse_datagram(UNAUTH, False)
+    assert sorted(k for k in resp.data["buffers"] if k.startswith("frame:")) == [
+        "frame:sip.pdu", "frame:sip.response.headers", "frame:sip.response.line"]
+
+
+def test_frame_keyword_rules() -> None:
+    rules = [
+        'alert sip any any -> any any (flow:to_server; frame:pdu; content:"INVITE sip";'
+        ' startswith; sid:1;)',
+        'alert sip any any -> any any (flow:to_server; frame:request.line;'
+        ' content:"SIP/2.0|0d 0a|"; endswith; sid:2;)',
+        'alert sip any any -> any any (flow:to_server; frame:request.headers; content:"Via:";'
+        ' startswith; content:"Content-Length: 9|0d 0a|"; endswith; sid:3;)',
+        'alert sip any any -> any any (flow:to_server; frame:sip.request.body;'
+        ' content:"v=0"; startswith; sid:4;)',
+        'alert sip any any -> any any (flow:to_client; frame:response.headers;'
+        ' content:"Via:"; startswith; sid:5;)',
+        'alert sip any any -> any any (flow:to_client; frame:response.body; content:"x";'
+        ' sid:6;)',  # the 401 has no body: no frame
+    ]
+    recs = engine_run(rules, [(True, INVITE), (False, UNAUTH)], 5060, udp=True)
+    assert alert_sids(recs) == [1, 2, 3, 4, 5]
+
+
+def test_frames_of_other_protocols_are_reported_unsupported() -> None:
+    import pytest
+
+    from appliance.rules.parser import RuleParseError, parse_rule
+
+    with pytest.raises(RuleParseError, match=r"frame 'http1\.response'"):
+        parse_rule('alert http any any -> any any (frame:http1.response; content:"x"; sid:1;)')

@@ -293,10 +293,6 @@ class Engine:
                 flow = self._flow_seen
                 inner = p.inner
                 stream.csum_trusted = False  # the kernel's word is on the outer packet
-                if inner is not None:
-                    # A direction mark would go on the tunnel's connection: every inner
-                    # flow's.
-                    self._dir_bypass = False
                 while inner is not None:
                     # Tunnelled traffic (IP-in-IP, GRE, VXLAN, Geneve, Teredo) is
                     # inspected as well: the tunnel packet gets the strictest verdict of
@@ -309,6 +305,9 @@ class Engine:
                         if _SEVERITY[k] > _SEVERITY[kind]:
                             kind = k
                     inner = inner.inner
+                if p.inner is not None:
+                    # A direction mark would go on the tunnel's connection: every inner
+                    # flow's.
                     self._dir_bypass = False
                 self._flow_seen = flow
             if p.events is not None:

@@ -247,6 +247,8 @@ class CompiledRule:
     urilen: tuple[NumCheck, bool] | None = None  # (check, raw)
     stream_size: StreamSize | None = None
     app_layer_protocol: tuple[str, bool] | None = None  # (proto, negated)
+    # Suricata's protocol-detection-only rule (set once compiled, see is_pd_only).
+    pd_only: bool = False
     # tls.version / ssl_version: the accepted EVE names of the negotiated version, and
     # whether the list is negated.
     tls_versions: tuple[frozenset[bytes], bool] | None = None
@@ -292,8 +294,7 @@ class CompiledRule:
         return (self.src_ports.is_any and self.dst_ports.is_any
                 and self.app_layer_protocol is None and self._no_packet_keywords())
 
-    @property
-    def pd_only(self) -> bool:
+    def is_pd_only(self) -> bool:
         """Suricata's protocol-detection-only rule: app-layer-protocol and nothing else
         but addresses and ports. It matches once, on the packet whose protocol detection
         decided the flow's protocol, not on every later packet."""
@@ -675,6 +676,7 @@ def compile_rule(rule: Rule, order: int, classifications: Mapping[str, Classific
         cr.app = True
         if cr.app_proto is None:
             cr.app_proto = "tls"
+    cr.pd_only = cr.is_pd_only()  # decided here, read per candidate packet
     return cr
 
 

@@ -296,8 +296,7 @@ class SignatureEngine:
             st.candidates += 1
             if app and flow is not None and (order, tx_id) in flow.tx_alerted:
                 continue
-            if (r.app_layer_protocol is not None and flow is not None
-                    and (order, -1) in flow.tx_alerted and r.pd_only):
+            if r.pd_only and flow is not None and (order, -1) in flow.tx_alerted:
                 continue  # matched once already, when the protocol was decided
             if not self._header(r, p, flow, to_server):
                 continue
@@ -388,7 +387,7 @@ class SignatureEngine:
                 _apply_flowbits(r, flow)
                 if r.flowints:
                     _apply_flowints(r.flowints, flow)
-                if app or (r.app_layer_protocol is not None and r.pd_only):
+                if app or r.pd_only:
                     if not flow.tx_alerted:
                         flow.tx_alerted = set()
                     flow.tx_alerted.add((order, tx_id if app else -1))

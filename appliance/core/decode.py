@@ -216,11 +216,13 @@ class DecodeStats:
     The general path counts in `raw`; the fast path (`Decoder.decode`) only counts its
     TCP and UDP packets and their bytes, which `counts` folds in."""
 
-    __slots__ = ("events", "fast_bytes", "fast_max", "fast_tcp", "fast_udp", "raw")
+    __slots__ = ("events", "fast_bytes", "fast_max", "fast_raw", "fast_tcp", "fast_udp",
+                 "raw")
 
     def __init__(self) -> None:
-        self.fast_tcp = 0  # Ethernet/IPv4/TCP packets the fast path decoded
+        self.fast_tcp = 0  # IPv4/TCP packets the fast path decoded
         self.fast_udp = 0
+        self.fast_raw = 0  # those of them without a link header (LINKTYPE_RAW)
         self.fast_bytes = 0
         self.fast_max = 0  # their largest size
         self.raw: dict[str, int] = dict.fromkeys(
@@ -243,7 +245,8 @@ class DecodeStats:
         if n:
             c["pkts"] += n
             c["bytes"] += self.fast_bytes
-            c["ethernet"] += n
+            c["ethernet"] += n - self.fast_raw
+            c["raw"] += self.fast_raw
             c["ipv4"] += n
             c["tcp"] += self.fast_tcp
             c["udp"] += self.fast_udp
@@ -264,82 +267,89 @@ class Decoder:
         """Decode one captured frame. Never raises on packet content."""
         n = len(data)
         if linktype == LINKTYPE_ETHERNET and n >= 34 and data[12:15] == b"\x08\x00\x45":
-            # Fast path: untagged Ethernet, IPv4 with a 20-byte header, not a fragment,
-            # carrying a well-formed TCP or UDP header (the bulk of the traffic), decoded
-            # with the general path's checks and results. Whatever it declines, before
-            # changing anything, is decoded by `_decode` from the start.
-            tot, fragf, ttl, proto, src, dst = _IP4_FAST.unpack_from(data, 16)
-            if tot > n - 14 or fragf & 0x3FFF:
+            l3 = 14
+        elif linktype == LINKTYPE_RAW and n >= 20 and data[0] == 0x45:
+            l3 = 0  # NFQUEUE's packets: IP without a link header
+        else:
+            return self._decode(data, linktype, ts)
+        # Fast path: untagged Ethernet or raw IP, IPv4 with a 20-byte header, not a
+        # fragment, carrying a well-formed TCP or UDP header (the bulk of the
+        # traffic), decoded with the general path's checks and results. Whatever it
+        # declines, before changing anything, is decoded by `_decode` from the start.
+        l4 = l3 + 20
+        tot, fragf, ttl, proto, src, dst = _IP4_FAST.unpack_from(data, l3 + 2)
+        if tot > n - l3 or fragf & 0x3FFF:
+            return self._decode(data, linktype, ts)
+        if proto == PROTO_TCP and tot >= 40:
+            sp, dp, seq, ack, hl, flags, win, _s, urp = _TCP.unpack_from(data, l4)
+            hlen = (hl >> 4) << 2
+            if hlen < 20 or hlen > tot - 20:
                 return self._decode(data, linktype, ts)
-            if proto == PROTO_TCP and tot >= 40:
-                sp, dp, seq, ack, hl, flags, win, _s, urp = _TCP.unpack_from(data, 34)
-                hlen = (hl >> 4) << 2
-                if hlen < 20 or hlen > tot - 20:
-                    return self._decode(data, linktype, ts)
-                payload = data[34 + hlen:14 + tot]
-            elif proto == PROTO_UDP and tot >= 28:
-                sp, dp, ulen, _s = _UDP.unpack_from(data, 34)
-                if ulen < 8 or ulen > tot - 20 or dp in _TUNNEL_PORTS or sp == TEREDO_PORT:
-                    return self._decode(data, linktype, ts)
-                payload = data[42:34 + ulen]
-                hlen = seq = ack = win = urp = 0
-                flags = -1
-            else:
+            payload = data[l4 + hlen:l3 + tot]
+        elif proto == PROTO_UDP and tot >= 28:
+            sp, dp, ulen, _s = _UDP.unpack_from(data, l4)
+            if ulen < 8 or ulen > tot - 20 or dp in _TUNNEL_PORTS or sp == TEREDO_PORT:
                 return self._decode(data, linktype, ts)
-            # Every field of Packet.__init__, set once (tests/core/test_decode.py compares
-            # all of Packet.__slots__ with the general path's packet).
-            p = _new_packet(Packet)
-            p.ts = ts
-            p.data = data
-            p.pkt_len = n
-            p.vlan = ()
-            p.ipver = 4
-            p.l3_off = 14
-            p.l4_off = 34
-            p.src = src
-            p.dst = dst
-            p.proto = proto
-            p.ttl = ttl
-            p.sp = sp
-            p.dp = dp
-            p.payload = payload
-            p.tcp_flags = flags
-            p.tcp_seq = seq
-            p.tcp_ack = ack
-            p.tcp_win = win
-            p.tcp_urp = urp
-            p.tcp_opts = None
-            p.l3_discard = False
-            p.icmp_type = -1
-            p.icmp_code = -1
-            p.icmp_inner = None
-            p.frag = None
-            p.spi = -1
-            p.events = None
-            p.inner = None
-            st = self.stats
-            if hlen > 20:
-                if hlen == 32 and data[54:58] == b"\x01\x01\x08\x0a":
-                    # NOP, NOP, timestamps: what established Linux and BSD connections
-                    # send on every segment.
-                    o = p.tcp_opts = TcpOptions()
-                    o.tsval, o.tsecr = _TS_OPT.unpack_from(data, 58)
-                else:
-                    try:
-                        p.tcp_opts = _tcp_options(p, data, 54, 34 + hlen)
-                    except (struct.error, IndexError, ValueError):
-                        return self._decode(data, linktype, ts)  # cannot happen
-                    if p.events is not None:
-                        self._count_events(p, st.raw)
-            if flags >= 0:
-                st.fast_tcp += 1
+            payload = data[l4 + 8:l4 + ulen]
+            hlen = seq = ack = win = urp = 0
+            flags = -1
+        else:
+            return self._decode(data, linktype, ts)
+        # Every field of Packet.__init__, set once (tests/core/test_decode.py compares
+        # all of Packet.__slots__ with the general path's packet).
+        p = _new_packet(Packet)
+        p.ts = ts
+        p.data = data
+        p.pkt_len = n
+        p.vlan = ()
+        p.ipver = 4
+        p.l3_off = l3
+        p.l4_off = l4
+        p.src = src
+        p.dst = dst
+        p.proto = proto
+        p.ttl = ttl
+        p.sp = sp
+        p.dp = dp
+        p.payload = payload
+        p.tcp_flags = flags
+        p.tcp_seq = seq
+        p.tcp_ack = ack
+        p.tcp_win = win
+        p.tcp_urp = urp
+        p.tcp_opts = None
+        p.l3_discard = False
+        p.icmp_type = -1
+        p.icmp_code = -1
+        p.icmp_inner = None
+        p.frag = None
+        p.spi = -1
+        p.events = None
+        p.inner = None
+        st = self.stats
+        if hlen > 20:
+            if hlen == 32 and data[l4 + 20:l4 + 24] == b"\x01\x01\x08\x0a":
+                # NOP, NOP, timestamps: what established Linux and BSD connections
+                # send on every segment.
+                o = p.tcp_opts = TcpOptions()
+                o.tsval, o.tsecr = _TS_OPT.unpack_from(data, l4 + 24)
             else:
-                st.fast_udp += 1
-            st.fast_bytes += n
-            if n > st.fast_max:
-                st.fast_max = n
-            return p
-        return self._decode(data, linktype, ts)
+                try:
+                    p.tcp_opts = _tcp_options(p, data, l4 + 20, l4 + hlen)
+                except (struct.error, IndexError, ValueError):
+                    return self._decode(data, linktype, ts)  # cannot happen
+                if p.events is not None:
+                    self._count_events(p, st.raw)
+        if flags >= 0:
+            st.fast_tcp += 1
+        else:
+            st.fast_udp += 1
+        if not l3:
+            st.fast_raw += 1
+        st.fast_bytes += n
+        if n > st.fast_max:
+            st.fast_max = n
+        return p
 
     def _decode(self, data: bytes, linktype: int, ts: float) -> Packet:
         """The general path: every link type and layer, with Suricata's events."""

@@ -601,7 +601,7 @@ def test_engine_gives_exactly_one_verdict_per_packet(frames: list[tuple[int, byt
 
 
 class _GeneralOnly(Decoder):
-    """The decoder without its Ethernet/IPv4 fast path: every packet the general way."""
+    """The decoder without its IPv4 fast path: every packet the general way."""
 
     __slots__ = ()
 
@@ -631,7 +631,11 @@ def test_fast_path_decodes_the_sample_captures_as_the_general_path() -> None:
     for lt, data in SEEDS:
         _same_decoding(lt, data, fast, general)
         taken += lt == LINKTYPE_ETHERNET and data[12:15] == b"\x08\x00\x45"
+        # And each IPv4 Ethernet seed again as NFQUEUE hands packets over (raw IP).
+        if lt == LINKTYPE_ETHERNET and data[12:14] == b"\x08\x00":
+            _same_decoding(LINKTYPE_RAW, data[14:], fast, general)
     assert taken  # the seeds do exercise the fast path
+    assert fast.stats.fast_raw
 
 
 @settings(FUZZ, max_examples=900)
@@ -687,3 +691,6 @@ def test_fast_path_boundaries_match_the_general_path() -> None:
         frames.append(_eth_ip4(6, hdr + opts + b"data"))
     for f in frames:
         _same_decoding(LINKTYPE_ETHERNET, bytes(f), fast, general)
+        # The same IP packets as NFQUEUE hands them over: no link header.
+        _same_decoding(LINKTYPE_RAW, bytes(f[14:]), fast, general)
+    assert fast.stats.fast_raw and fast.stats.fast_tcp > fast.stats.fast_raw

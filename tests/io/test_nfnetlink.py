@@ -8,6 +8,8 @@ import struct
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from appliance.core.commands import ScanRequest, Verdict, VerdictKind
 from appliance.core.events import FileScanned, PacketIn
@@ -151,6 +153,75 @@ def test_attribute_type_flag_bits_are_ignored() -> None:
     buf = packet_msg(3, b"data", nla(3 | 0x4000, struct.pack("!I", 42)))
     (p,) = list(nl.parse_messages(buf))
     assert isinstance(p, nl.QueuedPacket) and p.mark == 42
+
+
+# Optional attributes of a packet message, as the kernel may add them (mark, devices,
+# hardware address, timestamp, cap length, skb info), some with odd lengths.
+_OPTIONAL: list[bytes] = [
+    nla(3, struct.pack("!I", 0x20000)), nla(4, b"\1" * 16), nla(5, struct.pack("!I", 2)),
+    nla(6, struct.pack("!I", 3)), nla(7, struct.pack("!I", 11)),
+    nla(8, struct.pack("!I", 12)),
+    nla(9, struct.pack("!Hxx", 6) + bytes.fromhex("0a0b0c0d0e0f") + b"\0\0"),
+    nla(9, struct.pack("!Hxx", 12) + bytes(range(8))), nla(9, struct.pack("!Hxx", 6)),
+    nla(13, struct.pack("!I", 70000)), nla(14, struct.pack("!I", 5)),
+    nla(3, b"\1\2"), nla(11, b"ct" * 5), nla(3 | 0x4000, struct.pack("!I", 9))]
+
+
+def _fields(p: Any) -> tuple[Any, ...]:
+    if not isinstance(p, nl.QueuedPacket):
+        return (type(p).__name__,)
+    return tuple(getattr(p, n) for n in nl.QueuedPacket.__slots__ if n != "verdict_sink")
+
+
+def _read_both(buf: bytes) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """parse_packet (layouts first) and the attribute-by-attribute read of one
+    message; each a MalformedMessage when it cannot be read."""
+    out = []
+    for f in (nl.parse_packet, nl._parse_attrs):
+        try:
+            out.append(_fields(f(buf, 20, len(buf))))
+        except nl.MalformedMessage:
+            out.append(("MalformedMessage",))
+    return out[0], out[1]
+
+
+@settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(range(len(_OPTIONAL))), max_size=6),
+       st.lists(st.binary(min_size=0, max_size=70), min_size=1, max_size=4),
+       st.integers(0, 2**32 - 1), st.integers(-1, 200), st.integers(0, 7))
+def test_layout_read_equals_the_attribute_read(extra: list[int], payloads: list[bytes],
+                                               pid: int, flip: int, bit: int) -> None:
+    """Messages of one shape, the later ones read by the layout the first taught, and
+    any of them with a bit flipped (a header, a length, a value): every field comes
+    out as the attribute-by-attribute read gives it, or both refuse the message."""
+    attrs = [_OPTIONAL[i] for i in extra]
+    for n, payload in enumerate(payloads):
+        buf = bytearray(packet_msg((pid + n) % 2**32, payload, *attrs))
+        if n == len(payloads) - 1 and 0 <= flip < len(buf) - 20:
+            buf[20 + flip] ^= 1 << bit
+        fast, slow = _read_both(bytes(buf))
+        assert fast == slow, buf.hex()
+
+
+def test_layouts_follow_the_shapes_of_recent_messages() -> None:
+    nl._layouts.clear()
+    mark = nla(3, struct.pack("!I", 7))
+    a = packet_msg(1, b"first", nla(7, struct.pack("!I", 11)))
+    b = packet_msg(2, b"second", mark, nla(7, struct.pack("!I", 11)))
+    for buf in (a, b, a, b):
+        p = nl.parse_packet(buf, 20, len(buf))
+        assert p.physindev == 11
+    assert len(nl._layouts) == 2  # one per shape, learnt once each
+    assert nl.parse_packet(b, 20, len(b)).mark == 7
+    assert nl.parse_packet(a, 20, len(a)).mark == 0
+    # An attribute twice has no fixed layout: always read the long way, last one wins.
+    dup = packet_msg(3, b"x", mark, nla(3, struct.pack("!I", 8)))
+    assert nl.parse_packet(dup, 20, len(dup)).mark == 8
+    assert len(nl._layouts) == 2
+    for n in range(nl.LAYOUTS_KEPT + 2):
+        buf = packet_msg(4, b"y", nla(4, b"\0" * (4 * n + 4)))  # a new shape each
+        nl.parse_packet(buf, 20, len(buf))
+    assert len(nl._layouts) == nl.LAYOUTS_KEPT  # bounded
 
 
 # -- batching ---------------------------------------------------------------------------

@@ -834,6 +834,9 @@ class Engine:
             if p.tcp_flags & TH_FIN and flow.app_proto == "ftp-data":
                 applayer.ftp_data_fin(flow, to_server, res)
         elif p.proto == PROTO_UDP:
+            st = flow.app
+            if st is not None and (st.parser is None or not p.payload):
+                return None  # decided already, and no parser: nothing to feed
             res = AppResult()
             applayer.feed_udp(flow, p, to_server, res)
         else:

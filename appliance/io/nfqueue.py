@@ -78,13 +78,24 @@ TOP_TALKER_SCAN = 50_000
 RECENT_ALERTS = 50
 
 
+_ACCEPT = VerdictKind.ACCEPT
+_BYPASS = VerdictKind.BYPASS
+_REJECT = VerdictKind.REJECT
+_new_tuple = tuple.__new__
+
+
 @dataclass
 class WorkerStats:
     packets: int = 0
     errors: int = 0
-    verdicts: dict[str, int] = field(default_factory=dict)
+    by_kind: dict[VerdictKind, int] = field(default_factory=dict)  # verdicts given
     rejects_sent: int = 0
     truncated: int = 0  # packets cut at the copy range: the default verdict, uninspected
+
+    @property
+    def verdicts(self) -> dict[str, int]:
+        """Verdicts given, by name (accept, drop, reject, bypass)."""
+        return {k.value: n for k, n in self.by_kind.items()}
 
 
 class _Injector:
@@ -188,7 +199,12 @@ class QueueWorker:
         self._stop = True
 
     def handle(self, pkt: Any) -> None:
-        """The netfilterqueue callback: exactly one verdict call per packet."""
+        """The netfilterqueue callback: exactly one verdict call per packet.
+
+        The per-packet cost outside the engine counts at small-packet rates (bench/
+        inline.py), so the usual case is written out: interface names and the MAC
+        table are dict lookups, the PacketIn is built as the tuple it is, and verdicts
+        are counted by kind (named in `counters`)."""
         st = self.stats
         st.packets += 1
         if st.packets % HOUSEKEEPING_EVERY == 0:
@@ -200,13 +216,22 @@ class QueueWorker:
         try:
             data = pkt.get_payload()
             hw = pkt.get_hw()
-            ev = PacketIn(pkt.id, time.time(), data, LINKTYPE_RAW,
-                          self._ifname(pkt.physindev), self._ifname(pkt.physoutdev),
-                          pkt.get_mark(), hw[:6] if hw else None,
-                          # netfilterqueue's packets do not say: summed as before
-                          getattr(pkt, "csum_trusted", False))
+            names = self._ifnames
+            pin = pkt.physindev
+            pout = pkt.physoutdev
+            in_port = names.get(pin) or self._ifname(pin)
+            out_port = names.get(pout) or self._ifname(pout)
             if hw:
-                self._learn(data, hw[:6])
+                hw = hw[:6]
+                self._learn(data, hw)
+            else:
+                hw = None
+            # PacketIn's own __new__ is Python code taking keywords; a tuple of every
+            # field in order is the same NamedTuple. netfilterqueue's packets do not
+            # say whether the kernel checked the checksum: summed as before.
+            ev = _new_tuple(PacketIn, (pkt.id, time.time(), data, LINKTYPE_RAW, in_port,
+                                       out_port, pkt.get_mark(), hw,
+                                       getattr(pkt, "csum_trusted", False)))
             if getattr(pkt, "truncated", False):
                 # Longer than the copy range (netlink transport: a GSO/GRO super-packet
                 # of 65,532+ bytes; an attribute holds at most 65,535 with its header).
@@ -242,14 +267,14 @@ class QueueWorker:
         except Exception:  # never lose a verdict (DESIGN.md principle 7)
             st.errors += 1
         try:
-            if kind is VerdictKind.ACCEPT:
+            if kind is _ACCEPT:
                 pkt.accept()
-            elif kind is VerdictKind.BYPASS:
+            elif kind is _BYPASS:
                 bit = (DIRECTION_MARK if verdict is not None
                        and verdict.detail == DIRECTION_BYPASS else self.bypass_mark)
                 pkt.set_mark((pkt.get_mark() or 0) | bit)
                 pkt.accept()
-            elif kind is VerdictKind.REJECT and verdict is not None:
+            elif kind is _REJECT and verdict is not None:
                 # The drop reaches the kernel on its own, before the reset goes out.
                 self._flush()
                 pkt.drop()
@@ -261,7 +286,8 @@ class QueueWorker:
                 self._flush()  # a held packet's verdict is sent at once, alone
         except Exception:
             st.errors += 1
-        st.verdicts[kind.value] = st.verdicts.get(kind.value, 0) + 1
+        by_kind = st.by_kind
+        by_kind[kind] = by_kind.get(kind, 0) + 1
 
     def _learn(self, data: bytes, mac: bytes) -> None:
         if not data:
@@ -405,7 +431,7 @@ class QueueWorker:
             "queue": self.queue_num,
             "packets": self.stats.packets,
             "errors": self.stats.errors,
-            "verdicts": dict(self.stats.verdicts),
+            "verdicts": self.stats.verdicts,
             "alerts": e.alerts,
             "alerts_by_severity": {str(k): v for k, v in e.alerts_by_severity.items()},
             "memcap": {"flow": e.flows.stats.memcap_hits,

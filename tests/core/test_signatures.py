@@ -246,6 +246,25 @@ def test_header_only_rules_by_address_and_port_and_icmp() -> None:
     assert r.sids(Ether() / IP(src=CLIENT, dst=SERVER) / ICMP(type=0)) == []
 
 
+def test_ip_header_keywords_per_packet_between_the_same_endpoints() -> None:
+    """sameip, ip_proto and ttl: what a rule's header asks of the packet, whether it
+    depends on the endpoints alone (checked once per endpoints and protocol, then
+    kept) or on each packet (ttl)."""
+    r = Run('alert ip any any -> any any (msg:"same"; sameip; sid:1;)',
+            'alert ip $HOME_NET any -> any any (msg:"gre"; ip_proto:47; sid:2;)',
+            'alert ip $HOME_NET any -> any any (msg:"not udp"; ip_proto:!17; sid:3;)',
+            'alert udp $HOME_NET any -> any any (msg:"low ttl"; ttl:<5; sid:4;)')
+    assert r.sids(udp(b"x", src=CLIENT, dst=CLIENT)) == [1]
+    assert r.sids(udp(b"x")) == []
+    assert r.sids(Ether() / IP(src=CLIENT, dst=SERVER, ttl=3) / UDP(sport=5000,
+                                                                   dport=9999)) == [4]
+    assert r.sids(udp(b"x")) == []  # same endpoints again: ttl is the packet's
+    assert sorted(r.sids(Ether() / IP(src=CLIENT, dst=SERVER, proto=47) / b"gre")) \
+        == [2, 3]
+    assert r.sids(tcp(CLIENT, SERVER, 5000, 9999, "S", 1, 0)) == [3]
+    assert r.engine.stats.errors == 0
+
+
 def test_unsupported_keyword_is_reported_not_loaded() -> None:
     loaded = detection_from_text([
         'alert tcp any any -> any any (msg:"x"; asn1:oversize_length 100; sid:5;)',

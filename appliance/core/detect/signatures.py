@@ -85,6 +85,24 @@ class _ThState:
         self.next = 0  # backoff: the match number that alerts next
 
 
+_NONE_FOUND: frozenset[int] = frozenset()
+
+
+def _endpoints_ok(r: CompiledRule, p: Packet) -> bool:
+    """The part of a rule's header that depends only on the packet's protocol,
+    addresses and ports (either way round for a bidirectional rule)."""
+    if r.ipproto is not None and r.ipproto != p.proto:
+        return False
+    if r.ip_proto is not None and not r.ip_proto.test(p.proto):
+        return False
+    src, dst, sp, dp = p.src, p.dst, p.sp, p.dp
+    # Ports first: a frozenset lookup is cheaper than an address bisect.
+    return (r.dst_ports.contains(dp) and r.src_ports.contains(sp) and r.src.contains(src)
+            and r.dst.contains(dst)) or (
+            r.bidir and r.src.contains(dst) and r.dst.contains(src)
+            and r.src_ports.contains(dp) and r.dst_ports.contains(sp))
+
+
 class SignatureEngine:
     def __init__(self, program: Program, prefilters: PrefilterSet,
                  limits: ThresholdConfig | None = None) -> None:
@@ -129,8 +147,8 @@ class SignatureEngine:
         self._pkt_seen: OrderedDict[tuple[int, bool, int], bytes] = OrderedDict()
         # inspect_packet's last payload scan: (packet, payload, rules found).
         self._last_scan: tuple[Packet | None, bytes, set[int]] = (None, b"", set())
-        # inspect_packet's header candidates by (group, src, dst, sport, dport).
-        self._static: dict[tuple[str, bytes, bytes, int, int], tuple[int, ...]] = {}
+        # inspect_packet's header candidates by (protocol, src, dst, sport, dport).
+        self._static: dict[tuple[int, bytes, bytes, int, int], tuple[int, ...]] = {}
 
     # -- entry points ----------------------------------------------------------------
 
@@ -142,7 +160,7 @@ class SignatureEngine:
         self._events = events
         # The candidates a packet's header gives (by address, port, or always) are the
         # same for every packet between the same endpoints: looked up once, kept sorted.
-        key = (group, p.src, p.dst, p.sp, p.dp)
+        key = (p.proto, p.src, p.dst, p.sp, p.dp)
         static = self._static.get(key)
         if static is None:
             static = self._static_candidates(group, p)
@@ -172,7 +190,8 @@ class SignatureEngine:
         buffers = {_PKT_KEY: [payload]}
         found = self._run(orders, p, flow, to_server, buffers, None, app=False)
         if self.has_stream_rules:
-            self._last_pkt = (p, frozenset(m.rule.order for m in found))
+            self._last_pkt = (p, frozenset([m.rule.order for m in found])
+                              if found else _NONE_FOUND)
             if found and flow is not None and flow.tcp is not None:
                 seen = self._pkt_seen
                 for m in found:
@@ -197,7 +216,11 @@ class SignatureEngine:
         ports = self.pf.by_sport.get(group)
         if ports is not None and (got := ports.get(p.sp)) is not None:
             hits.update(got)
-        return tuple(sorted(hits))
+        # What of a rule's header depends on the key alone (protocol, addresses, ports)
+        # is checked once here rather than on every packet: a rule for other endpoints
+        # or another protocol (`ip` rules with ip_proto, say) is no candidate.
+        rules = self.rules
+        return tuple(o for o in sorted(hits) if _endpoints_ok(rules[o], p))
 
     def inspect_stream(self, p: Packet, flow: Flow, to_server: bool, data: bytes,
                        gap: bool = False) -> list[RuleMatch]:
@@ -413,18 +436,11 @@ class SignatureEngine:
 
     @staticmethod
     def _header(r: CompiledRule, p: Packet, flow: Flow | None, to_server: bool) -> bool:
-        if r.ipproto is not None and r.ipproto != p.proto:
-            return False
         ap = r.app_proto
         if ap is not None and (flow is None or (flow.app_proto != ap
                                                 and _APP_ALSO.get(ap) != flow.app_proto)):
             return False
-        src, dst, sp, dp = p.src, p.dst, p.sp, p.dp
-        # Ports first: a frozenset lookup is cheaper than an address bisect.
-        if not (r.dst_ports.contains(dp) and r.src_ports.contains(sp) and r.src.contains(src)
-                and r.dst.contains(dst)) and not (
-                r.bidir and r.src.contains(dst) and r.dst.contains(src)
-                and r.src_ports.contains(dp) and r.dst_ports.contains(sp)):
+        if not _endpoints_ok(r, p):
             return False
         fo = r.flow
         if fo is not None:
@@ -453,8 +469,6 @@ class SignatureEngine:
             return False
         if r.ttl is not None and not r.ttl.test(p.ttl):
             return False
-        if r.ip_proto is not None and not r.ip_proto.test(p.proto):
-            return False
         if p.proto == PROTO_TCP:
             if r.flags is not None and not r.flags.test(p.tcp_flags):
                 return False
@@ -473,7 +487,7 @@ class SignatureEngine:
             return False
         if r.ipopts is not None and not _has_ipopt(p, r.ipopts):
             return False
-        if r.sameip and src != dst:
+        if r.sameip and p.src != p.dst:
             return False
         if r.ip_id is not None or r.tos is not None or r.fragbits is not None:
             if p.ipver != 4:

@@ -8,9 +8,10 @@
                    -m connmark --mark ORIG/ORIG -m conntrack --ctdir REPLY -m bpf PURE_ACK
                    -j ACCEPT (and the pure ACKs answering it; likewise REPLY/ORIGINAL)
                    -j NFQUEUE --queue-balance 0:N-1 [--queue-bypass]
-    mangle APL-BR-SAVE (from POSTROUTING): a packet accepted with the bypass mark saves it
-                   on its connection (CONNMARK --save-mark), so the kernel stops queueing it;
-                   one with the direction mark sets ORIG or REPLY on its connection, by the
+    mangle APL-BR-SAVE (from POSTROUTING, only for packets with one of our marks): a
+                   packet accepted with the bypass mark saves it on its connection
+                   (CONNMARK --save-mark), so the kernel stops queueing it; one with the
+                   direction mark sets ORIG or REPLY on its connection, by the
                    direction it travels (conntrack's, whoever the engine calls client).
 
 Installing first removes whatever an earlier (crashed) run left under the same names.
@@ -116,7 +117,12 @@ class Chains:
                 "--physdev-is-bridged", "-j", self.chain]
 
     def _save_jump(self) -> list[str]:
-        return ["POSTROUTING", "-m", "physdev", "--physdev-is-bridged", "-j", self.save_chain]
+        # Only packets carrying one of our marks have anything to save: the mark test
+        # first spares every other bridged packet (bypassed bulk traffic included) the
+        # physdev match and the chain's rules.
+        ours = self.bypass_mark | DIRECTION_MARK
+        return ["POSTROUTING", "-m", "mark", "!", "--mark", f"0x0/{ours:#x}", "-m", "physdev",
+                "--physdev-is-bridged", "-j", self.save_chain]
 
     def queue_target(self) -> list[str]:
         if self.queues > 1:

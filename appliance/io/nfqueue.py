@@ -4,11 +4,13 @@ Two transports. `netlink` (the default, appliance/io/nfnetlink.py): the queue bo
 a plain netlink socket with GSO (super-packets handed over whole) and batch verdicts for
 runs of packets with the same verdict. `netfilterqueue` 1.1.0 (the design card's first
 choice): one packet per callback and one verdict per packet; it does not negotiate GSO,
-so the kernel segments super-packets before queueing them. bench/inline.py, one
-inspected TCP stream on the lab: ~0.2 Gbit/s with netfilterqueue, ~4-5 Gbit/s with
-netlink; small packets about the same rate (netlink ~5-10% fewer: its parsing is
-Python). Bypassed connections skip the queue entirely (connmark), which is what keeps
-bulk transfers at bridge speed.
+so the kernel segments super-packets before queueing them. `bench/inline.py
+--transport both` with ET Open on the lab (2 cores): one TCP stream with every byte
+inspected ~0.28 Gbit/s with netfilterqueue, ~5.5-6 Gbit/s with netlink; small UDP
+packets about the same rate with either (~185,000/s with 2 workers; with 1, 161,000
+netfilterqueue and 142,000 netlink, whose message parsing is Python). Bypassed
+connections skip the queue entirely (connmark), which is what keeps bulk transfers at
+bridge speed.
 
 Every packet gets a verdict: if the engine or a sink raises, the configured default
 (accept when fail-open, drop when fail-closed) is sent and the error counted.

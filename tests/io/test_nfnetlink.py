@@ -326,6 +326,36 @@ def covered(msgs: list[tuple[int, int, int, int | None]], ids: range) -> dict[in
     return out
 
 
+def test_worker_hands_the_engine_every_field_of_the_packet() -> None:
+    """The callback builds its PacketIn as a plain tuple (the fast way): it must be the
+    PacketIn the keywords give, field for field, ports named, MAC cut to 6 bytes."""
+    seen: list[Any] = []
+
+    class Recorder(ScriptedEngine):
+        def handle(self, ev: Any) -> list[Any]:
+            seen.append(ev)
+            return super().handle(ev)
+
+    worker = QueueWorker(0, Recorder({}), None, fail_open=False,  # type: ignore[arg-type]
+                         transport="netlink")
+    worker._ifnames = {11: "desktop", 12: "gateway"}
+    hw = struct.pack("!Hxx", 6) + bytes.fromhex("0a0b0c0d0e0f") + b"\0\0"
+    for skb_info, trusted in ((0, True), (nl.NFQA_SKB_CSUM_NOTVERIFIED, False)):
+        buf = packet_msg(42, udp(42), nla(3, struct.pack("!I", 0x100)),
+                         nla(7, struct.pack("!I", 11)), nla(8, struct.pack("!I", 12)),
+                         nla(9, hw), nla(14, struct.pack("!I", skb_info)))
+        (p,) = list(nl.parse_messages(buf))
+        assert isinstance(p, nl.QueuedPacket)
+        p.verdict_sink = lambda *a: None
+        worker.handle(p)
+        ev = seen[-1]
+        assert type(ev) is PacketIn and len(ev) == len(PacketIn._fields)
+        assert ev == PacketIn(id=42, ts=ev.ts, data=udp(42), linktype=101,
+                              in_port="desktop", out_port="gateway", mark=0x100,
+                              hw_src=bytes.fromhex("0a0b0c0d0e0f"), csum_trusted=trusted)
+    assert worker.stats.errors == 0 and worker.stats.verdicts == {"accept": 2}
+
+
 def test_worker_sends_one_verdict_per_packet_with_batches() -> None:
     ids = range(1, 11)
     script = {4: VerdictKind.DROP, 5: VerdictKind.DROP, 7: "raise"}

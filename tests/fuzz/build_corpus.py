@@ -4,7 +4,9 @@
 
 Sources: the project's own captures (pcaps/), excerpts of the reference captures in
 ../shared/data/pcaps (the first packets of a few flows of each kind), conversations
-reassembled from them, a deterministic sample of ET Open rule lines, the bundled policy
+reassembled from them, conversations and datagrams of the later app-layer parsers
+(MQTT, SIP, Kerberos, SNMP, NFS, QUIC) from suricata-verify's captures in
+../shared/data/suricata-verify, a deterministic sample of ET Open rule lines, the bundled policy
 files, and hand-written seeds for what those lack (hostile HTTP headers, DNS compression
 loops, control messages). The files are committed: CI needs neither ../shared nor this
 script. Rerunning it rewrites the same bytes; regression cases (`crash-*`) that the
@@ -131,6 +133,180 @@ def build_conversations(out: Path) -> None:
             write_conv(out / proto / f"hand-{i:02d}.conv", chunks)
             counts[proto] += 1
     print(f"conversations: {counts}")
+
+
+SV = SHARED / "suricata-verify" / "tests"
+
+
+def _udp_flows(path: Path, port: int) -> list[list[Chunk]]:
+    """The datagrams of each UDP flow with `port` on either side, in capture order,
+    oriented as the engine orients a flow: the first datagram's sender is the client."""
+    import dpkt
+
+    from tests.core.app import _iter_ip
+
+    flows: dict[tuple[bytes, int, bytes, int], list[Chunk]] = {}
+    for ip in _iter_ip(path):
+        u = ip.data
+        if not isinstance(u, dpkt.udp.UDP) or port not in (u.sport, u.dport) or not u.data:
+            continue
+        fwd = (bytes(ip.src), u.sport, bytes(ip.dst), u.dport)
+        rev = (fwd[2], fwd[3], fwd[0], fwd[1])
+        if rev in flows:
+            flows[rev].append((False, bytes(u.data)))
+        else:
+            flows.setdefault(fwd, []).append((True, bytes(u.data)))
+    return list(flows.values())
+
+
+def _windows(chunks: list[Chunk], size: int) -> list[list[Chunk]]:
+    """Consecutive runs of `size` datagrams, each within MAX_SEED bytes."""
+    return [_conv_limit(chunks[i:i + size]) for i in range(0, len(chunks), size)]
+
+
+def _krb5_messages(chunks: list[Chunk]) -> list[Chunk]:
+    """A Kerberos-over-TCP conversation as its messages (each record without its 4-byte
+    length, RFC 4120 7.2.2): the same bytes a KDC exchanges over UDP."""
+    bufs = {True: b"", False: b""}
+    out: list[Chunk] = []
+    for ts, data in chunks:
+        bufs[ts] += data
+        while len(bufs[ts]) >= 4:
+            n = struct.unpack_from("!I", bufs[ts])[0]
+            if len(bufs[ts]) < 4 + n:
+                break
+            out.append((ts, bufs[ts][4:4 + n]))
+            bufs[ts] = bufs[ts][4 + n:]
+    return out
+
+
+def _quic_plaintexts(chunks: list[Chunk]) -> list[Chunk]:
+    """The decrypted payloads (frames) of a QUIC flow's Initial packets, per direction,
+    as the parser itself decrypts them: seeds for its frame and CRYPTO reassembly code,
+    which mutated ciphertext never reaches (the AEAD rejects it)."""
+    from appliance.core.app.quic import QuicParser
+
+    got: list[Chunk] = []
+
+    class Tap(QuicParser):
+        def _frames(self, plain: bytes, side: object) -> None:
+            got.append((side is self._sides[1], bytes(plain)))
+            super()._frames(plain, side)  # type: ignore[arg-type]
+
+    p = Tap()
+    for ts, data in chunks:
+        p.parse_datagram(data, ts)
+    return got
+
+
+def build_app_conversations(out: Path) -> None:
+    """Seeds of the parsers added after the first targets, from suricata-verify's
+    captures (and the shared ndpi-mixed capture for QUIC): MQTT and Kerberos over TCP
+    (reassembled), SIP, SNMP, NFS, QUIC and Kerberos datagrams (one chunk each)."""
+    counts = dict.fromkeys(("mqtt", "sip", "krb5", "snmp", "nfs", "quic"), 0)
+
+    def write(proto: str, name: str, chunks: list[Chunk]) -> None:
+        if chunks:
+            write_conv(out / proto / f"{name}.conv", chunks)
+            counts[proto] += 1
+
+    if not SV.exists():
+        print("app conversations: ../shared/data/suricata-verify missing, kept as they are")
+        return
+    for test in ("mqtt-connect-rules", "mqtt-events-missing-connect",
+                 "mqtt-events-unassigned-msgtype", "mqtt-events-unintroduced",
+                 "mqtt5-excessiveproplen"):
+        for i, pcap in enumerate(sorted((SV / test).glob("*.pcap"))):
+            for j, f in enumerate(tcp_flows(pcap)):
+                if 1883 not in (f.server[1], f.client[1]):
+                    continue
+                flip = f.client[1] == 1883  # picked up midstream, oriented the wrong way
+                chunks = [(ts != flip, d) for ts, d in f.chunks]
+                write("mqtt", f"sv-{test}-{i}{j:02d}", _conv_limit(chunks))
+    krb_tcp: list[list[Chunk]] = []
+    for test in ("bug-8278-krb5-03", "krb5-kerberoasting", "krb5-krb5_msg_type"):
+        for pcap in sorted((SV / test).glob("*.pcap")):
+            krb_tcp += [f.chunks for f in tcp_flows(pcap) if f.server[1] == 88 and f.chunks]
+    for i, chunks in enumerate(krb_tcp):
+        write("krb5", f"sv-tcp-{i:02d}", _conv_limit(chunks))
+        write("krb5", f"sv-udp-{i:02d}", _conv_limit(_krb5_messages(chunks)))
+    sip: list[Chunk] = []
+    for test in ("sip-body-frames", "sip-compact-form", "sip-method"):
+        for pcap in sorted((SV / test).glob("*.pcap")):
+            for flow in _udp_flows(pcap, 5060):
+                sip += flow
+    for i, chunks in enumerate(_windows(sip, 8)[:8]):
+        write("sip", f"sv-{i:02d}", chunks)
+    for test in ("snmp-v2c-get", "snmp-v3-encrypted", "snmp-v3-unauth"):
+        for pcap in sorted((SV / test).glob("*.pcap")):
+            for i, flow in enumerate(_udp_flows(pcap, 161)):
+                write("snmp", f"sv-{test}-{i}", _conv_limit(flow))
+    for test in ("issue-3277-nfsv2-filestore", "nfs3-01"):
+        for pcap in sorted((SV / test).glob("*.pcap")):
+            for j, flow in enumerate(_udp_flows(pcap, 2049)):
+                for i, chunks in enumerate(_windows(flow, 8)[:5]):
+                    write("nfs", f"sv-{test}-{j}{i}", chunks)
+    quic = [f for f in _udp_flows(SV / "quic-ietf-ja3" / "input.pcap", 443)]
+    if (SHARED / "pcaps" / "ndpi-mixed.pcap").exists():
+        from appliance.core.app.quic import looks_like_quic
+
+        ndpi = [f for f in _udp_flows(SHARED / "pcaps" / "ndpi-mixed.pcap", 443)
+                if looks_like_quic(f[0][1], 1, 443)]
+        # two flows the parser decrypts (IETF versions), one it only names (gQUIC...)
+        quic += [f for f in ndpi if _quic_plaintexts(f)][:2]
+        quic += [f for f in ndpi if not _quic_plaintexts(f)][:1]
+    for i, flow in enumerate(quic):
+        write("quic", f"sv-{i:02d}", _conv_limit(flow[:8]))
+        write("quic", f"plain-{i:02d}", _conv_limit(_quic_plaintexts(flow)))
+    print(f"app conversations: {counts}")
+
+
+def build_unit_conversations(out: Path) -> None:
+    """Seeds built with the parsers' unit-test helpers (tests/core/app/test_*.py) for
+    what the captures never reach: MQTT 5 properties and QoS 2,
+    NFSv3 WRITE files and the open-file bound, QUIC CRYPTO frames out of order, ACK and
+    PING frames (as datagrams and as the plaintext the parser decrypts)."""
+    from appliance.core.app.nfs import MAX_FILES
+    from tests.core.app import test_mqtt as m
+    from tests.core.app import test_nfs as n
+    from tests.core.app import test_quic as q
+
+    props = b"\x11" + struct.pack("!I", 60) + b"\x26" + m.s(b"k") + m.s(b"v")
+    mqtt = [
+        [(True, m.connect(level=5, props=props, will=(b"wt", b"wm"), user=b"u")),
+         (False, m.msg(0x20, b"\x00\x00\x03\x22\x00\x0a")),
+         (True, m.publish(b"t", b"hello", qos=2, mid=7, v5=True)),
+         (False, m.ack(0x50, 7, b"\x00\x00")), (True, m.ack(0x62, 7)),
+         (False, m.ack(0x70, 7)), (True, m.msg(0x82, b"\x00\x09\x00" + m.s(b"a/#") + b"\x01" + m.s(b"b/+") + b"\x02")),
+         (False, m.ack(0x90, 9, b"\x00\x01")), (True, m.msg(0xE0, b"\x00\x00"))],
+        # (MAX_OPEN_TX is left to test_mqtt.py: a seed of 1,000 waiting PUBLISHes made
+        # each input ~100 times slower)
+    ]
+    nfs = [
+        n.lookup(1, b"file.bin") + n.read3(2, 0, b"A" * 600, False)
+        + n.read3(3, 600, b"B" * 100, True) + n.write3(4, 0, b"C" * 512, 0)
+        + n.write3(5, 512, b"D" * 20, 2),
+        # more files open at once than MAX_FILES: reads of distinct handles, none at EOF
+        [x for i in range(MAX_FILES + 2) for x in (
+            (True, n.call(100 + i, 6, n.opaque(bytes([i]) * 8) + struct.pack("!QI", 0, 64))),
+            (False, n.reply(100 + i, n.u32(0, 4, 0) + n.opaque(b"data"))))],
+    ]
+    ch, a, b, c = q.CH, q.CH[:100], q.CH[100:180], q.CH[180:]
+    ack_ecn = b"\x03" + bytes([5, 0, 1, 0, 1, 1, 0, 0, 0])
+    quic = [
+        [(True, q.initial(q.crypto(180, c) + b"\x01", 0)), (True, q.initial(q.crypto(0, a), 1)),
+         (True, q.initial(q.crypto(100, b) + q.crypto(0, a[:50]), 2)),
+         (False, q.initial(b"\x02" + bytes(4) + q.crypto(0, q.SH), 0, server=True)
+          + b"\xe0" + bytes(40))],
+        [(True, ack_ecn + q.crypto(180, c) + b"\x01"), (True, q.crypto(0, a) + bytes(8)),
+         (True, q.crypto(100, b) + q.crypto(0, a[:50])),
+         (False, b"\x02" + bytes(4) + q.crypto(0, q.SH))],
+        [(True, q.initial(q.crypto(0, ch), 0, version=0xFF00001D, pad_to=1200))],
+    ]
+    for proto, seeds in (("mqtt", mqtt), ("nfs", nfs), ("quic", quic)):
+        for i, chunks in enumerate(seeds):
+            write_conv(out / proto / f"unit-{i:02d}.conv", chunks)
+    print(f"unit conversations: mqtt {len(mqtt)}, nfs {len(nfs)}, quic {len(quic)}")
 
 
 def _dns_query(name: bytes, qtype: int = 1, txid: int = 0x1234) -> bytes:
@@ -339,6 +515,11 @@ def main() -> None:
     for proto in ("http", "http2", "dns", "tls"):
         _clear(CORPUS / proto)
     build_conversations(CORPUS)
+    if SV.exists():
+        for proto in ("mqtt", "sip", "krb5", "snmp", "nfs", "quic"):
+            _clear(CORPUS / proto)
+    build_app_conversations(CORPUS)
+    build_unit_conversations(CORPUS)
 
 
 def _clear(d: Path) -> None:

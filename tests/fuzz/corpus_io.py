@@ -4,7 +4,8 @@
   pcap, microsecond timestamps, one link type per file).
 - `*.conv`: one application-layer conversation: chunks of `>` (to server) or `<` (to
   client), a 4-byte big-endian length, the bytes. Stream parsers get the chunks in
-  order; the DNS target also takes each chunk as one datagram.
+  order; the DNS, DCERPC and Kerberos targets also take each chunk as one datagram, the
+  SIP, SNMP, NFS and QUIC targets only as datagrams (QUIC also as an Initial's plaintext).
 - `*.rules`, `*.yaml`, `*.ctl`: text seeds (one rule per line, one policy per file, one
   control-socket byte stream per file).
 """

@@ -469,7 +469,8 @@ def tcp_segment(src: bytes, dst: bytes, sp: int, dp: int, seq: int, ack: int, fl
 
 
 FIN, SYN, RST, PSH, ACK, URG = 1, 2, 4, 8, 16, 32
-_PORTS = {"http": 80, "http2": 80, "tls": 443, "dns": 53, "smtp": 25, "dcerpc": 135}
+_PORTS = {"http": 80, "http2": 80, "tls": 443, "dns": 53, "smtp": 25, "dcerpc": 135,
+          "mqtt": 1883, "krb5": 88}
 
 
 def gen_stream(rng: random.Random, convs: dict[str, list[list[Chunk]]]) -> Packets:
@@ -833,6 +834,215 @@ def check_smtp(chunks: list[Chunk]) -> int:
     return 0
 
 
+def _check_app_events(out: list[Any], kinds: tuple[str, ...], proto: str) -> None:
+    """The events of the APP_TX parsers (mqtt, sip, krb5, snmp, nfs) as the engine
+    takes them (applayer._events): every kind known, buffers of bytes, and the EVE
+    records it would write (the parser's object under its event type, fileinfo)."""
+    from appliance.core.app import APP_TX
+
+    for ev in out:
+        if ev.kind not in kinds:
+            raise Failure(f"{proto}-event", f"unknown event kind {ev.kind}")
+        if ev.kind != APP_TX:
+            continue
+        d = ev.data
+        for name, buf in (d.get("buffers") or {}).items():
+            if not all(isinstance(b, bytes) for b in (buf if isinstance(buf, list) else [buf])):
+                raise Failure(f"{proto}-buffer", f"{name} holds {type(buf).__name__}")
+        if "eve" in d:
+            et = d["event_type"]
+            check_record({"event_type": et, "tx_id": ev.tx_id, et: d["eve"],
+                          **d.get("extra", {})})
+        if "fileinfo" in d:
+            check_record({"event_type": "fileinfo", "tx_id": ev.tx_id,
+                          "fileinfo": d["fileinfo"]})
+
+
+MQTT_TOKENS = (b"\x10", b"\x00\x04MQTT\x04", b"\x00\x04MQTT\x05", b"\x00\x06MQIsdp\x03",
+               b"\x20\x02\x00\x00", b"\x30", b"\x32", b"\x34", b"\x36", b"\x40\x02\x00\x01",
+               b"\x62\x02\x00\x01", b"\x82", b"\x90\x03\x00\x01\x00", b"\xa2", b"\xc0\x00",
+               b"\xe0\x00", b"\xf0", b"\xff\xff\xff\x7f", b"\x80\x80\x80\x80\x01",
+               b"\x26\x00\x01a\x00\x01b", b"\x0b\x80\x01", b"\x00\x00", b"\xff\xff")
+
+
+def check_mqtt(chunks: list[Chunk]) -> int:
+    """Both directions of an MQTT session without the parser's catch-all net: events
+    known, buffers and records valid, memory bounded."""
+    from appliance.core.app import ANOMALY, APP_TX, mqtt
+
+    p = mqtt.MqttParser()
+    bound = 2 * (mqtt.MAX_MSG_LEN + 5) + 256 * mqtt.MAX_OPEN_TX
+    with crashes_as_failures():
+        for ts, data in chunks:
+            if p.failed or not data:
+                continue
+            out: list[Any] = []
+            p._feed(p._dirs[1 if ts else 0], bytes(data), ts, out)
+            _check_app_events(out, (ANOMALY, APP_TX), "mqtt")
+            if p.memuse() > bound or len(p.open) > mqtt.MAX_OPEN_TX:
+                raise Failure("mqtt-memuse", f"{p.memuse()} bytes, {len(p.open)} open")
+        _check_app_events(p.close(), (ANOMALY, APP_TX), "mqtt")
+    return 0
+
+
+SIP_TOKENS = (b"\r\n", b"\r\n\r\n", b"INVITE ", b"REGISTER ", b" SIP/2.0", b"SIP/2.0 ",
+              b"SIP/2.0 200 OK\r\n", b"sip:a@b", b"Via: ", b"Content-Length: ", b"v: ",
+              b" ", b"\t", b":", b"\x00", b"\xff", b"\xc3\x28")
+
+
+def check_sip(chunks: list[Chunk]) -> int:
+    """Each chunk a datagram, parsed without parse_datagram's catch-all."""
+    from appliance.core.app import ANOMALY, APP_TX
+    from appliance.core.app.sip import SipParser
+
+    p = SipParser()
+    with crashes_as_failures():
+        for ts, data in chunks:
+            if not data:
+                continue  # (the engine offers no empty payload)
+            out: list[Any] = []
+            p._datagram(bytes(data), ts, out)
+            _check_app_events(out, (ANOMALY, APP_TX), "sip")
+            if p.memuse():
+                raise Failure("sip-memuse", f"{p.memuse()} bytes held")
+        _check_app_events(p.close(), (ANOMALY, APP_TX), "sip")
+    return 0
+
+
+KRB5_TOKENS = (b"\x6a\x82", b"\x6b\x82", b"\x6c\x82", b"\x6d\x82", b"\x6e\x82",
+               b"\x6f", b"\x7e\x81", b"\x61\x82", b"\xa0\x03\x02\x01\x05",
+               b"\xa1\x03\x02\x01", b"\x30\x82", b"\x30\x80", b"\x1b\x0bEXAMPLE.COM",
+               b"\x02\x01\x17", b"\x02\x01\x12", b"\x84\xff\xff\xff\xff", b"\x83\x7f\xff\xff",
+               b"\x00\x00\x00\x00", b"\x80\x00\x00\x10", b"\x00\x04\x00\x01")
+
+
+def check_krb5(chunks: list[Chunk]) -> int:
+    """Each chunk as a UDP datagram, and the chunks as the two directions of a TCP
+    stream (record marking and all), without the parser's catch-all nets: events
+    known, records valid, buffered records bounded."""
+    from appliance.core.app import ANOMALY, APP_TX, krb5
+
+    udp = krb5.Krb5Parser()
+    tcp = krb5.Krb5Parser()
+    kinds = (ANOMALY, APP_TX)
+    with crashes_as_failures():
+        for ts, data in chunks:
+            out: list[Any] = []
+            if data:
+                udp._datagram(bytes(data), ts, out)
+            tcp._feed(1 if ts else 0, bytes(data), ts, out)
+            _check_app_events(out, kinds, "krb5")
+            if tcp.memuse() > 2 * (krb5.MAX_RECORD + 4) or udp.memuse():
+                raise Failure("krb5-memuse", f"{tcp.memuse()} + {udp.memuse()} bytes held")
+        _check_app_events(udp.close() + tcp.close(), kinds, "krb5")
+    return 0
+
+
+SNMP_TOKENS = (b"\x30\x82", b"\x30\x81", b"\x30\x80", b"\x02\x01\x00", b"\x02\x01\x01",
+               b"\x02\x01\x03", b"\x04\x06public", b"\x04\x00", b"\xa0", b"\xa1", b"\xa2",
+               b"\xa4", b"\xa5", b"\xa7", b"\xa8", b"\xa9", b"\x06\x08\x2b\x06\x01\x02",
+               b"\x06\x00", b"\x05\x00", b"\x81\xff", b"\x84\x7f\xff\xff\xff", b"\x80",
+               b"\x02\x01\x03\x04\x01\x07")
+
+
+def check_snmp(chunks: list[Chunk]) -> int:
+    """Each chunk a datagram, parsed without parse_datagram's catch-all."""
+    from appliance.core.app import ANOMALY, APP_TX
+    from appliance.core.app.snmp import SnmpParser
+
+    p = SnmpParser()
+    with crashes_as_failures():
+        for ts, data in chunks:
+            if not data:
+                continue
+            out: list[Any] = []
+            p._datagram(bytes(data), ts, out)
+            _check_app_events(out, (ANOMALY, APP_TX), "snmp")
+            if p.memuse():
+                raise Failure("snmp-memuse", f"{p.memuse()} bytes held")
+        _check_app_events(p.close(), (ANOMALY, APP_TX), "snmp")
+    return 0
+
+
+NFS_TOKENS = (b"\x00\x01\x86\xa3", b"\x00\x00\x00\x00\x00\x00\x00\x02", b"\x00\x00\x00\x01",
+              b"\x00\x00\x00\x02", b"\x00\x00\x00\x03", b"\x00\x00\x00\x04",
+              b"\x00\x00\x00\x06", b"\x00\x00\x00\x07", b"\x00\x00\x00\x08",
+              b"\x00\x00\x00\x20", b"\x00\x00\x00\x40", b"\x00\x00\x01\x90",
+              b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\x00\x00\x10\x00")
+
+
+def check_nfs(chunks: list[Chunk]) -> int:
+    """Each chunk a datagram (calls to the server, replies to the client) without
+    parse_datagram's catch-all (its documented "field past the end" is fine), files
+    kept under a FileBudget as the engine's: events known, records valid, memory
+    bounded."""
+    from appliance.core.app import ANOMALY, APP_TX, nfs
+    from appliance.core.app.http import FileBudget
+
+    p = nfs.NfsParser()
+    budget = FileBudget(1 << 20, 256 * 1024)
+    p.file_budget = budget
+    bound = (64 * nfs.MAX_PENDING + nfs.MAX_NAMES * (nfs.MAX_FH + 1024) + budget.cap
+             + nfs.MAX_FILES * budget.per_file)
+    with crashes_as_failures():
+        for ts, data in chunks:
+            if not data:
+                continue
+            out: list[Any] = []
+            with contextlib.suppress(nfs._Bad):
+                p._datagram(bytes(data), ts, out)
+            _check_app_events(out, (ANOMALY, APP_TX), "nfs")
+            if p.memuse() > bound or len(p.files) > nfs.MAX_FILES:
+                raise Failure("nfs-memuse", f"{p.memuse()} bytes held")
+        _check_app_events(p.close(), (ANOMALY, APP_TX), "nfs")
+        p.release_files()
+    return 0
+
+
+QUIC_TOKENS = (b"\xc0\x00\x00\x00\x01", b"\xc3\x00\x00\x00\x01", b"\xe0\x00\x00\x00\x01",
+               b"\xf0\x00\x00\x00\x01", b"\xc0\xff\x00\x00\x1d", b"\x80\x00\x00\x00\x00",
+               b"\x08", b"\x14", b"\x00", b"\x06\x00", b"\x06\x40\x00", b"\x02\x00\x00\x00",
+               b"\x03", b"\x1c", b"\x41\x00", b"\x80\x00\x40\x00", b"\xc0\x00\x00\x00",
+               b"\xff", b"\x01\x00\x01\xfc\x03\x03", b"\x02\x00\x00\x56\x03\x03",
+               b"\x00\x00\x00\x0e", b"\x00\x2b\x00\x03")
+
+
+def check_quic(chunks: list[Chunk]) -> int:
+    """Each chunk as a datagram (long-header packets, Initials decrypted), and each chunk
+    as the plaintext of an Initial (frames, CRYPTO reassembly, the hello): mutated
+    ciphertext never authenticates, so the second path is how the code behind the AEAD
+    is fuzzed. No catch-all; events known, buffers built, memory bounded."""
+    from appliance.core.app import ANOMALY, quic
+
+    p = quic.QuicParser()
+    q = quic.QuicParser()
+    bound = 2 * quic.MAX_CRYPTO * (1 + quic.MAX_FRAGMENTS)
+    with crashes_as_failures():
+        for ts, data in chunks:
+            if not data:
+                continue
+            out: list[Any] = []
+            p._datagram(bytes(data), ts, out)
+            side = q._sides[1 if ts else 0]
+            if not side.hello_done:
+                with contextlib.suppress(quic._Short):  # (what _datagram catches)
+                    q._frames(bytes(data), side)
+                q._hello(side, ts, out)
+            for ev in out:
+                if ev.kind not in (ANOMALY, quic.QUIC_TX):
+                    raise Failure("quic-event", f"unknown event kind {ev.kind}")
+            for par in (p, q):
+                for d in (True, False):
+                    for name, buf in par.buffers(d).items():
+                        if not isinstance(buf, bytes):
+                            raise Failure("quic-buffer", f"{name}: {type(buf).__name__}")
+                if par.memuse() > bound:
+                    raise Failure("quic-memuse", f"{par.memuse()} bytes held")
+        p.close()
+        q.close()
+    return 0
+
+
 # ---- rules, policies, control messages, pcap files
 
 
@@ -1107,7 +1317,10 @@ def targets() -> list[Target]:
     """Every target, each with its seeds loaded from the corpus."""
     packets = _pcap_seeds()
     frames1 = [[f] for seq in packets for f in seq]
-    convs = {p: _conv_seeds(p) for p in ("http", "http2", "tls", "dns", "dcerpc", "smtp")}
+    convs = {p: _conv_seeds(p) for p in ("http", "http2", "tls", "dns", "dcerpc", "smtp",
+                                         "mqtt", "sip", "krb5", "snmp", "nfs", "quic")}
+    # the stream target carries the TCP protocols' conversations (not the UDP-only ones)
+    tcp_convs = {p: c for p, c in convs.items() if p in _PORTS}
     rules = [ln for f in _files("rules", "*.rules")
              for ln in f.read_text(encoding="utf-8", errors="replace").splitlines() if ln]
     policies = [f.read_text(encoding="utf-8", errors="replace")
@@ -1161,7 +1374,7 @@ def targets() -> list[Target]:
             decode_check, _dump_packets, _shrink_packets, weight=3, seeds=frames1),
         Target("engine", lambda rng: mutate_packets(rng, packets), engine_check,
                _dump_packets, _shrink_packets, weight=2, seeds=packets),
-        Target("stream", lambda rng: gen_stream(rng, convs), engine_check, _dump_packets,
+        Target("stream", lambda rng: gen_stream(rng, tcp_convs), engine_check, _dump_packets,
                _shrink_packets, weight=1),
         Target("defrag", gen_fragments, fragments_check,
                lambda item: _dump_packets(item[0]), shrink_frags, weight=1),
@@ -1179,6 +1392,18 @@ def targets() -> list[Target]:
                seeds=convs["dcerpc"]),
         Target("smtp", lambda rng: mutate_conv(rng, convs["smtp"], SMTP_TOKENS), check_smtp,
                _dump_conv("smtp"), _shrink_chunks, weight=2, seeds=convs["smtp"]),
+        Target("mqtt", lambda rng: mutate_conv(rng, convs["mqtt"], MQTT_TOKENS), check_mqtt,
+               _dump_conv("mqtt"), _shrink_chunks, weight=2, seeds=convs["mqtt"]),
+        Target("sip", lambda rng: mutate_conv(rng, convs["sip"], SIP_TOKENS), check_sip,
+               _dump_conv("sip"), _shrink_chunks, weight=1, seeds=convs["sip"]),
+        Target("krb5", lambda rng: mutate_conv(rng, convs["krb5"], KRB5_TOKENS), check_krb5,
+               _dump_conv("krb5"), _shrink_chunks, weight=2, seeds=convs["krb5"]),
+        Target("snmp", lambda rng: mutate_conv(rng, convs["snmp"], SNMP_TOKENS), check_snmp,
+               _dump_conv("snmp"), _shrink_chunks, weight=1, seeds=convs["snmp"]),
+        Target("nfs", lambda rng: mutate_conv(rng, convs["nfs"], NFS_TOKENS), check_nfs,
+               _dump_conv("nfs"), _shrink_chunks, weight=2, seeds=convs["nfs"]),
+        Target("quic", lambda rng: mutate_conv(rng, convs["quic"], QUIC_TOKENS), check_quic,
+               _dump_conv("quic"), _shrink_chunks, weight=2, seeds=convs["quic"]),
         Target("rules", lambda rng: mutate_bytes(
             rng, rng.choice(rules).encode(), rng.choice(rules).encode(), RULE_TOKENS).decode(
             "utf-8", "replace"), check_rule, text_dump("rules", ".rules"), shrink_text,

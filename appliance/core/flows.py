@@ -59,6 +59,17 @@ PC_ICMP: Final = 3
 FlowKey = tuple[tuple[int, ...], int, bytes, int, bytes, int]
 
 
+# Signature protocols that also name other flow protocols, as Suricata 7 compares them
+# (AppProtoEquals): "http" is any HTTP (our flows say "http" for HTTP/1 and "http2"),
+# "http1" HTTP/1 only, and "dcerpc" also DCERPC carried in SMB named pipes (app/smb.py).
+APP_PROTO_ALSO: Final = {"http": "http2", "http1": "http", "dcerpc": "smb"}
+
+
+def app_proto_matches(want: str, have: str | None) -> bool:
+    """Whether a flow whose app layer is `have` is what a rule or a role's `want` names."""
+    return have == want or (have is not None and APP_PROTO_ALSO.get(want) == have)
+
+
 @dataclass(frozen=True, slots=True)
 class Timeouts:
     """Seconds a flow may stay idle, per state (new, established, closed)."""

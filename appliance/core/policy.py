@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from appliance.core.commands import ActionRequest
 from appliance.core.decode import Packet
-from appliance.core.flows import Flow
+from appliance.core.flows import Flow, app_proto_matches
 from appliance.core.stream import FLOW_ESTABLISHED, TcpState
 
 ACTIONS_ON_DETECTION: Final = ("none", "quarantine", "redirect", "block")
@@ -90,7 +90,8 @@ class Service:
 
     def allows_app(self, proto: int, peer: bytes, port: int, app_proto: str | None) -> bool:
         return self.allows(proto, peer, port) and (
-            self.app_protos is None or (app_proto or "failed") in self.app_protos)
+            self.app_protos is None
+            or any(app_proto_matches(a, app_proto or "failed") for a in self.app_protos))
 
     def allows(self, proto: int, peer: bytes, port: int) -> bool:
         if self.proto != "any" and {"tcp": 6, "udp": 17, "icmp": 1}.get(self.proto) != proto \

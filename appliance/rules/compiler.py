@@ -575,7 +575,15 @@ def compile_rule(rule: Rule, order: int, classifications: Mapping[str, Classific
         elif kw == "app-layer-protocol":
             v = (value or "").strip()
             neg = v.startswith("!")
-            cr.app_layer_protocol = (APP_ALIASES.get(v.lstrip("!"), v.lstrip("!")), neg)
+            name = v.lstrip("!").strip()
+            if not name or "," in name or "|" in name:
+                # Modes (",final") and lists ("tls|http") are Suricata 8's; taken as a
+                # protocol name, a negated one would match every flow.
+                raise CompileError(f"app-layer-protocol {v!r}: one protocol name, "
+                                   "optionally negated (Suricata 7 syntax)")
+            # "http1" stays itself: HTTP/1 only, where "http" is any HTTP (flows.py).
+            cr.app_layer_protocol = (
+                name if name == "http1" else APP_ALIASES.get(name, name), neg)
         elif kw == "dns.opcode":
             cr.dns_opcode = parse_num(kw, value)
         elif kw == "dns.rrtype":

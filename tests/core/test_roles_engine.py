@@ -172,6 +172,24 @@ def test_proxy_may_not_tunnel_ssh_over_443() -> None:
     assert kind is VerdictKind.ACCEPT and alerts(cmds) == []
 
 
+def test_proxy_http_service_carries_http2_too() -> None:
+    """The caching proxy's web service names `http`: any HTTP version, as a rule's
+    app-layer-protocol:http (HTTP/2 with prior knowledge on port 80 passes); a service
+    naming `http1` takes HTTP/1 only."""
+    from appliance.core.policy import Service
+
+    lab = Lab()
+    lab.connect("10.203.0.20", 40700, 80, "proxy")
+    kind, cmds = lab.data("10.203.0.20", 40700, 80, "proxy",
+                          b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9))
+    assert kind is VerdictKind.ACCEPT
+    assert not [a for a in alerts(cmds) if a["alert"]["gid"] == 9002]
+    web1 = Service("tcp", frozenset({80}), (), frozenset({"http1"}))
+    assert web1.allows_app(6, bytes(4), 80, "http")
+    assert not web1.allows_app(6, bytes(4), 80, "http2")
+    assert not web1.allows_app(6, bytes(4), 80, None)  # decided "failed": not HTTP
+
+
 def test_role_fail_mode_decides_after_an_internal_error() -> None:
     """An error inside the engine still gives a verdict: the guest role's fail mode."""
     lab = Lab()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final
 
 from appliance.core.decode import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet
 from appliance.core.detect.inspect import MatchEnv, apply_transforms, match_chain
-from appliance.core.flows import Flow
+from appliance.core.flows import APP_PROTO_ALSO, Flow, app_proto_matches
 from appliance.core.stream import FLOW_ESTABLISHED, TcpState
 from appliance.rules.compiler import PACKET_BUFFERS, BufferKey, CompiledRule, Program
 from appliance.rules.keywords import FlowInt, Threshold, Xbit
@@ -438,7 +438,7 @@ class SignatureEngine:
     def _header(r: CompiledRule, p: Packet, flow: Flow | None, to_server: bool) -> bool:
         ap = r.app_proto
         if ap is not None and (flow is None or (flow.app_proto != ap
-                                                and _APP_ALSO.get(ap) != flow.app_proto)):
+                                                and APP_PROTO_ALSO.get(ap) != flow.app_proto)):
             return False
         if not _endpoints_ok(r, p):
             return False
@@ -511,7 +511,8 @@ class SignatureEngine:
         if r.app_layer_protocol is not None:
             want, neg = r.app_layer_protocol
             have = flow.app_proto if flow is not None else None
-            if (have == want) == neg:
+            # Not decided yet: neither a name nor its negation matches (Suricata).
+            if have is None or app_proto_matches(want, have) == neg:
                 return False
         if r.stream_size is not None:
             if flow is None:
@@ -691,12 +692,6 @@ class SignatureEngine:
             return s.count == th.count
         # detection_filter: alert on every match once the rate exceeds count
         return s.count > th.count
-
-
-# A rule's app protocol that also takes another flow protocol: Suricata 7's "http" is
-# HTTP/1 or HTTP/2, "http1" is the HTTP/1 parser's "http".
-_APP_ALSO: Final = {"http": "http2", "http1": "http",
-                    "dcerpc": "smb"}  # DCERPC over SMB named pipes (app/smb.py)
 
 
 def packet_events(p: Packet, upd: StreamUpdate | None, app: AppResult | None,

@@ -571,3 +571,31 @@ def test_downloads_go_to_the_scanners(memcap: int) -> None:
     assert scans[0].data == BODY and scans[0].size == len(BODY)
     assert scans[0].sha256 == hashlib.sha256(BODY).hexdigest()
     assert scans[0].filename == "/files/evil.exe"
+
+
+def test_app_layer_protocol_http_is_any_http_http1_is_http1_only() -> None:
+    """As Suricata 7: `app-layer-protocol:http` names any HTTP version, `http1` only
+    HTTP/1, `http2` only HTTP/2; a negated name does not match the versions it covers,
+    nor a flow whose protocol is not decided yet. The same on an HTTP/1 flow."""
+    rules = ['alert tcp any any -> any any (app-layer-protocol:http; sid:1;)',
+             'alert tcp any any -> any any (app-layer-protocol:http1; sid:2;)',
+             'alert tcp any any -> any any (app-layer-protocol:http2; sid:3;)',
+             'alert tcp any any -> any any (app-layer-protocol:!http; sid:4;)',
+             'alert tcp any any -> any any (app-layer-protocol:!http1; sid:5;)']
+    h2 = _engine_run(rules, [(True, CLIENT[:200]), (False, SERVER), (True, CLIENT[200:])])
+    assert _sids(h2) == [1, 3, 5]
+    h1 = _engine_run(rules, [(True, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+                             (False, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")])
+    assert _sids(h1) == [1, 2]
+
+
+def test_app_layer_protocol_modes_and_lists_are_not_loaded() -> None:
+    from appliance.rules.loader import detection_from_text
+
+    loaded = detection_from_text([
+        'alert tcp any any -> any any (app-layer-protocol:!http,final; sid:1;)',
+        'alert tcp any any -> any any (app-layer-protocol:tls|http; sid:2;)',
+        'alert tcp any any -> any any (app-layer-protocol:tls; sid:3;)'])
+    assert [f.rule.sid for f in loaded.program.failures] == [1, 2]
+    assert all("Suricata 7 syntax" in f.reason for f in loaded.program.failures)
+    assert loaded.active == 1

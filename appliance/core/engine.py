@@ -396,7 +396,12 @@ class Engine:
                         # Both sides closed: the app layer has nothing more to parse.
                         # Its last records now, and its memory back, rather than after
                         # the closed timeout (60 s of bodies and transactions kept).
-                        self._app_close(flow, p.ts, out)
+                        # What the close completes (a body read until the connection
+                        # closed) is inspected with this packet, as Suricata inspects
+                        # at the end of the stream.
+                        res = self._app_close(flow, p.ts, out)
+                        if res is not None and res.inspections and flow.action is None:
+                            kind = self._inspect_txs(p, flow, res, kind, ev.id, out)
                         flow.app.abandon()
             else:
                 kind = self._fragment(p, out, ev.id)
@@ -876,15 +881,8 @@ class Engine:
                 out.append(Log(app_record(flow, p.ts, body, cfg.pkt_src)))
         if res.proto_decided and flow.guest is not None and self.policy is not None:
             kind = self._check_app_proto(p, flow, kind, pkt_id, out)
-        det = self.role_detectors.get(flow.role, self.detector)
-        if det is not None and flow.action is None:
-            for insp in res.inspections:
-                matches = det.inspect_tx(p, flow, insp.to_server, insp.tx_id, insp.buffers)
-                if matches:
-                    k = self._act(p, flow, insp.to_server, pkt_id, matches, out,
-                                  stateful=True)
-                    if _SEVERITY[k] > _SEVERITY[kind]:
-                        kind = k
+        if flow.action is None:
+            kind = self._inspect_txs(p, flow, res, kind, pkt_id, out)
         scans: list[Command] = []
         if cfg.scan_files and res.files:
             # Before the records: a scanned file's fileinfo waits for its verdict.
@@ -895,6 +893,20 @@ class Engine:
         out.extend(scans)
         if res.encrypted and flow.action is None and cfg.bypass and cfg.mode == "ips":
             flow.action = "bypass"  # TLS after the handshake: nothing left to inspect
+        return kind
+
+    def _inspect_txs(self, p: Packet, flow: Flow, res: AppResult, kind: VerdictKind,
+                     pkt_id: int, out: list[Command]) -> VerdictKind:
+        """App-layer rules (the flow role's detector) on each transaction inspection."""
+        det = self.role_detectors.get(flow.role, self.detector)
+        if det is not None:
+            for insp in res.inspections:
+                matches = det.inspect_tx(p, flow, insp.to_server, insp.tx_id, insp.buffers)
+                if matches:
+                    k = self._act(p, flow, insp.to_server, pkt_id, matches, out,
+                                  stateful=True)
+                    if _SEVERITY[k] > _SEVERITY[kind]:
+                        kind = k
         return kind
 
     def _stream(self, p: Packet, flow: Flow, upd: StreamUpdate, kind: VerdictKind,
@@ -1011,9 +1023,10 @@ class Engine:
                 c.record.pop("pcap_cnt", None)
                 c.record["pkt_src"] = "stream (flow timeout)"
 
-    def _app_close(self, f: Flow, now: float, out: list[Command]) -> None:
+    def _app_close(self, f: Flow, now: float, out: list[Command]) -> AppResult | None:
+        """The parser's last words logged; what they hold is returned for inspection."""
         if f.app is None or not self.config.app_layer:
-            return
+            return None
         self.app_memuse -= f.app.mem
         f.app.mem = 0
         f.app.release_files()
@@ -1025,6 +1038,8 @@ class Engine:
                     out.append(Log(app_record(f, now, body)))
         except Exception:  # a parser bug must not lose the flow record
             self.stats.errors += 1
+            return None
+        return res
 
     def _shutdown(self, ev: Shutdown) -> list[Command]:
         now = ev.ts if ev.ts is not None else (self.stats.last_ts or 0.0)

@@ -9,12 +9,14 @@ from typing import Any
 
 def engine_run(rules: list[str], msgs: list[tuple[bool, bytes]], dport: int,
                udp: bool = False, *, segment: int = 0, config: Any = None,
-               commands: list[Any] | None = None) -> list[dict[str, Any]]:
+               commands: list[Any] | None = None, close: bool = False
+               ) -> list[dict[str, Any]]:
     """``msgs``: (to_server, payload) in order, one packet (TCP segment or datagram)
     each; with ``segment`` a TCP payload longer than that goes in several segments.
     ``config``: the EngineConfig (default EngineConfig()); ``commands`` (a list) gets
-    every command the packets returned. Returns every EVE record the engine logged,
-    flow end included."""
+    every command the packets returned; ``close``: the client then the server send FIN
+    and the client ACKs (TCP). Returns every EVE record the engine logged, flow end
+    included."""
     from scapy.layers.inet import IP, TCP, UDP, Ether
 
     from appliance.core.commands import Log
@@ -55,6 +57,13 @@ def engine_run(rules: list[str], msgs: list[tuple[bool, bytes]], dport: int,
                 sseq += len(d)
                 pkts.append(Ether() / IP(src=a, dst=b) / TCP(
                     sport=sport, dport=dport, flags="A", seq=cseq, ack=sseq))
+        if close:
+            pkts += [Ether() / IP(src=a, dst=b) / TCP(sport=sport, dport=dport, flags="FA",
+                                                      seq=cseq, ack=sseq),
+                     Ether() / IP(src=b, dst=a) / TCP(sport=dport, dport=sport, flags="FA",
+                                                      seq=sseq, ack=cseq + 1),
+                     Ether() / IP(src=a, dst=b) / TCP(sport=sport, dport=dport, flags="A",
+                                                      seq=cseq + 1, ack=sseq + 1)]
     recs: list[dict[str, Any]] = []
     for i, pk in enumerate(pkts):
         cmds = eng.handle(PacketIn(i + 1, 1000.0 + i / 100, bytes(pk), LINKTYPE_ETHERNET))

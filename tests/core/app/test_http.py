@@ -842,3 +842,33 @@ def test_304_with_content_length_and_a_body_is_read_as_libhtp_does() -> None:
     assert bytes(p.transactions[0].response_body) == b"hello world"
     assert p.transactions[0].files[0].size == 11
     assert "RESPONSE_BODY_UNEXPECTED" in names(ev)
+
+
+def test_body_read_until_close_is_inspected_when_the_connection_closes() -> None:
+    """A response without a status line is a body read until the connection closes
+    (libhtp's HTTP/0.9-style response). When both sides have closed, the engine
+    inspects it with the closing packet, as Suricata does at the end of the stream:
+    the file_data rule drops that packet (IPS) and its alert is in EVE."""
+    from appliance.core.commands import Log, Verdict, VerdictKind
+    from appliance.core.engine import EngineConfig
+    from tests.core.app.engine_run import alert_sids, engine_run
+
+    rules = ['drop http any any -> any any (file_data; content:"EICAR-STANDARD"; sid:1;)']
+    convo = [(True, b"GET /eicar.txt HTTP/1.1\r\nHost: h\r\n\r\n"),
+             (False, b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!")]
+    cmds: list[Any] = []
+    recs = engine_run(rules, convo, 80, config=EngineConfig(mode="ips"), commands=cmds,
+                      close=True)
+    assert alert_sids(recs) == [1]
+    verdicts = [c.kind for c in cmds if isinstance(c, Verdict)]
+    # The last three packets are the FINs and the last ACK: the one that closes the
+    # connection is the one the alert comes with.
+    alert_at = next(i for i, c in enumerate(cmds) if isinstance(c, Log)
+                    and c.record["event_type"] == "alert")
+    assert sum(isinstance(c, Verdict) for c in cmds[:alert_at]) >= len(verdicts) - 3
+    assert VerdictKind.DROP in verdicts[-3:]
+    # Without the close, the body is never complete while packets flow: no alert from
+    # a packet (the flow's end at shutdown logs it, uninspected).
+    cmds = []
+    recs = engine_run(rules, convo, 80, config=EngineConfig(mode="ips"), commands=cmds)
+    assert not [c for c in cmds if isinstance(c, Log) and c.record["event_type"] == "alert"]

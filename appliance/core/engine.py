@@ -384,7 +384,7 @@ class Engine:
                         upd.to_server or upd.to_client or upd.raw_ts or upd.raw_tc):
                     kind = self._detect_stream(p, flow, upd, kind, ev.id, out)
                 if app is not None and flow is not None:
-                    kind = self._app_results(p, flow, app, kind, ev.id, out)
+                    kind = self._app_results(p, flow, app, kind, ev.id, out, upd)
                 if upd is not None and flow is not None:
                     if upd is not EMPTY:  # _stream() has nothing to do with EMPTY
                         kind = self._stream(p, flow, upd, kind, ev.id, out)
@@ -401,7 +401,7 @@ class Engine:
                         # at the end of the stream.
                         res = self._app_close(flow, p.ts, out)
                         if res is not None and res.inspections and flow.action is None:
-                            kind = self._inspect_txs(p, flow, res, kind, ev.id, out)
+                            kind = self._inspect_txs(p, flow, res, kind, ev.id, out, upd)
                         flow.app.abandon()
             else:
                 kind = self._fragment(p, out, ev.id)
@@ -866,7 +866,8 @@ class Engine:
         return res
 
     def _app_results(self, p: Packet, flow: Flow, res: AppResult, kind: VerdictKind,
-                     pkt_id: int, out: list[Command]) -> VerdictKind:
+                     pkt_id: int, out: list[Command],
+                     upd: StreamUpdate | None = None) -> VerdictKind:
         """App-layer rules on each transaction that progressed; EVE app records."""
         cfg = self.config
         for name, _to_server, tx_id in res.anomalies:
@@ -882,7 +883,7 @@ class Engine:
         if res.proto_decided and flow.guest is not None and self.policy is not None:
             kind = self._check_app_proto(p, flow, kind, pkt_id, out)
         if flow.action is None:
-            kind = self._inspect_txs(p, flow, res, kind, pkt_id, out)
+            kind = self._inspect_txs(p, flow, res, kind, pkt_id, out, upd)
         scans: list[Command] = []
         if cfg.scan_files and res.files:
             # Before the records: a scanned file's fileinfo waits for its verdict.
@@ -896,12 +897,17 @@ class Engine:
         return kind
 
     def _inspect_txs(self, p: Packet, flow: Flow, res: AppResult, kind: VerdictKind,
-                     pkt_id: int, out: list[Command]) -> VerdictKind:
-        """App-layer rules (the flow role's detector) on each transaction inspection."""
+                     pkt_id: int, out: list[Command],
+                     upd: StreamUpdate | None = None) -> VerdictKind:
+        """App-layer rules (the flow role's detector) on each transaction inspection;
+        `upd`: what the packet delivered of the TCP stream (inspect_tx's stream_data)."""
         det = self.role_detectors.get(flow.role, self.detector)
         if det is not None:
             for insp in res.inspections:
-                matches = det.inspect_tx(p, flow, insp.to_server, insp.tx_id, insp.buffers)
+                data = b"" if upd is None else (upd.to_server if insp.to_server
+                                                 else upd.to_client)
+                matches = det.inspect_tx(p, flow, insp.to_server, insp.tx_id, insp.buffers,
+                                         data)
                 if matches:
                     k = self._act(p, flow, insp.to_server, pkt_id, matches, out,
                                   stateful=True)

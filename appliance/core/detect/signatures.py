@@ -278,9 +278,14 @@ class SignatureEngine:
                          app=False, stream=True, prior=tail or None)
 
     def inspect_tx(self, p: Packet, flow: Flow, to_server: bool, tx_id: int,
-                   raw_buffers: Mapping[str, bytes | list[bytes]]) -> list[RuleMatch]:
+                   raw_buffers: Mapping[str, bytes | list[bytes]],
+                   stream_data: bytes = b"") -> list[RuleMatch]:
         """App-layer rules on one transaction's buffers (those available so far). A list
-        value is a multi-buffer (dns.query, tls.certs): any element may match."""
+        value is a multi-buffer (dns.query, tls.certs): any element may match.
+        `stream_data`: the bytes of this transaction's direction of a TCP stream that
+        the packet delivered to the app layer (an app-layer rule's payload content is
+        matched on them as well as on the packet: Suricata inspects the raw stream for
+        it, and a response is often delivered by the ACK that follows it)."""
         hits: set[int] = set()
         cache: dict[BufferKey, list[bytes]] = {}
         for name in raw_buffers:
@@ -294,7 +299,7 @@ class SignatureEngine:
         if not hits:
             return []
         return self._run(sorted(hits), p, flow, to_server, cache, raw_buffers, app=True,
-                         tx_id=tx_id)
+                         tx_id=tx_id, stream_data=stream_data)
 
     # -- checks --------------------------------------------------------------------------
 
@@ -302,10 +307,10 @@ class SignatureEngine:
              buffers: dict[BufferKey, list[bytes]],
              raw: Mapping[str, bytes | list[bytes]] | None, app: bool,
              tx_id: int | None = None, stream: bool = False,
-             prior: bytes | None = None) -> list[RuleMatch]:
+             prior: bytes | None = None, stream_data: bytes = b"") -> list[RuleMatch]:
         """`stream`: `buffers` holds a stream window (candidates are stream-capable
         rules); `prior`: the bytes at its start inspected before (a match within them
-        alone is not new)."""
+        alone is not new); `stream_data`: see inspect_tx."""
         out: list[RuleMatch] = []
         rules = self.rules
         st = self.stats
@@ -364,10 +369,14 @@ class SignatureEngine:
                     # payload matches on the packet it inspects the transaction with.
                     have = buffers.get(ch.key)
                     if have is None:
-                        base = p.payload if ch.key[0] == "pkt_data" else header_buffer(
-                            ch.key[0], p)
-                        have = buffers[ch.key] = (
-                            [apply_transforms(base, ch.key[1])] if base else [])
+                        if ch.key[0] != "pkt_data":
+                            bases = [header_buffer(ch.key[0], p)]
+                        elif stream_data and stream_data != p.payload:
+                            bases = [p.payload, stream_data]
+                        else:
+                            bases = [p.payload]
+                        have = buffers[ch.key] = [apply_transforms(b, ch.key[1])
+                                                  for b in bases if b]
                     if not have:
                         ok = False
                         break

@@ -872,3 +872,47 @@ def test_body_read_until_close_is_inspected_when_the_connection_closes() -> None
     cmds = []
     recs = engine_run(rules, convo, 80, config=EngineConfig(mode="ips"), commands=cmds)
     assert not [c for c in cmds if isinstance(c, Log) and c.record["event_type"] == "alert"]
+
+
+def test_payload_content_of_an_http_rule_is_matched_on_the_delivered_stream() -> None:
+    """A rule mixing a payload content with file_data (suricata-verify bug-2576-04): the
+    packet that hands a response to the app layer need not carry the bytes that match
+    (here the segment filling a hole delivers the held one too; in the suricata-verify
+    capture, the client's ACK); the payload content is matched on the stream bytes the
+    packet delivered, as Suricata matches it on the raw stream."""
+    from scapy.layers.inet import IP, TCP, Ether
+
+    from appliance.core.commands import Log
+    from appliance.core.engine import Engine, EngineConfig
+    from appliance.core.events import LINKTYPE_ETHERNET, PacketIn
+    from appliance.rules.loader import detection_from_text
+
+    loaded = detection_from_text([
+        'alert http any any -> any any (content:"IE=Edge"; file_data; '
+        'content:"IE=Edge"; sid:1;)',
+        'alert http any any -> any any (content:"not-there"; file_data; '
+        'content:"IE=Edge"; sid:2;)'])
+    eng = Engine(EngineConfig(), loaded.engine)
+    body = b"<meta content=IE=Edge>"
+    req = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    c, srv = ("10.0.0.1", 40000), ("10.0.0.2", 80)
+
+    def seg(src: tuple[str, int], dst: tuple[str, int], flags: str, seq: int, ack: int,
+            data: bytes = b"") -> bytes:
+        return bytes(Ether() / IP(src=src[0], dst=dst[0]) / TCP(
+            sport=src[1], dport=dst[1], flags=flags, seq=seq, ack=ack) / data)
+
+    cut = len(resp) - len(body) + 6  # the second part holds "IE=Edge"
+    ack = 101 + len(req)
+    pkts = [seg(c, srv, "S", 100, 0), seg(srv, c, "SA", 500, 101),
+            seg(c, srv, "A", 101, 501), seg(c, srv, "PA", 101, 501, req),
+            seg(srv, c, "PA", 501 + cut, ack, resp[cut:]),  # out of order: held
+            seg(srv, c, "A", 501, ack, resp[:cut]),  # fills the hole: both delivered
+            seg(c, srv, "A", ack, 501 + len(resp))]
+    sids = []
+    for i, data in enumerate(pkts):
+        for cmd in eng.handle(PacketIn(i + 1, 10.0 + i, data, LINKTYPE_ETHERNET)):
+            if isinstance(cmd, Log) and cmd.record["event_type"] == "alert":
+                sids.append((i, cmd.record["alert"]["signature_id"]))
+    assert sids == [(5, 1)]  # with the segment that delivered the whole response

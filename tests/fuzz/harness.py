@@ -890,23 +890,28 @@ SIP_TOKENS = (b"\r\n", b"\r\n\r\n", b"INVITE ", b"REGISTER ", b" SIP/2.0", b"SIP
               b" ", b"\t", b":", b"\x00", b"\xff", b"\xc3\x28")
 
 
-def check_sip(chunks: list[Chunk]) -> int:
-    """Each chunk a datagram, parsed without parse_datagram's catch-all."""
+def _check_stateless_datagrams(p: Any, chunks: list[Chunk], name: str) -> int:
+    """Each chunk a datagram to a parser that keeps nothing between datagrams, parsed
+    without parse_datagram's catch-all: events known, records valid, nothing held."""
     from appliance.core.app import ANOMALY, APP_TX
-    from appliance.core.app.sip import SipParser
 
-    p = SipParser()
     with crashes_as_failures():
         for ts, data in chunks:
             if not data:
                 continue  # (the engine offers no empty payload)
             out: list[Any] = []
             p._datagram(bytes(data), ts, out)
-            _check_app_events(out, (ANOMALY, APP_TX), "sip")
+            _check_app_events(out, (ANOMALY, APP_TX), name)
             if p.memuse():
-                raise Failure("sip-memuse", f"{p.memuse()} bytes held")
-        _check_app_events(p.close(), (ANOMALY, APP_TX), "sip")
+                raise Failure(f"{name}-memuse", f"{p.memuse()} bytes held")
+        _check_app_events(p.close(), (ANOMALY, APP_TX), name)
     return 0
+
+
+def check_sip(chunks: list[Chunk]) -> int:
+    from appliance.core.app.sip import SipParser
+
+    return _check_stateless_datagrams(SipParser(), chunks, "sip")
 
 
 KRB5_TOKENS = (b"\x6a\x82", b"\x6b\x82", b"\x6c\x82", b"\x6d\x82", b"\x6e\x82",
@@ -946,22 +951,9 @@ SNMP_TOKENS = (b"\x30\x82", b"\x30\x81", b"\x30\x80", b"\x02\x01\x00", b"\x02\x0
 
 
 def check_snmp(chunks: list[Chunk]) -> int:
-    """Each chunk a datagram, parsed without parse_datagram's catch-all."""
-    from appliance.core.app import ANOMALY, APP_TX
     from appliance.core.app.snmp import SnmpParser
 
-    p = SnmpParser()
-    with crashes_as_failures():
-        for ts, data in chunks:
-            if not data:
-                continue
-            out: list[Any] = []
-            p._datagram(bytes(data), ts, out)
-            _check_app_events(out, (ANOMALY, APP_TX), "snmp")
-            if p.memuse():
-                raise Failure("snmp-memuse", f"{p.memuse()} bytes held")
-        _check_app_events(p.close(), (ANOMALY, APP_TX), "snmp")
-    return 0
+    return _check_stateless_datagrams(SnmpParser(), chunks, "snmp")
 
 
 NFS_TOKENS = (b"\x00\x01\x86\xa3", b"\x00\x00\x00\x00\x00\x00\x00\x02", b"\x00\x00\x00\x01",
@@ -1313,6 +1305,13 @@ _TMP = "/dev/shm" if Path("/dev/shm").is_dir() else None
 # -- the registry ----------------------------------------------------------------------------
 
 
+def _conv_target(convs: dict[str, list[list[Chunk]]], name: str, tokens: tuple[bytes, ...],
+                 check: Callable[[list[Chunk]], int], weight: int) -> Target:
+    """A parser's target: its seed conversations mutated with its tokens."""
+    return Target(name, lambda rng: mutate_conv(rng, convs[name], tokens), check,
+                  _dump_conv(name), _shrink_chunks, weight=weight, seeds=convs[name])
+
+
 def targets() -> list[Target]:
     """Every target, each with its seeds loaded from the corpus."""
     packets = _pcap_seeds()
@@ -1378,32 +1377,20 @@ def targets() -> list[Target]:
                _shrink_packets, weight=1),
         Target("defrag", gen_fragments, fragments_check,
                lambda item: _dump_packets(item[0]), shrink_frags, weight=1),
-        Target("http", lambda rng: mutate_conv(rng, convs["http"], HTTP_TOKENS), check_http,
-               _dump_conv("http"), _shrink_chunks, weight=3, seeds=convs["http"]),
-        Target("tls", lambda rng: mutate_conv(rng, convs["tls"], TLS_TOKENS), check_tls,
-               _dump_conv("tls"), _shrink_chunks, weight=3, seeds=convs["tls"]),
-        Target("dns", lambda rng: mutate_conv(rng, convs["dns"], DNS_TOKENS), check_dns,
-               _dump_conv("dns"), _shrink_chunks, weight=3, seeds=convs["dns"]),
-        Target("http2", lambda rng: mutate_conv(rng, convs["http2"], HTTP2_TOKENS),
-               check_http2, _dump_conv("http2"), _shrink_chunks, weight=2,
-               seeds=convs["http2"]),
-        Target("dcerpc", lambda rng: mutate_conv(rng, convs["dcerpc"], DCERPC_TOKENS),
-               check_dcerpc, _dump_conv("dcerpc"), _shrink_chunks, weight=2,
-               seeds=convs["dcerpc"]),
-        Target("smtp", lambda rng: mutate_conv(rng, convs["smtp"], SMTP_TOKENS), check_smtp,
-               _dump_conv("smtp"), _shrink_chunks, weight=2, seeds=convs["smtp"]),
-        Target("mqtt", lambda rng: mutate_conv(rng, convs["mqtt"], MQTT_TOKENS), check_mqtt,
-               _dump_conv("mqtt"), _shrink_chunks, weight=2, seeds=convs["mqtt"]),
-        Target("sip", lambda rng: mutate_conv(rng, convs["sip"], SIP_TOKENS), check_sip,
-               _dump_conv("sip"), _shrink_chunks, weight=1, seeds=convs["sip"]),
-        Target("krb5", lambda rng: mutate_conv(rng, convs["krb5"], KRB5_TOKENS), check_krb5,
-               _dump_conv("krb5"), _shrink_chunks, weight=2, seeds=convs["krb5"]),
-        Target("snmp", lambda rng: mutate_conv(rng, convs["snmp"], SNMP_TOKENS), check_snmp,
-               _dump_conv("snmp"), _shrink_chunks, weight=1, seeds=convs["snmp"]),
-        Target("nfs", lambda rng: mutate_conv(rng, convs["nfs"], NFS_TOKENS), check_nfs,
-               _dump_conv("nfs"), _shrink_chunks, weight=2, seeds=convs["nfs"]),
-        Target("quic", lambda rng: mutate_conv(rng, convs["quic"], QUIC_TOKENS), check_quic,
-               _dump_conv("quic"), _shrink_chunks, weight=2, seeds=convs["quic"]),
+        *(_conv_target(convs, name, tokens, check, weight) for name, tokens, check, weight in (
+            ("http", HTTP_TOKENS, check_http, 3),
+            ("tls", TLS_TOKENS, check_tls, 3),
+            ("dns", DNS_TOKENS, check_dns, 3),
+            ("http2", HTTP2_TOKENS, check_http2, 2),
+            ("dcerpc", DCERPC_TOKENS, check_dcerpc, 2),
+            ("smtp", SMTP_TOKENS, check_smtp, 2),
+            ("mqtt", MQTT_TOKENS, check_mqtt, 2),
+            ("sip", SIP_TOKENS, check_sip, 1),
+            ("krb5", KRB5_TOKENS, check_krb5, 2),
+            ("snmp", SNMP_TOKENS, check_snmp, 1),
+            ("nfs", NFS_TOKENS, check_nfs, 2),
+            ("quic", QUIC_TOKENS, check_quic, 2),
+        )),
         Target("rules", lambda rng: mutate_bytes(
             rng, rng.choice(rules).encode(), rng.choice(rules).encode(), RULE_TOKENS).decode(
             "utf-8", "replace"), check_rule, text_dump("rules", ".rules"), shrink_text,

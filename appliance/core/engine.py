@@ -48,7 +48,7 @@ from appliance.core.detect.heuristics import (
     HeuristicsEngine,
     with_overrides,
 )
-from appliance.core.detect.signatures import RuleMatch, SignatureEngine, packet_events
+from appliance.core.detect.signatures import RuleMatch, SignatureEngine, facing, packet_events
 from appliance.core.events import (
     LINKTYPE_ETHERNET,
     Event,
@@ -112,6 +112,15 @@ FILE_SID_MALICIOUS: Final = 9003001
 
 NON_SURICATA_EVENTS: Final = frozenset({"decoder.malformed", "decoder.unsupported_linktype",
                                         *DEFRAG_EVENTS})
+
+
+def _from_flow_timeout(out: list[Command], since: int) -> None:
+    """Alerts logged since `out[since]` were judged on a flow's pseudo packet: they say
+    so in pkt_src and carry no pcap_cnt (no packet of the input)."""
+    for c in out[since:]:
+        if isinstance(c, Log) and c.record.get("event_type") == "alert":
+            c.record.pop("pcap_cnt", None)
+            c.record["pkt_src"] = "stream (flow timeout)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -906,10 +915,13 @@ class Engine:
             for insp in res.inspections:
                 data = b"" if upd is None else (upd.to_server if insp.to_server
                                                  else upd.to_client)
-                matches = det.inspect_tx(p, flow, insp.to_server, insp.tx_id, insp.buffers,
+                # Judged (and reported) in the transaction's direction, whichever way
+                # the packet that delivered its bytes went.
+                q = facing(p, flow, insp.to_server)
+                matches = det.inspect_tx(q, flow, insp.to_server, insp.tx_id, insp.buffers,
                                          data)
                 if matches:
-                    k = self._act(p, flow, insp.to_server, pkt_id, matches, out,
+                    k = self._act(q, flow, insp.to_server, pkt_id, matches, out,
                                   stateful=True)
                     if _SEVERITY[k] > _SEVERITY[kind]:
                         kind = k
@@ -1006,7 +1018,17 @@ class Engine:
                 self._stream_leftover(f, now, out)
             except Exception:  # a detection bug must not lose the flow record
                 self.stats.errors += 1
-        self._app_close(f, now, out)
+        res = self._app_close(f, now, out)
+        if res is not None and res.inspections and f.action is None and f.tcp is not None:
+            # What the close completed (a body read until the connection closed), on a
+            # pseudo packet as Suricata inspects at flow timeout and at the end of input.
+            try:
+                p = pseudo_tcp_packet(now, f.ipver, f.src, f.dst, f.sp, f.dp, f.vlan)
+                n = len(out)
+                self._inspect_txs(p, f, res, VerdictKind.ACCEPT, 0, out)
+                _from_flow_timeout(out, n)
+            except Exception:  # a detection bug must not lose the flow record
+                self.stats.errors += 1
         if self.heuristics is not None:
             h = self.role_heuristics.get(f.role, self.heuristics)
             for hit in h.on_flow_end(f):
@@ -1024,10 +1046,7 @@ class Engine:
         p = pseudo_tcp_packet(now, f.ipver, f.src, f.dst, f.sp, f.dp, f.vlan)
         n = len(out)
         self._detect_stream(p, f, upd, VerdictKind.ACCEPT, 0, out)
-        for c in out[n:]:
-            if isinstance(c, Log) and c.record.get("event_type") == "alert":
-                c.record.pop("pcap_cnt", None)
-                c.record["pkt_src"] = "stream (flow timeout)"
+        _from_flow_timeout(out, n)
 
     def _app_close(self, f: Flow, now: float, out: list[Command]) -> AppResult | None:
         """The parser's last words logged; what they hold is returned for inspection."""

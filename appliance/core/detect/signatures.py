@@ -88,6 +88,18 @@ class _ThState:
 _NONE_FOUND: frozenset[int] = frozenset()
 
 
+def facing(p: Packet, flow: Flow, to_server: bool) -> Packet:
+    """`p` as if it travelled in the `to_server` direction of its flow: itself, or a
+    copy with addresses and ports swapped. What one direction delivered may be judged
+    on a packet of the other (the ACK that releases held bytes, a flow's pseudo packet):
+    rule headers and alerts then see the data's own direction."""
+    if (p.sp == flow.sp and p.src == flow.src) == to_server:
+        return p
+    q = copy.copy(p)
+    q.src, q.dst, q.sp, q.dp = p.dst, p.src, p.dp, p.sp
+    return q
+
+
 def _endpoints_ok(r: CompiledRule, p: Packet) -> bool:
     """The part of a rule's header that depends only on the packet's protocol,
     addresses and ports (either way round for a bidirectional rule)."""
@@ -269,13 +281,10 @@ class SignatureEngine:
                     hits.discard(o)
         if not hits:
             return []
-        q = p
-        if (p.sp == flow.sp and p.src == flow.src) != to_server:
-            # Judge the header in the chunk's direction.
-            q = copy.copy(p)
-            q.src, q.dst, q.sp, q.dp = p.dst, p.src, p.dp, p.sp
-        return self._run(sorted(hits), q, flow, to_server, {_PKT_KEY: [window]}, None,
-                         app=False, stream=True, prior=tail or None)
+        # Judge the header in the chunk's direction.
+        return self._run(sorted(hits), facing(p, flow, to_server), flow, to_server,
+                         {_PKT_KEY: [window]}, None, app=False, stream=True,
+                         prior=tail or None)
 
     def inspect_tx(self, p: Packet, flow: Flow, to_server: bool, tx_id: int,
                    raw_buffers: Mapping[str, bytes | list[bytes]],

@@ -868,10 +868,13 @@ def test_body_read_until_close_is_inspected_when_the_connection_closes() -> None
     assert sum(isinstance(c, Verdict) for c in cmds[:alert_at]) >= len(verdicts) - 3
     assert VerdictKind.DROP in verdicts[-3:]
     # Without the close, the body is never complete while packets flow: no alert from
-    # a packet (the flow's end at shutdown logs it, uninspected).
+    # a packet; the flow's end (here the end of input) inspects it on a pseudo packet.
     cmds = []
     recs = engine_run(rules, convo, 80, config=EngineConfig(mode="ips"), commands=cmds)
     assert not [c for c in cmds if isinstance(c, Log) and c.record["event_type"] == "alert"]
+    (a,) = [r for r in recs if r["event_type"] == "alert"]
+    assert a["alert"]["signature_id"] == 1 and a["pkt_src"] == "stream (flow timeout)"
+    assert a["direction"] == "to_client" and a["src_port"] == 80 and "pcap_cnt" not in a
 
 
 def test_payload_content_of_an_http_rule_is_matched_on_the_delivered_stream() -> None:
@@ -916,3 +919,44 @@ def test_payload_content_of_an_http_rule_is_matched_on_the_delivered_stream() ->
             if isinstance(cmd, Log) and cmd.record["event_type"] == "alert":
                 sids.append((i, cmd.record["alert"]["signature_id"]))
     assert sids == [(5, 1)]  # with the segment that delivered the whole response
+
+
+def test_response_delivered_by_the_clients_ack_is_judged_in_its_own_direction() -> None:
+    """A response segment with a lower TTL than its direction has shown is held until
+    the client acknowledges it (core/stream.py, TTL-expiring chaff), so the client's
+    ACK delivers it to the app layer. Its transaction is judged and reported in the
+    response's direction: a rule written `$EXTERNAL_NET any -> $HOME_NET any` with
+    flow:to_client matches, and the alert's source is the server."""
+    from scapy.layers.inet import IP, TCP, Ether
+
+    from appliance.core.commands import Log
+    from appliance.core.engine import Engine, EngineConfig
+    from appliance.core.events import LINKTYPE_ETHERNET, PacketIn
+    from appliance.rules.loader import detection_from_text
+
+    loaded = detection_from_text([
+        'alert http $EXTERNAL_NET any -> $HOME_NET any (flow:established,to_client; '
+        'file_data; content:"IE=Edge"; sid:1;)'])
+    eng = Engine(EngineConfig(), loaded.engine)
+    body = b"<meta content=IE=Edge>"
+    req = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    c, srv = ("192.168.1.10", 40000), ("203.0.113.5", 80)
+
+    def seg(src: tuple[str, int], dst: tuple[str, int], flags: str, seq: int, ack: int,
+            data: bytes = b"", ttl: int = 64) -> bytes:
+        return bytes(Ether() / IP(src=src[0], dst=dst[0], ttl=ttl) / TCP(
+            sport=src[1], dport=dst[1], flags=flags, seq=seq, ack=ack) / data)
+
+    ack = 101 + len(req)
+    pkts = [seg(c, srv, "S", 100, 0), seg(srv, c, "SA", 500, 101),
+            seg(c, srv, "A", 101, 501), seg(c, srv, "PA", 101, 501, req),
+            seg(srv, c, "PA", 501, ack, resp, ttl=10),  # held: lower TTL
+            seg(c, srv, "A", ack, 501 + len(resp))]  # acknowledged: delivered
+    got = []
+    for i, data in enumerate(pkts):
+        for cmd in eng.handle(PacketIn(i + 1, 10.0 + i, data, LINKTYPE_ETHERNET)):
+            if isinstance(cmd, Log) and cmd.record["event_type"] == "alert":
+                r = cmd.record
+                got.append((i, r["alert"]["signature_id"], r["src_ip"], r["direction"]))
+    assert got == [(5, 1, "203.0.113.5", "to_client")]

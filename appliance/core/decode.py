@@ -70,6 +70,8 @@ _TCP = struct.Struct("!HHIIBBHHH")
 # IPv4 from its total length to the addresses (version/IHL and TOS, the id and the
 # checksum skipped): the fast path's read of a 20-byte header.
 _IP4_FAST = struct.Struct("!H2xHBB2x4s4s")
+# IPv6 from its payload length: payload length, next header, hop limit.
+_IP6_FAST = struct.Struct("!HBB")
 _UDP = struct.Struct("!HHHH")
 _ICMP = struct.Struct("!BBH")
 _U16 = struct.Struct("!H")
@@ -217,12 +219,13 @@ class DecodeStats:
     TCP and UDP packets and their bytes, which `counts` folds in."""
 
     __slots__ = ("events", "fast_bytes", "fast_max", "fast_raw", "fast_tcp", "fast_udp",
-                 "raw")
+                 "fast_v6", "raw")
 
     def __init__(self) -> None:
-        self.fast_tcp = 0  # IPv4/TCP packets the fast path decoded
+        self.fast_tcp = 0  # TCP packets the fast path decoded
         self.fast_udp = 0
         self.fast_raw = 0  # those of them without a link header (LINKTYPE_RAW)
+        self.fast_v6 = 0  # those of them over IPv6
         self.fast_bytes = 0
         self.fast_max = 0  # their largest size
         self.raw: dict[str, int] = dict.fromkeys(
@@ -247,7 +250,8 @@ class DecodeStats:
             c["bytes"] += self.fast_bytes
             c["ethernet"] += n - self.fast_raw
             c["raw"] += self.fast_raw
-            c["ipv4"] += n
+            c["ipv4"] += n - self.fast_v6
+            c["ipv6"] += self.fast_v6
             c["tcp"] += self.fast_tcp
             c["udp"] += self.fast_udp
             if self.fast_max > c["max_pkt_size"]:
@@ -266,29 +270,47 @@ class Decoder:
     def decode(self, data: bytes, linktype: int, ts: float) -> Packet:
         """Decode one captured frame. Never raises on packet content."""
         n = len(data)
-        if linktype == LINKTYPE_ETHERNET and n >= 34 and data[12:15] == b"\x08\x00\x45":
+        if linktype == LINKTYPE_ETHERNET and n >= 34:
             l3 = 14
-        elif linktype == LINKTYPE_RAW and n >= 20 and data[0] == 0x45:
+            kind = data[12:15]
+            ipver = 4 if kind == b"\x08\x00\x45" else (
+                6 if kind[:2] == b"\x86\xdd" and kind[2] >> 4 == 6 else 0)
+        elif linktype == LINKTYPE_RAW and n >= 20:
             l3 = 0  # NFQUEUE's packets: IP without a link header
+            ipver = 4 if data[0] == 0x45 else 6 if data[0] >> 4 == 6 else 0
         else:
             return self._decode(data, linktype, ts)
-        # Fast path: untagged Ethernet or raw IP, IPv4 with a 20-byte header, not a
-        # fragment, carrying a well-formed TCP or UDP header (the bulk of the
-        # traffic), decoded with the general path's checks and results. Whatever it
-        # declines, before changing anything, is decoded by `_decode` from the start.
-        l4 = l3 + 20
-        tot, fragf, ttl, proto, src, dst = _IP4_FAST.unpack_from(data, l3 + 2)
-        if tot > n - l3 or fragf & 0x3FFF:
+        # Fast path: untagged Ethernet or raw IP; IPv4 with a 20-byte header, not a
+        # fragment, or IPv6 without extension headers (nor a jumbogram); carrying a
+        # well-formed TCP or UDP header (the bulk of the traffic), decoded with the
+        # general path's checks and results. Whatever it declines, before changing
+        # anything, is decoded by `_decode` from the start. `tot`: the IP packet's
+        # length as its header gives it; `hdr`: its IP header's.
+        if ipver == 4:
+            hdr = 20
+            tot, fragf, ttl, proto, src, dst = _IP4_FAST.unpack_from(data, l3 + 2)
+            if tot > n - l3 or fragf & 0x3FFF:
+                return self._decode(data, linktype, ts)
+        elif ipver == 6 and n - l3 >= 40:
+            hdr = 40
+            plen, proto, ttl = _IP6_FAST.unpack_from(data, l3 + 4)
+            tot = plen + 40
+            if not plen or tot > n - l3:
+                return self._decode(data, linktype, ts)
+            src = data[l3 + 8:l3 + 24]
+            dst = data[l3 + 24:l3 + 40]
+        else:
             return self._decode(data, linktype, ts)
-        if proto == PROTO_TCP and tot >= 40:
+        l4 = l3 + hdr
+        if proto == PROTO_TCP and tot >= hdr + 20:
             sp, dp, seq, ack, hl, flags, win, _s, urp = _TCP.unpack_from(data, l4)
             hlen = (hl >> 4) << 2
-            if hlen < 20 or hlen > tot - 20:
+            if hlen < 20 or hlen > tot - hdr:
                 return self._decode(data, linktype, ts)
             payload = data[l4 + hlen:l3 + tot]
-        elif proto == PROTO_UDP and tot >= 28:
+        elif proto == PROTO_UDP and tot >= hdr + 8:
             sp, dp, ulen, _s = _UDP.unpack_from(data, l4)
-            if ulen < 8 or ulen > tot - 20 or dp in _TUNNEL_PORTS or sp == TEREDO_PORT:
+            if ulen < 8 or ulen > tot - hdr or dp in _TUNNEL_PORTS or sp == TEREDO_PORT:
                 return self._decode(data, linktype, ts)
             payload = data[l4 + 8:l4 + ulen]
             hlen = seq = ack = win = urp = 0
@@ -302,7 +324,7 @@ class Decoder:
         p.data = data
         p.pkt_len = n
         p.vlan = ()
-        p.ipver = 4
+        p.ipver = ipver
         p.l3_off = l3
         p.l4_off = l4
         p.src = src
@@ -346,6 +368,8 @@ class Decoder:
             st.fast_udp += 1
         if not l3:
             st.fast_raw += 1
+        if ipver == 6:
+            st.fast_v6 += 1
         st.fast_bytes += n
         if n > st.fast_max:
             st.fast_max = n

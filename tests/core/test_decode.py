@@ -694,3 +694,43 @@ def test_fast_path_boundaries_match_the_general_path() -> None:
         # The same IP packets as NFQUEUE hands them over: no link header.
         _same_decoding(LINKTYPE_RAW, bytes(f[14:]), fast, general)
     assert fast.stats.fast_raw and fast.stats.fast_tcp > fast.stats.fast_raw
+    assert fast.stats.fast_v6 == 0
+
+
+def _eth_ip6(nxt: int, body: bytes, plen: int | None = None, version: int = 6) -> bytearray:
+    n = len(body) if plen is None else plen
+    hdr = struct.pack("!IHBB16s16s", version << 28, n, nxt, 64, C6, S6)
+    return bytearray(b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x86\xdd"
+                     + hdr + body)
+
+
+def test_ipv6_fast_path_boundaries_match_the_general_path() -> None:
+    """IPv6 without extension headers: the payload length at and around the data's
+    (0 is a jumbogram), truncation and padding, the next headers the fast path must
+    leave alone (hop-by-hop, fragment, none, ICMPv6), a wrong version, TCP data offsets
+    and UDP lengths, on Ethernet and as raw IP."""
+    fast, general = Decoder(), _GeneralOnly()
+    tcp = struct.pack("!HHIIBBHHH", 40000, 80, 1, 2, 8 << 4, TH_ACK, 512, 0, 0) + \
+        b"\x01\x01\x08\x0a" + bytes(range(1, 9)) + b"payload"
+    udp = struct.pack("!HHHH", 5353, 53, 18, 0) + b"0123456789"
+    frames: list[bytearray] = []
+    for nxt, body in ((6, tcp), (17, udp)):
+        for plen in range(0, len(body) + 3):
+            f = _eth_ip6(nxt, body, plen=plen)
+            for cut in (len(f) - 1, len(f), len(f) + 4):
+                frames.append((f + b"\x00" * 8)[:cut])
+    for nxt in (0, 44, 59, 58, 4, 41):
+        frames.append(_eth_ip6(nxt, udp))
+    frames.append(_eth_ip6(6, tcp, version=4))
+    for doff in range(16):
+        f = _eth_ip6(6, tcp)
+        f[54 + 12] = doff << 4
+        frames.append(f)
+    for ulen in range(0, len(udp) + 3):
+        frames.append(_eth_ip6(17, struct.pack("!HHHH", 5353, 53, ulen, 0) + udp[8:]))
+    for sp, dp in ((1, 4789), (1, 6081), (1, 3544), (3544, 1)):
+        frames.append(_eth_ip6(17, struct.pack("!HHHH", sp, dp, 18, 0) + udp[8:]))
+    for f in frames:
+        _same_decoding(LINKTYPE_ETHERNET, bytes(f), fast, general)
+        _same_decoding(LINKTYPE_RAW, bytes(f[14:]), fast, general)
+    assert fast.stats.fast_v6 and fast.stats.fast_raw and fast.stats.fast_udp

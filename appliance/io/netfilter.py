@@ -132,7 +132,17 @@ class Chains:
         return ["-j", "NFQUEUE", *q, *(["--queue-bypass"] if self.fail_open else [])]
 
     def install(self) -> None:
+        """All or nothing: if a rule cannot be installed, what was installed before it is
+        removed again (a queue jump with no worker behind it would drop the bridge's
+        traffic) and the error is raised."""
         self.remove()
+        try:
+            self._install()
+        except BaseException:
+            self.remove()
+            raise
+
+    def _install(self) -> None:
         m = f"{self.bypass_mark:#x}/{self.bypass_mark:#x}"
         for tool in TOOLS:
             _ipt(tool, "-t", "filter", "-N", self.chain)
@@ -160,13 +170,18 @@ class Chains:
             _ipt(tool, "-t", "mangle", "-I", *self._save_jump())
 
     def remove(self) -> None:
-        """Delete every rule and chain of ours (idempotent; used at start and exit)."""
+        """Delete every rule and chain of ours (idempotent; used at start and exit).
+        Jumps are found by their target, whatever their matches: a run of an earlier
+        version (a crashed one included) may have written them differently, and a jump
+        left behind would keep its chain from being deleted and recreated."""
         for tool in TOOLS:
-            while _ipt(tool, "-t", "filter", "-D", *self._jump(), check=False).returncode == 0:
-                pass
-            while _ipt(tool, "-t", "mangle", "-D", *self._save_jump(),
-                       check=False).returncode == 0:
-                pass
+            for table, builtin, chain in (("filter", "FORWARD", self.chain),
+                                          ("mangle", "POSTROUTING", self.save_chain)):
+                listed = _ipt(tool, "-t", table, "-S", builtin, check=False).stdout
+                for line in listed.splitlines():
+                    words = line.split()
+                    if words[:2] == ["-A", builtin] and words[-2:] == ["-j", chain]:
+                        _ipt(tool, "-t", table, "-D", *words[1:], check=False)
             for table, chain in (("filter", self.chain), ("mangle", self.save_chain)):
                 _ipt(tool, "-t", table, "-F", chain, check=False)
                 _ipt(tool, "-t", table, "-X", chain, check=False)

@@ -182,3 +182,36 @@ def test_fail_closed_nothing_passes_without_a_worker(lab: Lab, start_appliance: 
         time.sleep(0.2)
     else:
         raise AssertionError("traffic did not resume after the worker came back")
+
+
+def test_chains_replace_jumps_an_earlier_version_left_behind(lab: Lab) -> None:
+    """A run of an earlier version that was killed left its jumps, written with other
+    matches (the save chain's jump had no mark test). The next start finds them by
+    their target, replaces everything, and `remove` leaves no rule of ours."""
+    import sys
+
+    for tool in ("iptables", "ip6tables"):
+        for args in (("-t", "mangle", "-N", "APL-br0-SAVE"),
+                     ("-t", "mangle", "-A", "APL-br0-SAVE", "-j", "ACCEPT"),
+                     ("-t", "mangle", "-I", "POSTROUTING", "-m", "physdev",
+                      "--physdev-is-bridged", "-j", "APL-br0-SAVE"),
+                     ("-t", "filter", "-N", "APL-br0"),
+                     ("-t", "filter", "-A", "APL-br0", "-j", "ACCEPT"),
+                     ("-t", "filter", "-I", "FORWARD", "-i", "br0", "-j", "APL-br0")):
+            assert lab.run_in("host", tool, "-w", "5", *args).returncode == 0, args
+    code = ("from appliance.io.netfilter import Chains\n"
+            "c = Chains('br0', queues=2)\n"
+            "c.install()\n"
+            "print('\\n'.join(c.present()))\n"
+            "print('--')\n"
+            "c.remove()\n"
+            "print('\\n'.join(c.present()))\n")
+    cp = lab.run_in("host", sys.executable, "-c", code, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    installed, left = cp.stdout.split("--\n")
+    jumps = [ln for ln in installed.splitlines()
+             if "-A POSTROUTING" in ln or "-A FORWARD" in ln]
+    assert len(jumps) == 4, installed  # one per table and tool, no legacy one
+    assert all("--mark 0x0/0x30000" in ln for ln in jumps if "POSTROUTING" in ln)
+    assert "--queue-balance 0:1" in installed
+    assert left.strip() == "", left

@@ -329,7 +329,11 @@ class Engine:
                 if not p.ipver:
                     kind = self.config.invalid_verdict
             if self.flows.ended:
+                # Ended flows are judged on pseudo packets of their own: what they decide
+                # must not change how this packet is rejected.
+                how = self._reject_how
                 out.extend(self._ended_flows(ts))
+                self._reject_how = how
         except Exception:  # principle 7: count it, the packet still gets its verdict
             st.errors += 1
             if self._fail_closed(flow or self._flow_seen):
@@ -408,10 +412,13 @@ class Engine:
                         # What the close completes (a body read until the connection
                         # closed) is inspected with this packet, as Suricata inspects
                         # at the end of the stream.
-                        res = self._app_close(flow, p.ts, out)
-                        if res is not None and res.inspections and flow.action is None:
-                            kind = self._inspect_txs(p, flow, res, kind, ev.id, out, upd)
-                        flow.app.abandon()
+                        try:
+                            res = self._app_close(flow, p.ts, out)
+                            if res is not None and res.inspections and flow.action is None:
+                                kind = self._inspect_txs(p, flow, res, kind, ev.id, out,
+                                                         upd)
+                        finally:
+                            flow.app.abandon()  # never closed (and inspected) twice
             else:
                 kind = self._fragment(p, out, ev.id)
         except _Decided as d:

@@ -308,11 +308,12 @@ class _Layout:
     lengths, so every offset is) and its payload attribute ends the message; the only
     difference allowed is the payload's length."""
 
-    __slots__ = ("expect", "heads", "hw", "payload_at", "ptype", "u32", "vals")
+    __slots__ = ("expect", "hdr", "heads", "hw", "payload_at", "ptype", "u32", "vals")
 
     def __init__(self, heads: struct.Struct, expect: tuple[int, ...], ptype: int,
                  vals: struct.Struct, u32: tuple[int, ...], hw: tuple[int, int] | None,
-                 payload_at: int) -> None:
+                 payload_at: int, hdr: int) -> None:
+        self.hdr = hdr  # index of the packet header's id in the values (then proto, hook)
         self.heads = heads
         self.expect = expect
         self.ptype = ptype
@@ -331,6 +332,7 @@ class _Layout:
         u32 = dict.fromkeys(_U32_ORDER, -1)
         nvals = 0
         hw: tuple[int, int] | None = None
+        hdr = -1
         seen: set[int] = set()
         start = off
         while off + 4 <= end:
@@ -344,13 +346,14 @@ class _Layout:
                     return None
                 return cls(struct.Struct(heads + "HH"), tuple(expect), atype,
                            struct.Struct(vals), tuple(u32[k] for k in _U32_ORDER), hw,
-                           off - start)
+                           off - start, hdr)
             size = _align(alen)
             heads += f"HH{size - 4}x"
             expect += (alen, atype)
             body = size - 4
             if kind == NFQA_PACKET_HDR:
                 vals += f"4xIHB{body - _PKT_HDR.size}x"
+                hdr = nvals
                 nvals += 3
             elif kind in _U32_ATTRS and alen >= 8:
                 vals += f"4xI{body - 4}x"
@@ -379,9 +382,10 @@ class _Layout:
         if plen < NLA_HDRLEN or at + plen > end or at + _align(plen) < end:
             return None
         v = self.vals.unpack_from(buf, off)
-        pkt = QueuedPacket(v[0])
-        pkt.hw_protocol = v[1]
-        pkt.hook = v[2]
+        at_hdr = self.hdr
+        pkt = QueuedPacket(v[at_hdr])
+        pkt.hw_protocol = v[at_hdr + 1]
+        pkt.hook = v[at_hdr + 2]
         pkt.payload = bytes(buf[at + NLA_HDRLEN:at + plen])
         mark, indev, outdev, physin, physout, cap, info = self.u32
         if mark >= 0:

@@ -185,18 +185,30 @@ def _read_both(buf: bytes) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     return out[0], out[1]
 
 
+def _msg_header_at(pid: int, payload: bytes, attrs: list[bytes], at: int) -> bytes:
+    """A packet message with its header attribute after `at` of the others (the kernel
+    writes it first; the attribute read takes any order)."""
+    hdr = nla(1, struct.pack("!IHB", pid, 0x0800, 2))
+    body = b"\x00\x00\x00\x05" + b"".join([*attrs[:at], hdr, *attrs[at:]]) + nla(10, payload)
+    return nlhdr(16 + len(body), 0x0300, 0) + body
+
+
 @settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from(range(len(_OPTIONAL))), max_size=6),
        st.lists(st.binary(min_size=0, max_size=70), min_size=1, max_size=4),
-       st.integers(0, 2**32 - 1), st.integers(-1, 200), st.integers(0, 7))
+       st.integers(0, 2**32 - 1), st.integers(-1, 200), st.integers(0, 7),
+       st.integers(0, 6))
 def test_layout_read_equals_the_attribute_read(extra: list[int], payloads: list[bytes],
-                                               pid: int, flip: int, bit: int) -> None:
+                                               pid: int, flip: int, bit: int,
+                                               hdr_at: int) -> None:
     """Messages of one shape, the later ones read by the layout the first taught, and
-    any of them with a bit flipped (a header, a length, a value): every field comes
-    out as the attribute-by-attribute read gives it, or both refuse the message."""
+    any of them with a bit flipped (a header, a length, a value), the packet header
+    anywhere among the attributes: every field comes out as the attribute-by-attribute
+    read gives it, or both refuse the message."""
     attrs = [_OPTIONAL[i] for i in extra]
     for n, payload in enumerate(payloads):
-        buf = bytearray(packet_msg((pid + n) % 2**32, payload, *attrs))
+        buf = bytearray(_msg_header_at((pid + n) % 2**32, payload, attrs,
+                                       min(hdr_at, len(attrs))))
         if n == len(payloads) - 1 and 0 <= flip < len(buf) - 20:
             buf[20 + flip] ^= 1 << bit
         fast, slow = _read_both(bytes(buf))

@@ -90,13 +90,17 @@ _NONE_FOUND: frozenset[int] = frozenset()
 
 def facing(p: Packet, flow: Flow, to_server: bool) -> Packet:
     """`p` as if it travelled in the `to_server` direction of its flow: itself, or a
-    copy with addresses and ports swapped. What one direction delivered may be judged
-    on a packet of the other (the ACK that releases held bytes, a flow's pseudo packet):
-    rule headers and alerts then see the data's own direction."""
+    copy with addresses and ports swapped and no payload (its bytes went the other way:
+    a payload content must not match them, nor dsize count them). What one direction
+    delivered may be judged on a packet of the other (the ACK that releases held bytes,
+    a flow's pseudo packet): rule headers and alerts then see the data's own direction,
+    and its bytes come from the stream (inspect_tx's stream_data, inspect_stream's
+    window)."""
     if (p.sp == flow.sp and p.src == flow.src) == to_server:
         return p
     q = copy.copy(p)
     q.src, q.dst, q.sp, q.dp = p.dst, p.src, p.dp, p.sp
+    q.payload = b""
     return q
 
 

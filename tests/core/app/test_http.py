@@ -960,3 +960,45 @@ def test_response_delivered_by_the_clients_ack_is_judged_in_its_own_direction() 
                 r = cmd.record
                 got.append((i, r["alert"]["signature_id"], r["src_ip"], r["direction"]))
     assert got == [(5, 1, "203.0.113.5", "to_client")]
+
+
+def test_a_held_response_is_not_matched_on_the_bytes_of_the_packet_that_released_it(
+        ) -> None:
+    """The client's next request acknowledges a held response and so delivers it: the
+    response's transaction is judged in its own direction, and a payload content of a
+    to_client rule must not match what the client sent in that request."""
+    from scapy.layers.inet import IP, TCP, Ether
+
+    from appliance.core.commands import Log
+    from appliance.core.engine import Engine, EngineConfig
+    from appliance.core.events import LINKTYPE_ETHERNET, PacketIn
+    from appliance.rules.loader import detection_from_text
+
+    loaded = detection_from_text([
+        'alert http any any -> any any (flow:established,to_client; content:"SECOND-REQ";'
+        ' file_data; content:"IE=Edge"; sid:1;)',
+        'alert http any any -> any any (flow:established,to_client; content:"IE=Edge";'
+        ' file_data; content:"IE=Edge"; sid:2;)'])
+    eng = Engine(EngineConfig(), loaded.engine)
+    body = b"<meta content=IE=Edge>"
+    req = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    req2 = b"GET /SECOND-REQ HTTP/1.1\r\nHost: h\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    c, srv = ("192.168.1.10", 40000), ("203.0.113.5", 80)
+
+    def seg(src: tuple[str, int], dst: tuple[str, int], flags: str, seq: int, ack: int,
+            data: bytes = b"", ttl: int = 64) -> bytes:
+        return bytes(Ether() / IP(src=src[0], dst=dst[0], ttl=ttl) / TCP(
+            sport=src[1], dport=dst[1], flags=flags, seq=seq, ack=ack) / data)
+
+    ack = 101 + len(req)
+    pkts = [seg(c, srv, "S", 100, 0), seg(srv, c, "SA", 500, 101),
+            seg(c, srv, "A", 101, 501), seg(c, srv, "PA", 101, 501, req),
+            seg(srv, c, "PA", 501, ack, resp, ttl=10),  # held: lower TTL
+            seg(c, srv, "PA", ack, 501 + len(resp), req2)]  # acknowledges it
+    got = []
+    for i, data in enumerate(pkts):
+        for cmd in eng.handle(PacketIn(i + 1, 10.0 + i, data, LINKTYPE_ETHERNET)):
+            if isinstance(cmd, Log) and cmd.record["event_type"] == "alert":
+                got.append((i, cmd.record["alert"]["signature_id"]))
+    assert got == [(5, 2)]  # the response's own bytes match; the request's do not

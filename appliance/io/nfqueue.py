@@ -210,7 +210,10 @@ class QueueWorker:
         st = self.stats
         st.packets += 1
         if st.packets % HOUSEKEEPING_EVERY == 0:
-            self._housekeeping()
+            try:
+                self._housekeeping()
+            except Exception:  # a failed report or beat must not cost this packet's verdict
+                st.errors += 1
         kind = self.default
         verdict: Verdict | None = None
         data = b""

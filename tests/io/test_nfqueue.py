@@ -69,3 +69,18 @@ def test_fail_open_message_layout() -> None:
     attrs = [struct.unpack("=HH", msg[i:i + 4]) + struct.unpack("!I", msg[i + 4:i + 8])
              for i in (20, 28)]
     assert attrs == [(8, 4, 1), (8, 5, 1)]  # NFQA_CFG_MASK, NFQA_CFG_FLAGS: FAIL_OPEN
+
+
+def test_a_failing_report_costs_no_verdict() -> None:
+    """The counters report (a queue to the supervisor) fails: every packet still gets
+    its verdict and the failure is counted."""
+    def broken(_counters: dict[str, Any]) -> None:
+        raise OSError("the supervisor's queue is gone")
+
+    worker = QueueWorker(0, Engine(), None, fail_open=False, report=broken)
+    worker._last_tick = 0.0  # a report is due at the first housekeeping
+    packets = [FakePacket(i) for i in range(2 * HOUSEKEEPING_EVERY)]
+    for p in packets:
+        worker.handle(p)
+    assert all(p.verdict == "accept" for p in packets)
+    assert worker.stats.errors == 1

@@ -883,8 +883,6 @@ def test_payload_content_of_an_http_rule_is_matched_on_the_delivered_stream() ->
     (here the segment filling a hole delivers the held one too; in the suricata-verify
     capture, the client's ACK); the payload content is matched on the stream bytes the
     packet delivered, as Suricata matches it on the raw stream."""
-    from scapy.layers.inet import IP, TCP, Ether
-
     from appliance.core.commands import Log
     from appliance.core.engine import Engine, EngineConfig
     from appliance.core.events import LINKTYPE_ETHERNET, PacketIn
@@ -900,11 +898,7 @@ def test_payload_content_of_an_http_rule_is_matched_on_the_delivered_stream() ->
     req = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
     resp = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     c, srv = ("10.0.0.1", 40000), ("10.0.0.2", 80)
-
-    def seg(src: tuple[str, int], dst: tuple[str, int], flags: str, seq: int, ack: int,
-            data: bytes = b"") -> bytes:
-        return bytes(Ether() / IP(src=src[0], dst=dst[0]) / TCP(
-            sport=src[1], dport=dst[1], flags=flags, seq=seq, ack=ack) / data)
+    seg = _seg
 
     cut = len(resp) - len(body) + 6  # the second part holds "IE=Edge"
     ack = 101 + len(req)
@@ -921,84 +915,60 @@ def test_payload_content_of_an_http_rule_is_matched_on_the_delivered_stream() ->
     assert sids == [(5, 1)]  # with the segment that delivered the whole response
 
 
-def test_response_delivered_by_the_clients_ack_is_judged_in_its_own_direction() -> None:
-    """A response segment with a lower TTL than its direction has shown is held until
-    the client acknowledges it (core/stream.py, TTL-expiring chaff), so the client's
-    ACK delivers it to the app layer. Its transaction is judged and reported in the
-    response's direction: a rule written `$EXTERNAL_NET any -> $HOME_NET any` with
-    flow:to_client matches, and the alert's source is the server."""
+def _seg(src: tuple[str, int], dst: tuple[str, int], flags: str, seq: int, ack: int,
+         data: bytes = b"", ttl: int = 64) -> bytes:
     from scapy.layers.inet import IP, TCP, Ether
 
+    return bytes(Ether() / IP(src=src[0], dst=dst[0], ttl=ttl) / TCP(
+        sport=src[1], dport=dst[1], flags=flags, seq=seq, ack=ack) / data)
+
+
+def _held_response_alerts(rules: list[str], released_by: bytes
+                          ) -> list[tuple[int, int, str, str]]:
+    """A request, then its response with a lower TTL than its direction has shown, so
+    held until the client acknowledges it (core/stream.py, TTL-expiring chaff); the
+    client's acknowledging packet carries `released_by`. Alerts as (packet index, sid,
+    source address, direction)."""
     from appliance.core.commands import Log
     from appliance.core.engine import Engine, EngineConfig
     from appliance.core.events import LINKTYPE_ETHERNET, PacketIn
     from appliance.rules.loader import detection_from_text
 
-    loaded = detection_from_text([
-        'alert http $EXTERNAL_NET any -> $HOME_NET any (flow:established,to_client; '
-        'file_data; content:"IE=Edge"; sid:1;)'])
-    eng = Engine(EngineConfig(), loaded.engine)
+    eng = Engine(EngineConfig(), detection_from_text(rules).engine)
     body = b"<meta content=IE=Edge>"
     req = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
     resp = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     c, srv = ("192.168.1.10", 40000), ("203.0.113.5", 80)
-
-    def seg(src: tuple[str, int], dst: tuple[str, int], flags: str, seq: int, ack: int,
-            data: bytes = b"", ttl: int = 64) -> bytes:
-        return bytes(Ether() / IP(src=src[0], dst=dst[0], ttl=ttl) / TCP(
-            sport=src[1], dport=dst[1], flags=flags, seq=seq, ack=ack) / data)
-
     ack = 101 + len(req)
-    pkts = [seg(c, srv, "S", 100, 0), seg(srv, c, "SA", 500, 101),
-            seg(c, srv, "A", 101, 501), seg(c, srv, "PA", 101, 501, req),
-            seg(srv, c, "PA", 501, ack, resp, ttl=10),  # held: lower TTL
-            seg(c, srv, "A", ack, 501 + len(resp))]  # acknowledged: delivered
+    pkts = [_seg(c, srv, "S", 100, 0), _seg(srv, c, "SA", 500, 101),
+            _seg(c, srv, "A", 101, 501), _seg(c, srv, "PA", 101, 501, req),
+            _seg(srv, c, "PA", 501, ack, resp, ttl=10),  # held: lower TTL
+            _seg(c, srv, "PA" if released_by else "A", ack, 501 + len(resp), released_by)]
     got = []
     for i, data in enumerate(pkts):
         for cmd in eng.handle(PacketIn(i + 1, 10.0 + i, data, LINKTYPE_ETHERNET)):
             if isinstance(cmd, Log) and cmd.record["event_type"] == "alert":
                 r = cmd.record
                 got.append((i, r["alert"]["signature_id"], r["src_ip"], r["direction"]))
-    assert got == [(5, 1, "203.0.113.5", "to_client")]
+    return got
+
+
+def test_response_delivered_by_the_clients_ack_is_judged_in_its_own_direction() -> None:
+    """The client's ACK delivers the held response to the app layer. Its transaction is
+    judged and reported in the response's direction: a rule written `$EXTERNAL_NET any
+    -> $HOME_NET any` with flow:to_client matches, and the alert's source is the server."""
+    rules = ['alert http $EXTERNAL_NET any -> $HOME_NET any (flow:established,to_client; '
+             'file_data; content:"IE=Edge"; sid:1;)']
+    assert _held_response_alerts(rules, b"") == [(5, 1, "203.0.113.5", "to_client")]
 
 
 def test_a_held_response_is_not_matched_on_the_bytes_of_the_packet_that_released_it(
         ) -> None:
-    """The client's next request acknowledges a held response and so delivers it: the
-    response's transaction is judged in its own direction, and a payload content of a
-    to_client rule must not match what the client sent in that request."""
-    from scapy.layers.inet import IP, TCP, Ether
-
-    from appliance.core.commands import Log
-    from appliance.core.engine import Engine, EngineConfig
-    from appliance.core.events import LINKTYPE_ETHERNET, PacketIn
-    from appliance.rules.loader import detection_from_text
-
-    loaded = detection_from_text([
-        'alert http any any -> any any (flow:established,to_client; content:"SECOND-REQ";'
-        ' file_data; content:"IE=Edge"; sid:1;)',
-        'alert http any any -> any any (flow:established,to_client; content:"IE=Edge";'
-        ' file_data; content:"IE=Edge"; sid:2;)'])
-    eng = Engine(EngineConfig(), loaded.engine)
-    body = b"<meta content=IE=Edge>"
-    req = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
-    req2 = b"GET /SECOND-REQ HTTP/1.1\r\nHost: h\r\n\r\n"
-    resp = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-    c, srv = ("192.168.1.10", 40000), ("203.0.113.5", 80)
-
-    def seg(src: tuple[str, int], dst: tuple[str, int], flags: str, seq: int, ack: int,
-            data: bytes = b"", ttl: int = 64) -> bytes:
-        return bytes(Ether() / IP(src=src[0], dst=dst[0], ttl=ttl) / TCP(
-            sport=src[1], dport=dst[1], flags=flags, seq=seq, ack=ack) / data)
-
-    ack = 101 + len(req)
-    pkts = [seg(c, srv, "S", 100, 0), seg(srv, c, "SA", 500, 101),
-            seg(c, srv, "A", 101, 501), seg(c, srv, "PA", 101, 501, req),
-            seg(srv, c, "PA", 501, ack, resp, ttl=10),  # held: lower TTL
-            seg(c, srv, "PA", ack, 501 + len(resp), req2)]  # acknowledges it
-    got = []
-    for i, data in enumerate(pkts):
-        for cmd in eng.handle(PacketIn(i + 1, 10.0 + i, data, LINKTYPE_ETHERNET)):
-            if isinstance(cmd, Log) and cmd.record["event_type"] == "alert":
-                got.append((i, cmd.record["alert"]["signature_id"]))
-    assert got == [(5, 2)]  # the response's own bytes match; the request's do not
+    """The client's next request acknowledges the held response and so delivers it: a
+    payload content of a to_client rule must not match what the client sent in it."""
+    rules = ['alert http any any -> any any (flow:established,to_client; content:"SECOND-REQ";'
+             ' file_data; content:"IE=Edge"; sid:1;)',
+             'alert http any any -> any any (flow:established,to_client; content:"IE=Edge";'
+             ' file_data; content:"IE=Edge"; sid:2;)']
+    got = _held_response_alerts(rules, b"GET /SECOND-REQ HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert got == [(5, 2, "203.0.113.5", "to_client")]  # the response's own bytes only

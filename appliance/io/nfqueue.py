@@ -260,13 +260,8 @@ class QueueWorker:
             for c in cmds:
                 if type(c) is Verdict:
                     verdict = c
-                elif isinstance(c, Log):
-                    if self.eve is not None:
-                        self.eve.write(c.record)
-                    if c.record.get("event_type") == "alert":
-                        self.recent.append(c.record)
-                elif isinstance(c, ActionRequest) and self.on_action is not None:
-                    self.on_action(c)
+                else:
+                    self._emit(c)
             if verdict is not None:
                 kind = verdict.kind
         except Exception:  # never lose a verdict (DESIGN.md principle 7)
@@ -477,10 +472,22 @@ class QueueWorker:
             out["single_verdicts"] = q.batcher.singles
         return out
 
+    def _emit(self, c: object) -> None:
+        """A command other than a verdict: EVE records (alerts also kept for `explain
+        --live`), and guest actions to the supervisor."""
+        if isinstance(c, Log):
+            if self.eve is not None:
+                self.eve.write(c.record)
+            if c.record.get("event_type") == "alert":
+                self.recent.append(c.record)
+        elif isinstance(c, ActionRequest) and self.on_action is not None:
+            self.on_action(c)
+
     def _feed(self, ev: Tick | Shutdown) -> None:
+        """Time passing or the end: flows that end then may still alert (on pseudo
+        packets) and ask for actions, as during a packet."""
         try:
             for c in self.engine.handle(ev):
-                if isinstance(c, Log) and self.eve is not None:
-                    self.eve.write(c.record)
+                self._emit(c)
         except Exception:
             self.stats.errors += 1

@@ -84,3 +84,33 @@ def test_a_failing_report_costs_no_verdict() -> None:
         worker.handle(p)
     assert all(p.verdict == "accept" for p in packets)
     assert worker.stats.errors == 1
+
+
+def test_commands_of_a_tick_reach_eve_and_the_action_manager() -> None:
+    """A flow that ends while the worker is idle may still alert (on a pseudo packet)
+    and ask for an action: the tick's commands go where a packet's would."""
+    from appliance.core.commands import ActionRequest, Log
+    from appliance.core.events import Tick
+
+    alert = {"event_type": "alert", "alert": {"signature_id": 7}}
+    req = ActionRequest("quarantine", "desktop", "desktop", "test", 7, 8.0, True)
+
+    class TickEngine:
+        def handle(self, ev: Any) -> list[Any]:
+            return [Log(alert), req] if isinstance(ev, Tick) else []
+
+    class Eve:
+        def __init__(self) -> None:
+            self.records: list[dict[str, Any]] = []
+
+        def write(self, rec: dict[str, Any]) -> None:
+            self.records.append(rec)
+
+    eve = Eve()
+    asked: list[Any] = []
+    worker = QueueWorker(0, TickEngine(), eve, fail_open=False,  # type: ignore[arg-type]
+                         on_action=asked.append)
+    worker._last_tick = 0.0
+    worker._housekeeping()
+    assert eve.records == [alert] and asked == [req]
+    assert list(worker.recent) == [alert]

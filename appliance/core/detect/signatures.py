@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final
 
 from appliance.core.decode import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet
 from appliance.core.detect.inspect import MatchEnv, apply_transforms, match_chain
-from appliance.core.flows import APP_PROTO_ALSO, Flow, app_proto_matches
+from appliance.core.flows import Flow, app_proto_matches
 from appliance.core.stream import FLOW_ESTABLISHED, TcpState
 from appliance.rules.compiler import PACKET_BUFFERS, BufferKey, CompiledRule, Program
 from appliance.rules.keywords import FlowInt, Threshold, Xbit
@@ -459,8 +459,7 @@ class SignatureEngine:
     @staticmethod
     def _header(r: CompiledRule, p: Packet, flow: Flow | None, to_server: bool) -> bool:
         ap = r.app_proto
-        if ap is not None and (flow is None or (flow.app_proto != ap
-                                                and APP_PROTO_ALSO.get(ap) != flow.app_proto)):
+        if ap is not None and (flow is None or not app_proto_matches(ap, flow.app_proto)):
             return False
         if not _endpoints_ok(r, p):
             return False

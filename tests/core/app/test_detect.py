@@ -116,3 +116,18 @@ def test_real_traffic_app_proto_matches_oracle_flows() -> None:
     same = sum(1 for r in oracle if ours.get((r["src_port"], r["dest_port"])) == r["app_proto"])
     print(f"netflix: app_proto equal to Suricata's on {same}/{len(oracle)} TCP flows")
     assert same / len(oracle) >= 0.95
+
+
+def test_a_rule_naming_an_app_protocol_waits_for_the_flow_to_be_decided() -> None:
+    """Whatever protocol a rule names, it does not match a flow whose protocol is not
+    decided yet (Suricata skips the rule on an app-protocol mismatch, unknown
+    included); once decided, the same bytes match. Before, an `alert tls` rule matched
+    undecided flows while an `alert http` one did not."""
+    from tests.core.app.engine_run import alert_sids, engine_run
+
+    rules = ['alert tls any any -> any any (content:"he"; sid:1;)',
+             'alert http any any -> any any (content:"he"; sid:2;)']
+    assert alert_sids(engine_run(rules, [(True, b"he")], 443)) == []
+    hello = bytes.fromhex("160301002f0100002b0303") + b"he" + b"\x00" * 30 + bytes.fromhex(
+        "000002002f0100")
+    assert alert_sids(engine_run(rules, [(True, hello)], 443)) == [1]
